@@ -1,0 +1,77 @@
+"""Memory-mapped token arrays: the format ``nmt prepare`` writes and training reads.
+
+For each split and language, ``{split}.{lang}.bin`` holds the token ids of all sentences back to back
+(uint16 when the vocabulary fits, else int32) and ``{split}.{lang}.idx`` holds n+1 int64 offsets.
+Nothing is loaded into memory but the offsets; ids are read through the memory map on access.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from nmt.errors import NmtError
+
+
+class IndexedTokens:
+    """Random access to the token ids of sentence ``i`` of one ``.bin``/``.idx`` pair."""
+
+    def __init__(self, prefix: Path, dtype: str) -> None:
+        self.prefix = prefix
+        self.offsets = np.fromfile(prefix.with_suffix(prefix.suffix + ".idx"), dtype=np.int64)
+        bin_path = prefix.with_suffix(prefix.suffix + ".bin")
+        if bin_path.stat().st_size == 0:
+            self.tokens = np.zeros(0, dtype=dtype)
+        else:
+            self.tokens = np.memmap(bin_path, dtype=dtype, mode="r")
+        if len(self.offsets) == 0 or self.offsets[-1] != len(self.tokens):
+            raise NmtError(f"{bin_path}: index and data disagree (truncated file?); run nmt prepare with --force")
+        self.lengths = np.diff(self.offsets).astype(np.int32)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.tokens[self.offsets[i] : self.offsets[i + 1]]
+
+
+def read_manifest(data_dir: Path) -> dict:
+    path = data_dir / "manifest.json"
+    if not path.exists():
+        raise NmtError(f"{data_dir} is not a prepared dataset (no manifest.json); create one with 'nmt prepare'")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise NmtError(f"{path}: not valid JSON ({err})") from None
+
+
+class ParallelDataset:
+    """(source, target) token arrays of one split of a prepared dataset, by index, through the memory map."""
+
+    def __init__(self, data_dir: Path, split: str) -> None:
+        manifest = read_manifest(data_dir)
+        if split not in manifest["splits"]:
+            raise NmtError(f"{data_dir}: no split '{split}' (has {', '.join(manifest['splits'])})")
+        self.manifest = manifest
+        self.src_lang, self.tgt_lang = manifest["src"], manifest["tgt"]
+        dtype = manifest["dtype"]
+        self.src = IndexedTokens(data_dir / f"{split}.{self.src_lang}", dtype)
+        self.tgt = IndexedTokens(data_dir / f"{split}.{self.tgt_lang}", dtype)
+        if len(self.src) != len(self.tgt):
+            raise NmtError(f"{data_dir}: split '{split}' has {len(self.src)} source but {len(self.tgt)} target sentences")
+
+    @property
+    def src_lengths(self) -> np.ndarray:
+        return self.src.lengths
+
+    @property
+    def tgt_lengths(self) -> np.ndarray:
+        return self.tgt.lengths
+
+    def __len__(self) -> int:
+        return len(self.src)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.src[i], self.tgt[i]

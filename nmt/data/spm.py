@@ -1,0 +1,55 @@
+"""The joint SentencePiece vocabulary, with fixed special ids."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import sentencepiece as spm
+
+from nmt.errors import NmtError
+
+# Fixed ids, shared by data, model and decoder. PAD is 0 so zero-initialised buffers are padding.
+PAD, UNK, BOS, EOS = 0, 1, 2, 3
+
+
+def train_spm(sample: Path, prefix: Path, vocab_size: int, model_type: str = "bpe", threads: int = 2) -> Path:
+    """Train a joint model on the sample file; writes ``prefix.model`` and ``prefix.vocab`` atomically."""
+    tmp = prefix.with_name(prefix.name + ".tmp")
+    try:
+        spm.SentencePieceTrainer.train(
+            input=str(sample),
+            model_prefix=str(tmp),
+            vocab_size=vocab_size,
+            model_type=model_type,
+            character_coverage=1.0 if vocab_size >= 16000 else 0.9995,
+            pad_id=PAD, unk_id=UNK, bos_id=BOS, eos_id=EOS,
+            pad_piece="<pad>", unk_piece="<unk>", bos_piece="<s>", eos_piece="</s>",
+            num_threads=threads,
+            minloglevel=2,
+            # The sample is already bounded by the caller; this cap only guards against a huge file.
+            input_sentence_size=10_000_000,
+            shuffle_input_sentence=True,
+            max_sentence_length=20000,
+        )
+    except RuntimeError as err:
+        message = str(err).splitlines()[-1] if str(err) else repr(err)
+        if m := re.search(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)", str(err)):
+            message = f"--vocab-size {m.group(1)} cannot be reached on this training text; at most {m.group(2)} is possible"
+        raise NmtError(f"SentencePiece training failed: {message}") from None
+    for ext in ("model", "vocab"):
+        Path(f"{tmp}.{ext}").replace(f"{prefix}.{ext}")
+    return Path(f"{prefix}.model")
+
+
+def load_spm(path: Path) -> spm.SentencePieceProcessor:
+    if not path.exists():
+        raise NmtError(f"{path}: SentencePiece model not found")
+    proc = spm.SentencePieceProcessor()
+    try:
+        proc.load(str(path))
+    except (OSError, RuntimeError) as err:
+        raise NmtError(f"{path}: not a SentencePiece model ({err})") from None
+    if (proc.pad_id(), proc.unk_id(), proc.bos_id(), proc.eos_id()) != (PAD, UNK, BOS, EOS):
+        raise NmtError(f"{path}: special ids must be pad={PAD} unk={UNK} bos={BOS} eos={EOS}")
+    return proc
