@@ -1,0 +1,86 @@
+"""Scaled dot-product and multi-head attention (§3.2), through ``F.scaled_dot_product_attention``.
+
+Mask convention, everywhere in nmt: a boolean tensor where **True means 'may attend'** (the convention of
+``scaled_dot_product_attention``; ``nn.MultiheadAttention`` uses the opposite, see ``padding_mask``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def padding_mask(tokens: Tensor, pad_id: int) -> Tensor:
+    """(B, S) token ids → (B, 1, 1, S) boolean mask, True where a key is a real token and may be attended."""
+    return (tokens != pad_id)[:, None, None, :]
+
+
+def naive_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, causal: bool = False) -> Tensor:
+    """Reference implementation of softmax(QKᵀ/√d_k)V (§3.2.1), for tests against the fused kernel."""
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))  # (B, h, Tq, Tk)
+    if causal:
+        tq, tk = scores.shape[-2:]
+        scores = scores.masked_fill(~torch.ones(tq, tk, dtype=torch.bool, device=q.device).tril(tk - tq), float("-inf"))
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    return scores.softmax(-1) @ v
+
+
+class MultiHeadAttention(nn.Module):
+    """MultiHead(Q, K, V) = Concat(head_1..head_h) W^O (§3.2.2).
+
+    The Q, K and V projections are one (3d, d) matrix, laid out as ``nn.MultiheadAttention``'s
+    ``in_proj_weight``: self-attention does one matmul, cross-attention splits it into Q and KV.
+    """
+
+    def __init__(self, d_model: int, heads: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.heads, self.d_k, self.dropout = heads, d_model // heads, dropout
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * d_model, d_model))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * d_model))
+        self.out_proj = nn.Linear(d_model, d_model)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # Xavier on the fused (3d, d) matrix equals Xavier with gain 1/√2 on each of Q, K, V (fairseq's init).
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.zeros_(self.in_proj_bias)
+        nn.init.xavier_uniform_(self.out_proj.weight)
+        nn.init.zeros_(self.out_proj.bias)
+
+    def split_heads(self, x: Tensor) -> Tensor:
+        b, t, _ = x.shape
+        return x.view(b, t, self.heads, self.d_k).transpose(1, 2)  # (B, h, T, d_k)
+
+    def project_q(self, x: Tensor) -> Tensor:
+        d = x.size(-1)
+        return self.split_heads(F.linear(x, self.in_proj_weight[:d], self.in_proj_bias[:d]))
+
+    def project_kv(self, memory: Tensor) -> tuple[Tensor, Tensor]:
+        d = memory.size(-1)
+        k, v = F.linear(memory, self.in_proj_weight[d:], self.in_proj_bias[d:]).chunk(2, dim=-1)
+        return self.split_heads(k), self.split_heads(v)
+
+    def project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        q, k, v = F.linear(x, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
+        return self.split_heads(q), self.split_heads(k), self.split_heads(v)
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, causal: bool = False) -> Tensor:
+        """Heads (B, h, Tq, d_k) against keys/values (B, h, Tk, d_k) → (B, Tq, d_model) after W^O."""
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=causal, dropout_p=self.dropout if self.training else 0.0
+        )
+        b, _, t, _ = out.shape
+        return self.out_proj(out.transpose(1, 2).reshape(b, t, self.heads * self.d_k))
+
+    def forward(self, x: Tensor, memory: Tensor | None = None, mask: Tensor | None = None, causal: bool = False) -> Tensor:
+        """Self-attention when ``memory`` is None, else attention from ``x`` to ``memory``."""
+        if memory is None:
+            q, k, v = self.project_qkv(x)
+        else:
+            q = self.project_q(x)
+            k, v = self.project_kv(memory)
+        return self.attend(q, k, v, mask, causal)

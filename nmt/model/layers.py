@@ -1,0 +1,98 @@
+"""Encoder and decoder layers (§3.1), the feed-forward network (§3.3) and positional encodings (§3.5)."""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from nmt.model.attention import MultiHeadAttention
+from nmt.model.config import ModelConfig
+
+
+def sinusoidal_positions(length: int, d_model: int) -> Tensor:
+    """PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(pos / 10000^(2i/d)), positions from 0.
+
+    The paper's layout (interleaved), not tensor2tensor's/fairseq's concatenated [sin, cos] with d/2-1.
+    """
+    position = torch.arange(length, dtype=torch.float64)[:, None]
+    div = torch.pow(10000.0, torch.arange(0, d_model, 2, dtype=torch.float64) / d_model)
+    pe = torch.zeros(length, d_model, dtype=torch.float64)
+    pe[:, 0::2] = torch.sin(position / div)
+    pe[:, 1::2] = torch.cos(position / div)
+    return pe.float()
+
+
+class FeedForward(nn.Module):
+    """FFN(x) = max(0, xW1 + b1)W2 + b2 (§3.3)."""
+
+    def __init__(self, d_model: int, d_ff: int, relu_dropout: float) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(d_model, d_ff), nn.Linear(d_ff, d_model)
+        self.dropout = nn.Dropout(relu_dropout)
+        for fc in (self.fc1, self.fc2):
+            nn.init.xavier_uniform_(fc.weight)
+            nn.init.zeros_(fc.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.dropout(torch.relu(self.fc1(x))))
+
+
+class Residual(nn.Module):
+    """A sub-layer with its residual connection and layer norm: post-norm LN(x + drop(f(x))) as in §3.1,
+    or pre-norm x + drop(f(LN(x)))."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.pre_norm = cfg.pre_norm
+
+    def forward(self, x: Tensor, sublayer: Callable[[Tensor], Tensor]) -> Tensor:
+        if self.pre_norm:
+            return x + self.dropout(sublayer(self.norm(x)))
+        return self.norm(x + self.dropout(sublayer(x)))
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.heads, cfg.attention_dropout)
+        self.ffn = FeedForward(cfg.d_model, cfg.d_ff, cfg.relu_dropout)
+        self.attn_block, self.ffn_block = Residual(cfg), Residual(cfg)
+
+    def forward(self, x: Tensor, src_mask: Tensor) -> Tensor:
+        """x: (B, S, d); src_mask: (B, 1, 1, S), True = real token."""
+        x = self.attn_block(x, lambda h: self.self_attn(h, mask=src_mask))
+        return self.ffn_block(x, self.ffn)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.heads, cfg.attention_dropout)
+        self.cross_attn = MultiHeadAttention(cfg.d_model, cfg.heads, cfg.attention_dropout)
+        self.ffn = FeedForward(cfg.d_model, cfg.d_ff, cfg.relu_dropout)
+        self.self_block, self.cross_block, self.ffn_block = Residual(cfg), Residual(cfg), Residual(cfg)
+
+    def forward(self, y: Tensor, memory: Tensor, src_mask: Tensor) -> Tensor:
+        """Full-sequence decoding (training). y: (B, T, d); memory: (B, S, d)."""
+        # Targets are right-padded, so the causal mask alone keeps real positions off the padding.
+        y = self.self_block(y, lambda h: self.self_attn(h, causal=True))
+        y = self.cross_block(y, lambda h: self.cross_attn(h, memory, mask=src_mask))
+        return self.ffn_block(y, self.ffn)
+
+    def step(self, y: Tensor, cache_k: Tensor, cache_v: Tensor, t: int, cross_k: Tensor, cross_v: Tensor, src_mask: Tensor) -> Tensor:
+        """One position (B, 1, d) at step ``t``: writes its keys/values into the caches at index t."""
+
+        def self_attention(h: Tensor) -> Tensor:
+            q, k, v = self.self_attn.project_qkv(h)
+            cache_k[:, :, t : t + 1] = k
+            cache_v[:, :, t : t + 1] = v
+            return self.self_attn.attend(q, cache_k[:, :, : t + 1], cache_v[:, :, : t + 1])
+
+        y = self.self_block(y, self_attention)
+        y = self.cross_block(y, lambda h: self.cross_attn.attend(self.cross_attn.project_q(h), cross_k, cross_v, src_mask))
+        return self.ffn_block(y, self.ffn)

@@ -1,0 +1,121 @@
+"""The encoder–decoder Transformer (§3), with ``encode`` / ``decode`` for training and
+``init_state`` / ``decode_step`` for incremental decoding with cached keys and values.
+
+Initialisation (as in tensor2tensor and fairseq): embeddings N(0, d_model^-0.5) with the padding row
+zeroed, Xavier-uniform for every projection, zero biases.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from nmt.model.attention import padding_mask
+from nmt.model.config import ModelConfig
+from nmt.model.layers import DecoderLayer, EncoderLayer, sinusoidal_positions
+
+
+@dataclass
+class EncoderOut:
+    memory: Tensor  # (B, S, d)
+    src_mask: Tensor  # (B, 1, 1, S), True = real token
+
+
+@dataclass
+class DecoderState:
+    """Everything incremental decoding carries between steps, batch-first so it can be reordered."""
+
+    self_k: list[Tensor]  # per layer (B, h, max_len, d_k), filled up to ``step``
+    self_v: list[Tensor]
+    cross_k: list[Tensor]  # per layer (B, h, S, d_k), computed once per sentence
+    cross_v: list[Tensor]
+    src_mask: Tensor  # (B, 1, 1, S)
+    step: int = 0
+
+    def select(self, index: Tensor) -> "DecoderState":
+        """Keep/reorder batch rows (beam reordering, finished sentences leaving the batch)."""
+        pick = lambda ts: [t.index_select(0, index) for t in ts]  # noqa: E731
+        return DecoderState(pick(self.self_k), pick(self.self_v), pick(self.cross_k), pick(self.cross_v),
+                            self.src_mask.index_select(0, index), self.step)
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.d_model
+        self.src_embed = nn.Embedding(cfg.vocab_size, d, padding_idx=cfg.pad_id)
+        self.tgt_embed = self.src_embed if cfg.share_embeddings else nn.Embedding(cfg.vocab_size, d, padding_idx=cfg.pad_id)
+        for emb in {id(self.src_embed): self.src_embed, id(self.tgt_embed): self.tgt_embed}.values():
+            nn.init.normal_(emb.weight, 0.0, d**-0.5)
+            with torch.no_grad():
+                emb.weight[cfg.pad_id].zero_()
+        self.output_proj = None if cfg.share_embeddings else nn.Linear(d, cfg.vocab_size, bias=False)
+        if self.output_proj is not None:
+            nn.init.normal_(self.output_proj.weight, 0.0, d**-0.5)
+        self.register_buffer("positions", sinusoidal_positions(cfg.max_positions, d), persistent=False)
+        self.embed_scale = math.sqrt(d)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.encoder = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.encoder_layers))
+        self.decoder = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.decoder_layers))
+        # Pre-norm stacks end in a layer norm; post-norm layers already end in one (§3.1).
+        self.encoder_norm = nn.LayerNorm(d, eps=cfg.layer_norm_eps) if cfg.pre_norm else nn.Identity()
+        self.decoder_norm = nn.LayerNorm(d, eps=cfg.layer_norm_eps) if cfg.pre_norm else nn.Identity()
+
+    def embed(self, table: nn.Embedding, tokens: Tensor, offset: int = 0) -> Tensor:
+        """Embedding × √d_model + PE, then dropout (§3.4, §3.5, §5.4). tokens: (B, T) → (B, T, d)."""
+        t = tokens.size(1)
+        if offset + t > self.cfg.max_positions:
+            raise ValueError(f"sequence of {offset + t} positions exceeds max_positions {self.cfg.max_positions}")
+        x = table(tokens) * self.embed_scale + self.positions[offset : offset + t].to(dtype=table.weight.dtype)
+        return self.dropout(x)
+
+    def logits(self, h: Tensor) -> Tensor:
+        weight = self.tgt_embed.weight if self.output_proj is None else self.output_proj.weight
+        return F.linear(h, weight)
+
+    def encode(self, src: Tensor) -> EncoderOut:
+        """src: (B, S) ids, right-padded → memory (B, S, d) and its key-padding mask."""
+        mask = padding_mask(src, self.cfg.pad_id)
+        x = self.embed(self.src_embed, src)
+        for layer in self.encoder:
+            x = layer(x, mask)
+        return EncoderOut(self.encoder_norm(x), mask)
+
+    def decode(self, tgt_in: Tensor, enc: EncoderOut) -> Tensor:
+        """Teacher-forced decoder: tgt_in (B, T) (BOS + target) → logits (B, T, V)."""
+        y = self.embed(self.tgt_embed, tgt_in)
+        for layer in self.decoder:
+            y = layer(y, enc.memory, enc.src_mask)
+        return self.logits(self.decoder_norm(y))
+
+    def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
+        return self.decode(tgt_in, self.encode(src))
+
+    def init_state(self, enc: EncoderOut, max_len: int) -> DecoderState:
+        """Caches for up to ``max_len`` decoder steps; cross-attention keys/values computed here, once."""
+        b = enc.memory.size(0)
+        layer0 = self.decoder[0].self_attn if len(self.decoder) else None
+        h, dk = (layer0.heads, layer0.d_k) if layer0 else (1, 1)
+        new = lambda: enc.memory.new_zeros(b, h, max_len, dk)  # noqa: E731
+        cross = [layer.cross_attn.project_kv(enc.memory) for layer in self.decoder]
+        return DecoderState(
+            self_k=[new() for _ in self.decoder], self_v=[new() for _ in self.decoder],
+            cross_k=[k for k, _ in cross], cross_v=[v for _, v in cross], src_mask=enc.src_mask,
+        )
+
+    def decode_step(self, tokens: Tensor, state: DecoderState) -> Tensor:
+        """The last tokens (B,) at position ``state.step`` → next-token log-probabilities (B, V) in float32.
+
+        Advances ``state.step``; equal to the full decoder's output at that position.
+        """
+        t = state.step
+        y = self.embed(self.tgt_embed, tokens[:, None], offset=t)
+        for i, layer in enumerate(self.decoder):
+            y = layer.step(y, state.self_k[i], state.self_v[i], t, state.cross_k[i], state.cross_v[i], state.src_mask)
+        state.step = t + 1
+        return self.logits(self.decoder_norm(y))[:, 0].float().log_softmax(-1)

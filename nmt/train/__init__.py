@@ -1,0 +1,1 @@
+"""Training: loss, learning-rate schedule, batching and the training loop."""

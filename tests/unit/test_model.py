@@ -1,0 +1,125 @@
+import math
+
+import pytest
+import torch
+
+from nmt.model.attention import MultiHeadAttention, naive_attention, padding_mask
+from nmt.model.config import ModelConfig, body_parameters, model_config, total_parameters
+from nmt.model.layers import sinusoidal_positions
+from nmt.model.transformer import Transformer
+
+
+def tiny(**kw) -> Transformer:
+    torch.manual_seed(0)
+    return Transformer(model_config("tiny", vocab_size=40, dropout=0.0, **kw)).eval()
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_attention_equals_torch_multihead(masked: bool) -> None:
+    torch.manual_seed(0)
+    d, h = 32, 4
+    ours = MultiHeadAttention(d, h)
+    ref = torch.nn.MultiheadAttention(d, h, batch_first=True)
+    ref.load_state_dict(ours.state_dict())
+    x, mem = torch.randn(3, 5, d), torch.randn(3, 7, d)
+    tokens = torch.tensor([[5] * 7, [5] * 4 + [0] * 3, [5] * 6 + [0]])
+    mask = padding_mask(tokens, 0) if masked else None
+    # nn.MultiheadAttention's key_padding_mask means "True = ignore": the opposite convention.
+    kpm = (tokens == 0) if masked else None
+    expected, _ = ref(x, mem, mem, key_padding_mask=kpm, need_weights=False)
+    torch.testing.assert_close(ours(x, mem, mask=mask), expected, atol=1e-5, rtol=1e-5)
+    causal = torch.nn.Transformer.generate_square_subsequent_mask(5)
+    expected, _ = ref(x, x, x, attn_mask=causal, need_weights=False)
+    torch.testing.assert_close(ours(x, causal=True), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_fused_attention_equals_naive() -> None:
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 6, 8) for _ in range(3))
+    mask = torch.ones(2, 1, 1, 6, dtype=torch.bool)
+    mask[1, ..., 4:] = False
+    got = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    torch.testing.assert_close(got, naive_attention(q, k, v, mask), atol=1e-5, rtol=1e-5)
+    got = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+    torch.testing.assert_close(got, naive_attention(q, k, v, causal=True), atol=1e-5, rtol=1e-5)
+
+
+def test_positional_encoding_is_the_paper_formula() -> None:
+    d = 16
+    pe = sinusoidal_positions(50, d)
+    for pos in (0, 1, 7, 49):
+        for i in range(d // 2):
+            angle = pos / 10000 ** (2 * i / d)
+            assert pe[pos, 2 * i].item() == pytest.approx(math.sin(angle), abs=1e-6)
+            assert pe[pos, 2 * i + 1].item() == pytest.approx(math.cos(angle), abs=1e-6)
+
+
+@pytest.mark.parametrize("pre_norm", [False, True])
+def test_incremental_decoding_equals_full_decoder(pre_norm: bool) -> None:
+    model = tiny(pre_norm=pre_norm)
+    src = torch.tensor([[5, 6, 7, 8, 3], [9, 10, 3, 0, 0]])
+    tgt = torch.tensor([[2, 11, 12, 13, 14, 15], [2, 16, 17, 18, 19, 20]])
+    full = model(src, tgt).log_softmax(-1)
+    state = model.init_state(model.encode(src), max_len=8)
+    steps = torch.stack([model.decode_step(tgt[:, i], state) for i in range(tgt.size(1))], 1)
+    torch.testing.assert_close(steps, full, atol=1e-5, rtol=1e-5)
+
+
+def test_state_select_reorders_batch() -> None:
+    model = tiny()
+    src = torch.tensor([[5, 6, 3], [9, 3, 0]])
+    state = model.init_state(model.encode(src), max_len=4)
+    model.decode_step(torch.tensor([2, 2]), state)
+    swapped = state.select(torch.tensor([1, 0]))
+    a = model.decode_step(torch.tensor([7, 8]), state)
+    b = model.decode_step(torch.tensor([8, 7]), swapped)
+    torch.testing.assert_close(a, b.flip(0), atol=1e-6, rtol=1e-6)
+
+
+def test_decoder_is_causal() -> None:
+    model = tiny()
+    src = torch.tensor([[5, 6, 7, 3]])
+    a = torch.tensor([[2, 10, 11, 12, 13]])
+    b = torch.tensor([[2, 10, 11, 30, 31]])
+    torch.testing.assert_close(model(src, a)[:, :3], model(src, b)[:, :3])
+    assert not torch.allclose(model(src, a)[:, 3:], model(src, b)[:, 3:])
+
+
+def test_padding_does_not_change_real_positions() -> None:
+    model = tiny()
+    src = torch.tensor([[5, 6, 7, 3]])
+    tgt = torch.tensor([[2, 10, 11]])
+    padded_src = torch.tensor([[5, 6, 7, 3, 0, 0, 0]])
+    padded_tgt = torch.tensor([[2, 10, 11, 0, 0]])
+    torch.testing.assert_close(model(padded_src, padded_tgt)[:, :3], model(src, tgt), atol=1e-5, rtol=1e-5)
+
+
+def test_parameter_counts_base_and_big() -> None:
+    base, big = model_config("base", vocab_size=37000), model_config("big", vocab_size=37000)
+    assert body_parameters(base) == 44_138_496  # 44.14M outside the embedding
+    assert body_parameters(big) == 176_357_376
+    assert round(total_parameters(base) / 1e6, 1) == 63.1
+    assert round(total_parameters(big) / 1e6, 1) == 214.2
+    # The paper's "65M" matches tensor2tensor's padded vocabulary of 40960.
+    assert round(total_parameters(model_config("base", vocab_size=40960)) / 1e6, 1) == 65.1
+    for cfg in (base, model_config("tiny", vocab_size=100, pre_norm=True), model_config("tiny", vocab_size=100, share_embeddings=False)):
+        if cfg.d_model > 256:
+            with torch.device("meta"):
+                model = Transformer(cfg)
+        else:
+            model = Transformer(cfg)
+        assert sum(p.numel() for p in model.parameters()) == total_parameters(cfg)
+
+
+def test_embeddings_are_tied_and_scaled() -> None:
+    model = tiny()
+    assert model.src_embed.weight is model.tgt_embed.weight
+    assert model.src_embed.weight[0].abs().sum() == 0  # padding row
+    assert not hasattr(model, "output_proj") or model.output_proj is None
+
+
+def test_bad_config_is_rejected() -> None:
+    with pytest.raises(ValueError, match="divisible"):
+        ModelConfig(d_model=100, heads=3)
+    with pytest.raises(ValueError, match="unknown architecture"):
+        model_config("huge")
