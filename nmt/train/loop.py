@@ -1,0 +1,448 @@
+"""``nmt train``: one explicit training loop, from one CPU to many GPUs.
+
+An update processes one *group* of ``world × update_freq`` token batches: each rank takes its share,
+accumulates summed losses, gradients are summed across ranks once, and divided by the group's total
+target-token count. The same group therefore gives the same update on 1 process with update_freq 2 as on
+2 processes with update_freq 1. The batch list is a pure function of (seed, epoch), so a resumed run
+recomputes it and continues at the next group, with every rank's RNG restored.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from nmt import __version__, checkpoint
+from nmt.config import RunConfig, to_plain
+from nmt.console import console
+from nmt.data.dataset import ParallelDataset, read_manifest
+from nmt.data.spm import PAD
+from nmt.errors import NmtError
+from nmt.model.config import ModelConfig, model_config, total_parameters, train_flops_per_target_token
+from nmt.model.transformer import Transformer
+from nmt.train import distributed as D
+from nmt.train.batching import collate, token_batches
+from nmt.train.loss import label_smoothed_nll
+from nmt.train.schedule import inverse_sqrt_lr, noam_lr
+
+# Dense bf16 peak FLOP/s by device name, for model FLOPs utilisation; unknown devices report no MFU.
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
+STATS = ["loss", "nll", "tgt_tokens", "src_tokens", "slots", "oom", "save", "stop"]
+
+
+def world_size(cfg: RunConfig) -> int:
+    if D.launched_by_torchrun():
+        import os
+
+        return int(os.environ["WORLD_SIZE"])
+    if cfg.gpus:
+        return cfg.gpus
+    return cfg.nproc if cfg.cpu else 1
+
+
+def derive_update_freq(tokens_per_update: int, max_tokens: int, world: int) -> int:
+    """Batches each device accumulates so that world × max_tokens × update_freq ≈ tokens_per_update."""
+    return max(1, round(tokens_per_update / (max_tokens * world)))
+
+
+def learning_rate(cfg: RunConfig, model_cfg: ModelConfig, step: int) -> float:
+    t = cfg.train
+    if t.lr_schedule == "noam":
+        return noam_lr(step, model_cfg.d_model, t.warmup, t.lr_scale)
+    return inverse_sqrt_lr(step, t.peak_lr, t.warmup, t.warmup_init_lr)
+
+
+def check_resources(cfg: RunConfig) -> None:
+    """Fail before any process starts: a data folder that is not prepared, more GPUs than present."""
+    read_manifest(cfg.data)
+    if cfg.gpus and not cfg.cpu:
+        present = torch.cuda.device_count()
+        if cfg.gpus > present:
+            raise NmtError(f"--gpus {cfg.gpus} but {present} GPU(s) present; use --gpus {present} or --cpu --nproc N")
+
+
+def run(cfg: RunConfig, dry_run: bool = False) -> dict[str, Any]:
+    """Train (or, with ``dry_run``, measure and report) as configured; returns the final summary."""
+    check_resources(cfg)
+    use_cuda = not cfg.cpu and (cfg.gpus > 0 or torch.cuda.is_available())
+    if D.launched_by_torchrun():
+        import os
+
+        return _worker(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"]), cfg, use_cuda, None, dry_run)
+    world = world_size(cfg)
+    if world == 1:
+        return _worker(0, 1, 0, cfg, use_cuda, None, dry_run)
+    torch.multiprocessing.spawn(_spawned, args=(world, cfg, use_cuda, D.free_port(), dry_run), nprocs=world)
+    summary = cfg.save_dir / "summary.json"
+    return json.loads(summary.read_text()) if summary.exists() else {}
+
+
+def _spawned(rank: int, world: int, cfg: RunConfig, use_cuda: bool, port: int, dry_run: bool) -> None:
+    try:
+        _worker(rank, world, rank, cfg, use_cuda, port, dry_run)
+    except NmtError as err:
+        # Child tracebacks are noise for a user error: print the one line and exit non-zero.
+        print(f"nmt: error: {err}", flush=True)
+        raise SystemExit(2) from None
+
+
+def _worker(rank: int, world: int, local_rank: int, cfg: RunConfig, use_cuda: bool, port: int | None, dry_run: bool) -> dict[str, Any]:
+    dist = D.init(rank, world, local_rank, use_cuda, port)
+    try:
+        trainer = Trainer(cfg, dist)
+        return trainer.dry_run() if dry_run else trainer.fit()
+    finally:
+        D.shutdown()
+
+
+@dataclass
+class Progress:
+    update: int = 0
+    epoch: int = 1
+    group: int = 0  # next group of the epoch's batch list
+    best_loss: float = math.inf
+    nonfinite: int = 0
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, dist: D.Dist) -> None:
+        self.dist = dist
+        self.manifest = read_manifest(cfg.data)
+        self.train_set = ParallelDataset(cfg.data, "train")
+        self.valid_set = ParallelDataset(cfg.data, "valid") if "valid" in self.manifest["splits"] else None
+        try:
+            self.model_cfg = model_config(cfg.arch, vocab_size=self.manifest["vocab"]["size"], **cfg.model)
+        except ValueError as err:
+            raise NmtError(str(err)) from None
+        t = cfg.train
+        if t.tokens_per_update:
+            cfg = replace(cfg, train=replace(t, update_freq=derive_update_freq(t.tokens_per_update, t.max_tokens, dist.world)))
+        self.cfg = cfg
+        self.precision = self._precision()
+        torch.manual_seed(cfg.train.seed)  # same initial weights on every rank
+        self.model = Transformer(self.model_cfg).to(dist.device)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]
+        fused = dist.device.type == "cuda"
+        self.optimizer = torch.optim.Adam(self.params, lr=0.0, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_eps,
+                                          weight_decay=t.weight_decay, fused=fused or None)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
+        self.ema = {k: v.detach().float().clone() for k, v in self.model.state_dict().items()} if t.ema_decay else None
+        self.step_model = torch.compile(self.model) if t.compile else self.model
+        self.progress = Progress()
+        self.vocab = torch.frombuffer(bytearray((cfg.data / "spm.model").read_bytes()), dtype=torch.uint8)
+        tokens = self.manifest["splits"]["train"]
+        pairs = max(tokens["pairs"], 1)
+        self.flops_per_token = train_flops_per_target_token(self.model_cfg, tokens["src_tokens"] / pairs + 1, tokens["tgt_tokens"] / pairs + 1)
+        name = torch.cuda.get_device_name(dist.device) if dist.device.type == "cuda" else ""
+        self.peak = next((v for k, v in PEAK_FLOPS.items() if k in name), None) if self.precision in ("bf16", "fp16") else None
+        self.log_file = None
+        torch.manual_seed(cfg.train.seed + dist.rank)  # dropout differs per rank
+        self._resume()
+
+    # ------------------------------------------------------------------------------------------ set-up
+
+    def _precision(self) -> str:
+        p = self.cfg.train.precision
+        cuda = self.dist.device.type == "cuda"
+        if p == "auto":
+            return "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
+        if p in ("bf16", "fp16") and not cuda:
+            raise NmtError(f"--precision {p} needs a GPU; use fp32 on the CPU")
+        return p
+
+    def _resume(self) -> None:
+        last = self.cfg.save_dir / "checkpoint_last.pt"
+        if not last.exists():
+            return
+        ckpt = checkpoint.load(last)
+        if ckpt["model_config"] != asdict(self.model_cfg):
+            diff = [k for k, v in asdict(self.model_cfg).items() if ckpt["model_config"].get(k) != v]
+            raise NmtError(f"{self.cfg.save_dir} holds a run of another architecture (differs in {', '.join(diff)}); use another --save-dir")
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        if self.ema is not None and "ema" in ckpt:
+            self.ema = {k: v.to(self.dist.device) for k, v in ckpt["ema"].items()}
+        self.progress = Progress(**ckpt["progress"]["loop"])
+        rng = ckpt["rng"]
+        if self.dist.rank < len(rng["torch"]):
+            torch.set_rng_state(rng["torch"][self.dist.rank])
+            if self.dist.device.type == "cuda" and rng.get("cuda"):
+                torch.cuda.set_rng_state(rng["cuda"][self.dist.rank], self.dist.device)
+        if self.dist.main:
+            console.print(f"resumed from {last} at update {self.progress.update} (epoch {self.progress.epoch}, batch group {self.progress.group})")
+
+    # ------------------------------------------------------------------------------------------ steps
+
+    def group_size(self) -> int:
+        return self.dist.world * self.cfg.train.update_freq
+
+    def epoch_batches(self, epoch: int) -> list[np.ndarray]:
+        t = self.cfg.train
+        try:
+            return token_batches(self.train_set.src_lengths, self.train_set.tgt_lengths, t.max_tokens, t.seed, epoch, t.pad_multiple)
+        except ValueError as err:
+            raise NmtError(f"{err}; raise --max-tokens or prepare with a lower --max-len") from None
+
+    def train_step(self, group: list[np.ndarray], flags: tuple[float, float]) -> torch.Tensor:
+        """Forward/backward this rank's share of ``group``, sum gradients across ranks, update.
+
+        Returns the reduced statistics (STATS order). The one host synchronisation per update is reading
+        the token count and gradient norm, which skipping non-finite updates needs.
+        """
+        model, t, device = self.model, self.cfg.train, self.dist.device
+        model.train()
+        stats = torch.zeros(len(STATS), dtype=torch.float64, device=device)
+        stats[STATS.index("save")], stats[STATS.index("stop")] = flags
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16 if self.precision == "bf16" else torch.float16,
+                                  enabled=self.precision in ("bf16", "fp16"))
+        shape = ""
+        for idx in group[self.dist.rank :: self.dist.world]:
+            batch = collate([self.train_set[int(i)] for i in idx], t.pad_multiple).to(device)
+            shape = f"source {tuple(batch.src.shape)}, target {tuple(batch.tgt_in.shape)}"
+            try:
+                with autocast:
+                    logits = self.step_model(batch.src, batch.tgt_in)
+                # The loss in float32 whatever the autocast dtype (a bf16 softmax over 37k classes loses mass).
+                lprobs = logits.float().log_softmax(-1).view(-1, logits.size(-1))
+                loss, nll, n = label_smoothed_nll(lprobs, batch.tgt_out.view(-1), t.label_smoothing, PAD)
+                self.scaler.scale(loss).backward()
+            except torch.cuda.OutOfMemoryError:
+                del batch
+                self.optimizer.zero_grad(set_to_none=False)
+                torch.cuda.empty_cache()
+                stats[STATS.index("oom")] += 1
+                console.print(f"[yellow]rank {self.dist.rank}: out of GPU memory on a batch of {shape}; skipping this update on every rank (lower --max-tokens if this repeats)")
+                break
+            stats[:5] += torch.stack([loss.detach().double(), nll.detach().double(), n.double(),
+                                      torch.tensor(float(batch.src_tokens), device=device, dtype=torch.float64),
+                                      torch.tensor(float(batch.slots), device=device, dtype=torch.float64)])
+        for p in self.params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        D.all_reduce_(stats, self.dist.world)
+        D.all_reduce_grads_(self.params, self.dist.world)
+        host = stats.tolist()
+        if host[STATS.index("oom")]:
+            self.optimizer.zero_grad(set_to_none=False)
+            self.progress.nonfinite += 1
+            return stats
+        self.scaler.unscale_(self.optimizer)
+        torch._foreach_mul_([p.grad for p in self.params], 1.0 / max(host[2], 1.0))
+        norm = torch.nn.utils.clip_grad_norm_(self.params, t.clip_norm if t.clip_norm > 0 else float("inf"))
+        if not math.isfinite(norm.item()):
+            self.progress.nonfinite += 1
+            self.scaler.update()  # lowers the fp16 scale; a no-op otherwise
+            self.optimizer.zero_grad(set_to_none=False)
+            console.print(f"[yellow]update {self.progress.update + 1}: non-finite gradient, skipped")
+            return stats
+        self.progress.nonfinite = 0
+        lr = learning_rate(self.cfg, self.model_cfg, self.progress.update + 1)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=False)
+        self.progress.update += 1
+        if self.ema is not None:
+            with torch.no_grad():
+                for k, v in self.model.state_dict().items():
+                    self.ema[k].mul_(t.ema_decay).add_(v.float(), alpha=1 - t.ema_decay)
+        return stats
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Loss and perplexity on the dev split, each rank a share of the batches, summed across ranks."""
+        if self.valid_set is None:
+            return {}
+        self.model.eval()
+        t = self.cfg.train
+        batches = token_batches(self.valid_set.src_lengths, self.valid_set.tgt_lengths, t.max_tokens, 0, 0, t.pad_multiple, shuffle=False)
+        sums = torch.zeros(3, dtype=torch.float64, device=self.dist.device)
+        autocast = torch.autocast(self.dist.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
+        for idx in batches[self.dist.rank :: self.dist.world]:
+            batch = collate([self.valid_set[int(i)] for i in idx], t.pad_multiple).to(self.dist.device)
+            with autocast:
+                logits = self.model(batch.src, batch.tgt_in)
+            lprobs = logits.float().log_softmax(-1).view(-1, logits.size(-1))
+            loss, nll, n = label_smoothed_nll(lprobs, batch.tgt_out.view(-1), t.label_smoothing, PAD)
+            sums += torch.stack([loss.double(), nll.double(), n.double()])
+        loss, nll, n = D.all_reduce_(sums, self.dist.world).tolist()
+        return {"valid_loss": loss / max(n, 1), "valid_nll": nll / max(n, 1), "valid_ppl": math.exp(min(nll / max(n, 1), 50))}
+
+    # ------------------------------------------------------------------------------------------ saving
+
+    def payload(self) -> dict[str, Any]:
+        rng_torch = D.gather_objects(torch.get_rng_state(), self.dist.world)
+        rng_cuda = D.gather_objects(torch.cuda.get_rng_state(self.dist.device), self.dist.world) if self.dist.device.type == "cuda" else []
+        return {
+            "model": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "model_config": asdict(self.model_cfg),
+            "config": to_plain(self.cfg),
+            "vocab": self.vocab,
+            "manifest": {k: self.manifest[k] for k in ("corpus", "src", "tgt", "normalisation")},
+            "progress": {"loop": asdict(self.progress), "time": time.time()},
+            "rng": {"torch": rng_torch, "cuda": rng_cuda},
+            "version": __version__,
+            **({"ema": {k: v.cpu() for k, v in self.ema.items()}} if self.ema is not None else {}),
+        }
+
+    def save(self, best: bool = False) -> None:
+        payload = self.payload()  # a collective: every rank takes part
+        if not self.dist.main:
+            return
+        save_dir = self.cfg.save_dir
+        numbered = save_dir / f"checkpoint_{self.progress.update}.pt"
+        checkpoint.save(payload, numbered)
+        for name in (["checkpoint_last.pt"] + (["checkpoint_best.pt"] if best else [])):
+            tmp = save_dir / f"{name}.tmp"
+            tmp.unlink(missing_ok=True)
+            try:
+                tmp.hardlink_to(numbered)
+            except OSError:
+                shutil.copyfile(numbered, tmp)
+            tmp.replace(save_dir / name)
+        if self.ema is not None:
+            ema = {**payload, "model": payload["ema"]}
+            ema.pop("optimizer")
+            checkpoint.save(ema, save_dir / "checkpoint_ema.pt")
+        keep = self.cfg.train.keep_last
+        if keep > 0:
+            for old in checkpoint.numbered(save_dir)[:-keep]:
+                old.unlink(missing_ok=True)
+
+    def log(self, record: dict[str, Any]) -> None:
+        if not self.dist.main:
+            return
+        if self.log_file is None:
+            self.log_file = open(self.cfg.save_dir / "train.jsonl", "a")
+        self.log_file.write(json.dumps(record) + "\n")
+        self.log_file.flush()
+        shown = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items())
+        console.print(shown)
+
+    # ------------------------------------------------------------------------------------------ loops
+
+    def describe(self) -> dict[str, Any]:
+        t, world = self.cfg.train, self.dist.world
+        batches = self.epoch_batches(1)
+        n_params = sum(p.numel() for p in self.model.parameters())
+        return {
+            "parameters": n_params,
+            "parameters_closed_form": total_parameters(self.model_cfg),
+            "devices": world,
+            "device": str(self.dist.device),
+            "precision": self.precision,
+            "max_tokens": t.max_tokens,
+            "update_freq": t.update_freq,
+            "tokens_per_update": t.max_tokens * t.update_freq * world,
+            "updates_per_epoch": math.ceil(len(batches) / self.group_size()),
+        }
+
+    def dry_run(self, steps: int = 3) -> dict[str, Any]:
+        info = self.describe()
+        batches = self.epoch_batches(1)
+        g = self.group_size()
+        start = time.perf_counter()
+        for i in range(steps):
+            self.train_step(batches[i * g : (i + 1) * g] or batches[:g], (0.0, 0.0))
+            if i == 0:
+                start = time.perf_counter()  # the first update pays for warm-up
+        per_update = (time.perf_counter() - start) / max(steps - 1, 1)
+        info["seconds_per_update"] = per_update
+        info["estimated_hours"] = per_update * self.cfg.train.max_updates / 3600
+        t = self.cfg.train
+        if t.tokens_per_update:
+            info["update_freq_by_devices"] = {n: derive_update_freq(t.tokens_per_update, t.max_tokens, n) for n in (1, 2, 4, 8, 64)}
+        return info
+
+    def fit(self) -> dict[str, Any]:
+        cfg, t, p = self.cfg, self.cfg.train, self.progress
+        if self.dist.main:
+            cfg.save_dir.mkdir(parents=True, exist_ok=True)
+            (cfg.save_dir / "config.json").write_text(json.dumps({"run": to_plain(cfg), "model": asdict(self.model_cfg)}, indent=1))
+            info = self.describe()
+            console.print(f"{info['parameters'] / 1e6:.2f}M parameters, {info['devices']} device(s) {info['device']} {info['precision']}, "
+                          f"{info['tokens_per_update']:,} token slots per update (max_tokens {t.max_tokens} × update_freq {t.update_freq} × {self.dist.world}), "
+                          f"{info['updates_per_epoch']:,} updates per epoch")
+        started = last_save = time.time()
+        window = np.zeros(len(STATS))
+        window_start = time.time()
+        stats = None
+        valid: dict[str, float] = {}
+        if p.update >= t.max_updates:
+            return self.finish(valid, started)
+        while True:
+            batches = self.epoch_batches(p.epoch)
+            groups = [batches[i : i + self.group_size()] for i in range(0, len(batches), self.group_size())]
+            while p.group < len(groups):
+                elapsed = time.time() - started
+                flags = (float(self.dist.main and elapsed - (last_save - started) >= t.save_minutes * 60),
+                         float(self.dist.main and t.max_time > 0 and elapsed >= t.max_time))
+                stats = self.train_step(groups[p.group], flags).cpu().numpy()
+                p.group += 1
+                window += stats
+                if p.nonfinite >= t.max_nonfinite:
+                    raise NmtError(f"{p.nonfinite} updates in a row were skipped (non-finite loss or out of memory); lower the learning rate or --max-tokens, or use --precision bf16/fp32")
+                done = p.update >= t.max_updates or stats[STATS.index("stop")] > 0
+                if p.update and (p.update % t.log_every == 0 or done):
+                    self.log_window(window, time.time() - window_start, valid)
+                    window[:] = 0
+                    window_start = time.time()
+                if p.update and (p.update % t.validate_every == 0 or done):
+                    valid = self.validate()
+                    best = bool(valid) and valid["valid_nll"] < p.best_loss
+                    if best:
+                        p.best_loss = valid["valid_nll"]
+                    if valid:
+                        self.log({"update": p.update, **valid})
+                    self.save(best=best)
+                    last_save = time.time()
+                elif p.update and (p.update % t.save_every == 0 or stats[STATS.index("save")] > 0):
+                    self.save()
+                    last_save = time.time()
+                if done:
+                    return self.finish(valid, started)
+            p.epoch += 1
+            p.group = 0
+            if t.max_epochs and p.epoch > t.max_epochs:
+                if stats is not None:
+                    valid = self.validate()
+                    self.save(best=bool(valid) and valid["valid_nll"] < p.best_loss)
+                return self.finish(valid, started)
+
+    def log_window(self, window: np.ndarray, seconds: float, valid: dict[str, float]) -> None:
+        s = dict(zip(STATS, window.tolist()))
+        p, t = self.progress, self.cfg.train
+        ntok = max(s["tgt_tokens"], 1)
+        tok_per_s = s["tgt_tokens"] / max(seconds, 1e-9)
+        record = {
+            "update": p.update, "epoch": p.epoch, "loss": s["loss"] / ntok, "ppl": math.exp(min(s["nll"] / ntok, 50)),
+            "lr": learning_rate(self.cfg, self.model_cfg, max(p.update, 1)), "tgt_tok_s": tok_per_s,
+            "pad_efficiency": (s["src_tokens"] + s["tgt_tokens"]) / max(s["slots"], 1),
+        }
+        if self.peak:
+            record["mfu"] = tok_per_s * self.flops_per_token / (self.peak * self.dist.world)
+        remaining = t.max_updates - p.update
+        updates_in_window = t.log_every if p.update % t.log_every == 0 else p.update % t.log_every
+        record["eta_min"] = remaining * seconds / max(updates_in_window, 1) / 60
+        self.log(record)
+
+    def finish(self, valid: dict[str, float], started: float) -> dict[str, Any]:
+        p = self.progress
+        summary = {"updates": p.update, "epochs": p.epoch, "seconds": time.time() - started, "best_valid_nll": p.best_loss, **valid}
+        if self.dist.main:
+            (self.cfg.save_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+            if self.log_file:
+                self.log_file.close()
+        return summary
