@@ -1,0 +1,1 @@
+"""Decoding: length penalties, beam search over cached incremental decoding, and streaming translation."""

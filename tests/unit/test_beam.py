@@ -1,0 +1,119 @@
+"""Beam search against brute-force enumeration, greedy decoding and batch-independence."""
+
+import itertools
+
+import pytest
+import torch
+
+from nmt.data.spm import BOS, EOS
+from nmt.decode.beam import Scorer, beam_search, greedy_search
+from nmt.decode.penalty import length_penalty
+from nmt.model.config import model_config
+from nmt.model.transformer import Transformer
+
+SRC = torch.tensor([[4, 4, 1, 3], [4, 3, 0, 0]])
+MAX_LEN = 6
+
+
+class EosShifted(Scorer):
+    """A real tiny model whose EOS log-probability is lowered by ``shift`` (then renormalised), so the best
+    hypotheses are long enough for the search to matter."""
+
+    def __init__(self, model: Transformer, shift: float) -> None:
+        super().__init__([model])
+        self.shift = shift
+
+    def step(self, tokens, states):  # noqa: ANN001, ANN201
+        lprobs = super().step(tokens, states).clone()
+        lprobs[:, EOS] -= self.shift
+        return lprobs.log_softmax(-1)
+
+
+def scorer(seed: int = 3, shift: float = 2.0) -> EosShifted:
+    torch.manual_seed(seed)
+    model = Transformer(model_config("tiny", vocab_size=5, dropout=0.0, d_model=32, d_ff=64, heads=2)).eval()
+    return EosShifted(model, shift)
+
+
+def brute_force(s: Scorer, i: int, alpha: float, kind: str) -> tuple[float, list[int]]:
+    """Every output of at most MAX_LEN tokens (EOS included) over the vocabulary {UNK, 4}, scored exactly."""
+    best = (float("-inf"), [])
+    for n in range(MAX_LEN):
+        for seq in itertools.product([1, 4], repeat=n):
+            states = s.start(SRC[i : i + 1], torch.tensor([0]), MAX_LEN)
+            total, prev = 0.0, BOS
+            for tok in [*seq, EOS]:
+                total += s.step(torch.tensor([prev]), states)[0, tok].item()
+                prev = tok
+            score = total / length_penalty(n + 1, alpha, kind)
+            if score > best[0]:
+                best = (score, list(seq))
+    return best
+
+
+@pytest.mark.parametrize("alpha,kind", [(0.6, "gnmt"), (0.0, "gnmt"), (1.0, "fairseq"), (2.0, "gnmt")])
+def test_beam_covering_the_space_finds_the_exact_best(alpha: float, kind: str) -> None:
+    s = scorer()
+    with torch.no_grad():
+        result = beam_search(s, SRC, [MAX_LEN, MAX_LEN], beam=3 * 2 ** (MAX_LEN - 1), alpha=alpha, penalty=kind)
+        for i in range(2):
+            score, tokens = brute_force(s, i, alpha, kind)
+            assert result[i][0].tokens == tokens
+            assert result[i][0].score == pytest.approx(score, abs=1e-4)
+
+
+def test_search_is_not_trivial_here() -> None:
+    """The brute-force optimum is long and differs from greedy decoding, so the test above has teeth."""
+    s = scorer()
+    with torch.no_grad():
+        greedy = greedy_search(s.models[0], SRC, [MAX_LEN, MAX_LEN])
+        bests = [brute_force(s, i, 2.0, "gnmt")[1] for i in range(2)]
+    assert any(len(b) >= 2 for b in bests)
+    plain = scorer(shift=0.0)
+    with torch.no_grad():
+        assert [h[0].tokens for h in beam_search(plain, SRC, [MAX_LEN] * 2, beam=1, alpha=0.0)] == greedy_search(plain.models[0], SRC, [MAX_LEN] * 2)
+    del greedy
+
+
+def test_beam_one_equals_greedy() -> None:
+    for seed in range(4):
+        torch.manual_seed(seed)
+        model = Transformer(model_config("tiny", vocab_size=30, dropout=0.0, d_model=32, d_ff=64, heads=2)).eval()
+        src = torch.randint(4, 30, (6, 9))
+        lens = [12] * 6
+        beam = beam_search(Scorer([model]), src, lens, beam=1, alpha=0.0)
+        assert [h[0].tokens for h in beam] == greedy_search(model, src, lens)
+
+
+def test_batched_equals_one_by_one_and_nbest_sorted() -> None:
+    torch.manual_seed(0)
+    model = Transformer(model_config("tiny", vocab_size=30, dropout=0.0, d_model=32, d_ff=64, heads=2)).eval()
+    lengths = [3, 9, 5, 1, 7]
+    src = torch.zeros(5, 10, dtype=torch.long)
+    for i, n in enumerate(lengths):
+        src[i, :n] = torch.randint(4, 30, (n,))
+        src[i, n] = EOS
+    lens = [n + 6 for n in lengths]
+    batched = beam_search(Scorer([model]), src, lens, beam=4, nbest=3)
+    for i, n in enumerate(lengths):
+        alone = beam_search(Scorer([model]), src[i : i + 1, : n + 1], [lens[i]], beam=4, nbest=3)[0]
+        assert [h.tokens for h in alone] == [h.tokens for h in batched[i]]
+        assert all(a.score >= b.score for a, b in zip(batched[i], batched[i][1:]))
+        assert all(len(h.tokens) < lens[i] for h in batched[i])
+
+
+def test_ensemble_of_identical_models_equals_one() -> None:
+    torch.manual_seed(0)
+    model = Transformer(model_config("tiny", vocab_size=30, dropout=0.0, d_model=32, d_ff=64, heads=2)).eval()
+    src = torch.randint(4, 30, (3, 6))
+    one = beam_search(Scorer([model]), src, [10] * 3)
+    two = beam_search(Scorer([model, model]), src, [10] * 3)
+    assert [h[0].tokens for h in one] == [h[0].tokens for h in two]
+
+
+def test_length_penalties() -> None:
+    assert length_penalty(1, 0.6) == 1.0
+    assert length_penalty(10, 0.6) == pytest.approx((15 / 6) ** 0.6)
+    assert length_penalty(10, 0.6, "fairseq") == pytest.approx(10**0.6)
+    with pytest.raises(ValueError):
+        length_penalty(3, 1.0, "other")
