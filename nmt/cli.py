@@ -155,3 +155,132 @@ def train(
         console.print(table)
     else:
         console.print(f"done: {result.get('updates', 0)} updates in {result.get('seconds', 0):.0f} s; best valid nll {result.get('best_valid_nll', float('nan')):.4f}")
+
+
+@app.command()
+def average(
+    inputs: Annotated[list[Path], typer.Argument(help="Checkpoint files, or one run folder with --last N.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the averaged checkpoint.")],
+    last: Annotated[Optional[int], typer.Option(help="Average the newest N numbered checkpoints of the run folder (paper: 5 base, 20 big).")] = None,
+) -> None:
+    """Average checkpoints' parameters, as the paper did (§6.1)."""
+    from nmt import checkpoint
+
+    if last is not None:
+        if len(inputs) != 1 or not inputs[0].is_dir():
+            raise NmtError("--last N takes exactly one run folder")
+        found = checkpoint.numbered(inputs[0])
+        if len(found) < last:
+            raise NmtError(f"{inputs[0]} has {len(found)} numbered checkpoints, fewer than --last {last}")
+        paths = found[-last:]
+    else:
+        paths = inputs
+        for p in paths:
+            if p.is_dir():
+                raise NmtError(f"{p} is a folder; give checkpoint files, or the folder with --last N")
+    checkpoint.average(paths, output)
+    console.print(f"averaged {len(paths)} checkpoints ({', '.join(p.name for p in paths)}) → {output}")
+
+
+@app.command()
+def translate(
+    checkpoints: Annotated[list[Path], typer.Argument(help="One checkpoint, or several to ensemble (log of averaged probabilities).")],
+    input: Annotated[Optional[Path], typer.Option("--input", "-i", help="Read this file instead of stdin.")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write here (atomically) instead of stdout.")] = None,
+    beam: Annotated[int, typer.Option(help="Beam size (paper: 4).")] = 4,
+    lenpen: Annotated[float, typer.Option(help="Length penalty α. With --penalty gnmt (default) the score is divided by ((5+|Y|)/6)^α, the paper's α=0.6; with --penalty fairseq by |Y|^α, which is what fairseq's --lenpen means (fairseq's 0.6 is not the paper's 0.6).")] = 0.6,
+    penalty: Annotated[str, typer.Option(help="gnmt (paper, tensor2tensor) or fairseq.")] = "gnmt",
+    max_len_a: Annotated[float, typer.Option(help="Output length limit a·source length + b (paper: source + 50).")] = 1.0,
+    max_len_b: Annotated[int, typer.Option(help="See --max-len-a.")] = 50,
+    max_tokens: Annotated[int, typer.Option(help="Source tokens per batch.")] = 4096,
+    buffer_size: Annotated[Optional[int], typer.Option(help="Lines read before translating [default: 2000; 1 when stdin is a terminal]. 1 answers each line as it arrives.")] = None,
+    nbest: Annotated[int, typer.Option(help="Print the N best translations per line as LINE<TAB>SCORE<TAB>TEXT (LINE from 1).")] = 1,
+    scores: Annotated[bool, typer.Option("--scores", help="Prefix each translation with its length-penalised log-probability and a tab.")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    dtype: Annotated[str, typer.Option(help="fp32, or bf16/fp16 on a GPU.")] = "fp32",
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch.")] = None,
+) -> None:
+    """Translate raw text: stdin to stdout (or --input/--output), one line out for every line in."""
+    import os
+    import tempfile
+
+    from nmt.decode.penalty import PENALTIES
+    from nmt.decode.translate import TranslateConfig, Translator
+
+    if penalty not in PENALTIES:
+        raise NmtError(f"--penalty must be one of {', '.join(PENALTIES)}, not '{penalty}'")
+    if threads:
+        torch_threads(threads)
+    interactive = input is None and sys.stdin.isatty()
+    size = buffer_size or (1 if interactive else 2000)
+    cfg = TranslateConfig(beam=beam, lenpen=lenpen, penalty=penalty, max_len_a=max_len_a, max_len_b=max_len_b,
+                          max_tokens=max_tokens, buffer_size=size, nbest=nbest, scores=scores, device=device, dtype=dtype)
+    translator = Translator(checkpoints, cfg)
+    if input is not None and not input.exists():
+        raise NmtError(f"{input}: file not found")
+    source = open(input, "rb") if input else sys.stdin.buffer
+    try:
+        if output is None:
+            translator.translate_stream(source, sys.stdout, size)
+            return
+        fd, tmp = tempfile.mkstemp(dir=output.parent if str(output.parent) else ".", prefix=f".{output.name}.")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as out:
+                n = translator.translate_stream(source, out, size)
+            os.replace(tmp, output)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+        console.print(f"translated {n} lines → {output}")
+    finally:
+        if input:
+            source.close()
+
+
+def torch_threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(n)
+
+
+@app.command()
+def score(
+    ref: Annotated[Path, typer.Option("--ref", "-r", help="Reference translations, one per line.")],
+    hyp: Annotated[Optional[Path], typer.Option("--hyp", help="Hypotheses [default: stdin].")] = None,
+    metrics: Annotated[str, typer.Option(help="Comma-separated: bleu, chrf, ter.")] = "bleu",
+    tokenized: Annotated[bool, typer.Option("--tokenized", help="Also print the paper's tokenized BLEU (Moses tokenizer, ##AT## compound splitting for German, multi-bleu).")] = False,
+    lang: Annotated[Optional[str], typer.Option(help="Target language for --tokenized [default: the reference file's suffix].")] = None,
+    paired_bs: Annotated[Optional[Path], typer.Option("--paired-bs", help="Baseline hypotheses: run sacreBLEU's paired bootstrap test against them.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
+) -> None:
+    """Score translations with sacreBLEU (signature included) and, on request, the paper's tokenized BLEU."""
+    import json
+
+    from nmt import evaluate
+
+    def read(path: Optional[Path], what: str) -> list[str]:
+        if path is None:
+            return sys.stdin.read().splitlines()
+        if not path.exists():
+            raise NmtError(f"{path}: {what} file not found")
+        return path.read_text(encoding="utf-8", errors="replace").splitlines()
+
+    refs = read(ref, "reference")
+    hyps = read(hyp, "hypothesis")
+    evaluate.check_lengths(hyps, refs, str(hyp or "stdin"), str(ref))
+    names = [m.strip().lower() for m in metrics.split(",") if m.strip()]
+    results = evaluate.sacre(hyps, refs, names)
+    if tokenized:
+        results.append(evaluate.tokenized_bleu(hyps, refs, lang or ref.suffix.lstrip(".") or "en"))
+    significance = []
+    if paired_bs is not None:
+        baseline = read(paired_bs, "baseline")
+        evaluate.check_lengths(baseline, refs, str(paired_bs), str(ref))
+        significance = evaluate.paired_bootstrap(hyps, baseline, refs, names)
+    if json_out:
+        print(json.dumps({"scores": [r.__dict__ for r in results], "paired_bootstrap": significance}, indent=1))
+        return
+    for r in results:
+        print(f"{r.text}\n  {r.kind}; signature: {r.signature}")
+    for s in significance:
+        print(f"paired bootstrap {s['metric']}: system {s['system']:.2f} (mean {s['mean']:.2f} ± {s['ci']:.2f}) vs baseline {s['baseline']:.2f}, p = {s['p_value']:.4f}")

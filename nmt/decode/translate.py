@@ -1,0 +1,172 @@
+"""``nmt translate``: raw text in, detokenised translations out, one line for each line, in order.
+
+Lines are read into a buffer, sorted by length and cut into batches by tokens, so a file goes as fast as
+it can; with a buffer of one line (the default when stdin is a terminal) each line is answered as soon as
+it arrives. Inputs are normalised exactly as ``nmt prepare`` normalised the training data.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Iterator, TextIO
+
+import sentencepiece as spm
+import torch
+
+from nmt import checkpoint
+from nmt.console import console
+from nmt.data.spm import EOS, PAD
+from nmt.data.text import normalise
+from nmt.decode.beam import Hypothesis, Scorer, beam_search
+from nmt.errors import NmtError
+from nmt.model.config import ModelConfig
+from nmt.model.transformer import Transformer
+
+
+@dataclass(frozen=True)
+class TranslateConfig:
+    beam: int = 4
+    lenpen: float = 0.6
+    penalty: str = "gnmt"
+    max_len_a: float = 1.0
+    max_len_b: int = 50
+    max_tokens: int = 4096  # source tokens per batch (before the beam multiplies them)
+    buffer_size: int = 2000
+    nbest: int = 1
+    scores: bool = False
+    device: str = "auto"
+    dtype: str = "fp32"
+
+
+def load_models(paths: list[Path], device: torch.device, dtype: torch.dtype) -> tuple[list[Transformer], dict]:
+    """Models of one or more checkpoints (an ensemble must share its vocabulary), and the first's metadata."""
+    models, first = [], None
+    for path in paths:
+        ckpt = checkpoint.load(path)
+        if first is None:
+            first = ckpt
+        elif checkpoint.vocab_digest(ckpt) != checkpoint.vocab_digest(first):
+            raise NmtError(f"{path}: vocabulary differs from {paths[0]}; an ensemble needs one vocabulary")
+        model = Transformer(ModelConfig(**ckpt["model_config"]))
+        try:
+            model.load_state_dict(ckpt["model"])
+        except RuntimeError as err:
+            raise NmtError(f"{path}: weights do not match its configuration ({str(err).splitlines()[0]})") from None
+        models.append(model.to(device=device, dtype=dtype).eval())
+        del ckpt
+    assert first is not None
+    return models, {"vocab": first["vocab"], "manifest": first.get("manifest", {}), "decode": first.get("config", {}).get("decode", {})}
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise NmtError(f"--device {name}: not a device (cpu, cuda, cuda:1, auto)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise NmtError(f"--device {name}: no GPU is present")
+    return device
+
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class Translator:
+    def __init__(self, checkpoints: list[Path], cfg: TranslateConfig) -> None:
+        if cfg.dtype not in DTYPES:
+            raise NmtError(f"--dtype must be fp32, bf16 or fp16, not '{cfg.dtype}'")
+        if cfg.nbest > cfg.beam:
+            raise NmtError(f"--nbest {cfg.nbest} cannot exceed --beam {cfg.beam}")
+        self.cfg = cfg
+        self.device = pick_device(cfg.device)
+        if self.device.type == "cpu" and cfg.dtype != "fp32":
+            raise NmtError(f"--dtype {cfg.dtype} needs a GPU; use fp32 on the CPU")
+        self.models, meta = load_models(checkpoints, self.device, DTYPES[cfg.dtype])
+        self.scorer = Scorer(self.models)
+        self.spm = spm.SentencePieceProcessor(model_proto=meta["vocab"].numpy().tobytes())
+        self.src_lang = meta["manifest"].get("src", "en")
+        self.max_src = min(m.cfg.max_positions for m in self.models) - 1  # room for EOS
+
+    def encode(self, line_no: int, text: str) -> list[int]:
+        ids = self.spm.encode(normalise(text, self.src_lang))
+        if len(ids) > self.max_src:
+            console.print(f"[yellow]line {line_no}: {len(ids)} tokens exceed the model's limit of {self.max_src}; truncated")
+            ids = ids[: self.max_src]
+        return ids
+
+    def max_len(self, n_src: int) -> int:
+        limit = int(self.cfg.max_len_a * n_src + self.cfg.max_len_b)
+        return max(1, min(limit, min(m.cfg.max_positions for m in self.models)))
+
+    @torch.inference_mode()
+    def translate_ids(self, sources: list[list[int]]) -> list[list[Hypothesis]]:
+        """Hypotheses for each source (ids without EOS), batched by tokens, in input order."""
+        order = sorted(range(len(sources)), key=lambda i: -len(sources[i]))
+        results: list[list[Hypothesis]] = [[] for _ in sources]
+        start = 0
+        while start < len(order):
+            width = len(sources[order[start]]) + 1
+            size = max(1, self.cfg.max_tokens // width)
+            chunk = order[start : start + size]
+            start += len(chunk)
+            src = torch.full((len(chunk), width), PAD, dtype=torch.long)
+            for row, i in enumerate(chunk):
+                src[row, : len(sources[i])] = torch.tensor(sources[i], dtype=torch.long)
+                src[row, len(sources[i])] = EOS
+            hyps = beam_search(self.scorer, src.to(self.device), [self.max_len(len(sources[i])) for i in chunk],
+                               beam=self.cfg.beam, alpha=self.cfg.lenpen, penalty=self.cfg.penalty, nbest=self.cfg.nbest)
+            for i, h in zip(chunk, hyps):
+                results[i] = h
+        return results
+
+    def format(self, line_no: int, hyps: list[Hypothesis], empty: bool) -> str:
+        if empty:
+            hyps = [Hypothesis([], 0.0, 0.0)] * self.cfg.nbest
+        texts = [(h.score, self.spm.decode(h.tokens)) for h in hyps[: self.cfg.nbest]]
+        if self.cfg.nbest > 1:
+            return "".join(f"{line_no}\t{score:.4f}\t{text}\n" for score, text in texts)
+        score, text = texts[0] if texts else (0.0, "")
+        return f"{score:.4f}\t{text}\n" if self.cfg.scores else text + "\n"
+
+    def translate_buffer(self, lines: list[tuple[int, str]]) -> list[str]:
+        """Formatted output for numbered input lines; empty lines give empty translations without the model."""
+        sources = [self.encode(n, text) if text.strip() else [] for n, text in lines]
+        real = [i for i, (_, text) in enumerate(lines) if text.strip()]
+        hyps = self.translate_ids([sources[i] for i in real])
+        by_line: dict[int, list[Hypothesis]] = dict(zip(real, hyps))
+        return [self.format(n, by_line.get(i, []), i not in by_line) for i, (n, _) in enumerate(lines)]
+
+    def translate_stream(self, source: BinaryIO, out: TextIO, buffer_size: int) -> int:
+        """Translate every line of ``source`` to ``out`` in order; returns the number of lines."""
+        count = 0
+        buffer: list[tuple[int, str]] = []
+        for line_no, text in read_lines(source):
+            buffer.append((line_no, text))
+            if len(buffer) >= buffer_size:
+                count += self._flush(buffer, out)
+        return count + self._flush(buffer, out)
+
+    def _flush(self, buffer: list[tuple[int, str]], out: TextIO) -> int:
+        if not buffer:
+            return 0
+        out.write("".join(self.translate_buffer(buffer)))
+        out.flush()
+        n = len(buffer)
+        buffer.clear()
+        return n
+
+
+def read_lines(source: BinaryIO) -> Iterator[tuple[int, str]]:
+    """Numbered lines (from 1) of a byte stream; invalid UTF-8 is replaced and reported on stderr."""
+    for line_no, raw in enumerate(iter(source.readline, b""), start=1):
+        raw = raw.rstrip(b"\r\n")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            text = raw.decode("utf-8", errors="replace")
+            print(f"nmt: warning: line {line_no}: invalid UTF-8 replaced by U+FFFD", file=sys.stderr)
+        yield line_no, text
