@@ -52,6 +52,7 @@ def prepare(
     max_ratio: Annotated[Optional[float], typer.Option(help="Drop training pairs whose length ratio exceeds this [default: 1.5; gettext 3.0].")] = None,
     dedup: Annotated[Optional[bool], typer.Option("--dedup/--no-dedup", help="Drop repeated training pairs.")] = None,
     spm_model: Annotated[Optional[Path], typer.Option(help="Reuse this SentencePiece model instead of training one.")] = None,
+    character_coverage: Annotated[Optional[float], typer.Option(help="SentencePiece character coverage [default: 1.0 for ≥16k pieces, else 0.9995].")] = None,
     spm_sample: Annotated[int, typer.Option(help="Sentences sampled to train SentencePiece.")] = 2_000_000,
     workers: Annotated[int, typer.Option(help="Worker processes for cleaning and encoding.")] = 2,
     mirror: Annotated[Optional[str], typer.Option(help="Base URL replacing the download hosts (a local mirror).")] = None,
@@ -65,7 +66,7 @@ def prepare(
     cfg = PrepareConfig(
         corpus=corpus, dest=dest or Path("data-bin") / corpus, src=src, tgt=tgt, train=train, valid=valid, test=test,
         vocab_size=vocab_size, max_len=max_len, max_ratio=max_ratio, dedup=dedup, spm_model=spm_model,
-        spm_sample=spm_sample, workers=workers, mirror=mirror, raw_dir=raw_dir, retries=retries, force=force,
+        spm_sample=spm_sample, character_coverage=character_coverage, workers=workers, mirror=mirror, raw_dir=raw_dir, retries=retries, force=force,
         command=_command_line(),
     )
     manifest = run(cfg)

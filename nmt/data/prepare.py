@@ -52,6 +52,7 @@ class PrepareConfig:
     spm_model: Path | None = None
     spm_sample: int = 2_000_000  # sentences (both sides together) SentencePiece is trained on
     model_type: str = "bpe"
+    character_coverage: float | None = None  # SentencePiece's; None: 1.0 for ≥16k pieces, else 0.9995
     workers: int = 2
     mirror: str | None = None
     raw_dir: Path | None = None
@@ -419,7 +420,7 @@ def prepare(cfg: PrepareConfig) -> dict:
             pool.close()
             pool.join()
     spm_prefix = cfg.dest / "spm"
-    spm_key = _fingerprint({"sample": _file_id(sample), "vocab": p.vocab_size, "type": cfg.model_type,
+    spm_key = _fingerprint({"sample": _file_id(sample), "vocab": p.vocab_size, "type": cfg.model_type, "coverage": cfg.character_coverage,
                             "given": _file_id(cfg.spm_model) if cfg.spm_model else None})
     spm_stamp = work / "spm.json"
     if cfg.spm_model:
@@ -434,7 +435,8 @@ def prepare(cfg: PrepareConfig) -> dict:
                 spm_prefix.with_suffix(".vocab").write_text("".join(f"{proc.id_to_piece(i)}\t0\n" for i in range(proc.get_piece_size())))
     elif cfg.force or not spm_stamp.exists() or spm_stamp.read_text() != spm_key or not spm_prefix.with_suffix(".model").exists():
         with console.status(f"training SentencePiece ({cfg.model_type}, {p.vocab_size} pieces)"):
-            train_spm(sample, spm_prefix, p.vocab_size, cfg.model_type, threads=max(1, cfg.workers))
+            train_spm(sample, spm_prefix, p.vocab_size, cfg.model_type, threads=max(1, cfg.workers),
+                      character_coverage=cfg.character_coverage)
         spm_stamp.write_text(spm_key)
     spm_path = spm_prefix.with_suffix(".model")
     real_vocab = load_spm(spm_path).get_piece_size()

@@ -13,8 +13,15 @@ from nmt.errors import NmtError
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
 
 
-def train_spm(sample: Path, prefix: Path, vocab_size: int, model_type: str = "bpe", threads: int = 2) -> Path:
-    """Train a joint model on the sample file; writes ``prefix.model`` and ``prefix.vocab`` atomically."""
+def train_spm(sample: Path, prefix: Path, vocab_size: int, model_type: str = "bpe", threads: int = 2,
+              character_coverage: float | None = None) -> Path:
+    """Train a joint model on the sample file; writes ``prefix.model`` and ``prefix.vocab`` atomically.
+
+    Character coverage defaults to SentencePiece's advice: 1.0 for large vocabularies, 0.9995 for small ones.
+    With byte fallback, any text round-trips. Normalisation is 'identity': the text is already NFC-normalised, and NFKC would make decode(encode(x)) ≠ x.
+    """
+    if character_coverage is None:
+        character_coverage = 1.0 if vocab_size >= 16000 else 0.9995
     tmp = prefix.with_name(prefix.name + ".tmp")
     try:
         spm.SentencePieceTrainer.train(
@@ -22,7 +29,10 @@ def train_spm(sample: Path, prefix: Path, vocab_size: int, model_type: str = "bp
             model_prefix=str(tmp),
             vocab_size=vocab_size,
             model_type=model_type,
-            character_coverage=1.0 if vocab_size >= 16000 else 0.9995,
+            character_coverage=character_coverage,
+            normalization_rule_name="identity",
+            # Characters outside the vocabulary become UTF-8 byte pieces instead of <unk>: lossless round trips.
+            byte_fallback=True,
             pad_id=PAD, unk_id=UNK, bos_id=BOS, eos_id=EOS,
             pad_piece="<pad>", unk_piece="<unk>", bos_piece="<s>", eos_piece="</s>",
             num_threads=threads,
