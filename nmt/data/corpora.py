@@ -108,7 +108,7 @@ WMT: dict[str, Corpus] = {c.name: c for c in (WMT14_EN_DE, WMT14_EN_FR)}
 
 # The gettext corpora have no archives: they are built from the catalogs installed on the machine
 # (nmt.data.gettext_corpus). Short software messages need a looser length ratio than news text.
-GETTEXT_LIMITS = {"vocab_size": 8000, "max_len": 250, "max_ratio": 3.0}
+GETTEXT_LIMITS = {"vocab_size": 4000, "max_len": 250, "max_ratio": 3.0}
 GETTEXT_PAIRS = {"gettext-en-de": ("en", "de"), "gettext-en-fr": ("en", "fr")}
 
 KNOWN = sorted([*WMT, *GETTEXT_PAIRS, "local"])

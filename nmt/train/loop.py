@@ -144,6 +144,8 @@ class Trainer:
         name = torch.cuda.get_device_name(dist.device) if dist.device.type == "cuda" else ""
         self.peak = next((v for k, v in PEAK_FLOPS.items() if k in name), None) if self.precision in ("bf16", "fp16") else None
         self.log_file = None
+        self.train_index = self._fitting(self.train_set, "train")
+        self.valid_index = self._fitting(self.valid_set, "valid") if self.valid_set is not None else None
         torch.manual_seed(cfg.train.seed + dist.rank)  # dropout differs per rank
         self._resume()
 
@@ -157,6 +159,22 @@ class Trainer:
         if p in ("bf16", "fp16") and not cuda:
             raise NmtError(f"--precision {p} needs a GPU; use fp32 on the CPU")
         return p
+
+    def _fitting(self, data: ParallelDataset, split: str) -> np.ndarray:
+        """Indices of the sentences the model can hold (EOS/BOS included); the others are skipped, and said so."""
+        limit = self.model_cfg.max_positions - 1
+        keep = np.nonzero((data.src_lengths <= limit) & (data.tgt_lengths <= limit))[0]
+        if len(keep) < len(data) and self.dist.main:
+            console.print(f"[yellow]{split}: skipping {len(data) - len(keep)} sentence pair(s) longer than the model's {limit} positions")
+        return keep
+
+    def _batches(self, data: ParallelDataset, index: np.ndarray, seed: int, epoch: int, shuffle: bool = True) -> list[np.ndarray]:
+        t = self.cfg.train
+        try:
+            batches = token_batches(data.src_lengths[index], data.tgt_lengths[index], t.max_tokens, seed, epoch, t.pad_multiple, shuffle)
+        except ValueError as err:
+            raise NmtError(f"{err}; raise --max-tokens or prepare with a lower --max-len") from None
+        return [index[b] for b in batches]
 
     def _resume(self) -> None:
         last = self.cfg.save_dir / "checkpoint_last.pt"
@@ -186,11 +204,7 @@ class Trainer:
         return self.dist.world * self.cfg.train.update_freq
 
     def epoch_batches(self, epoch: int) -> list[np.ndarray]:
-        t = self.cfg.train
-        try:
-            return token_batches(self.train_set.src_lengths, self.train_set.tgt_lengths, t.max_tokens, t.seed, epoch, t.pad_multiple)
-        except ValueError as err:
-            raise NmtError(f"{err}; raise --max-tokens or prepare with a lower --max-len") from None
+        return self._batches(self.train_set, self.train_index, self.cfg.train.seed, epoch)
 
     def train_step(self, group: list[np.ndarray], flags: tuple[float, float]) -> torch.Tensor:
         """Forward/backward this rank's share of ``group``, sum gradients across ranks, update.
@@ -261,11 +275,11 @@ class Trainer:
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
         """Loss and perplexity on the dev split, each rank a share of the batches, summed across ranks."""
-        if self.valid_set is None:
+        if self.valid_set is None or self.valid_index is None:
             return {}
         self.model.eval()
         t = self.cfg.train
-        batches = token_batches(self.valid_set.src_lengths, self.valid_set.tgt_lengths, t.max_tokens, 0, 0, t.pad_multiple, shuffle=False)
+        batches = self._batches(self.valid_set, self.valid_index, 0, 0, shuffle=False)
         sums = torch.zeros(3, dtype=torch.float64, device=self.dist.device)
         autocast = torch.autocast(self.dist.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
         for idx in batches[self.dist.rank :: self.dist.world]:
@@ -349,21 +363,29 @@ class Trainer:
             "updates_per_epoch": math.ceil(len(batches) / self.group_size()),
         }
 
-    def dry_run(self, steps: int = 3) -> dict[str, Any]:
+    def dry_run(self, batches_to_time: int = 3) -> dict[str, Any]:
+        """Plan of the run, with the time per update estimated from a few single-batch steps."""
         info = self.describe()
         batches = self.epoch_batches(1)
-        g = self.group_size()
-        start = time.perf_counter()
-        for i in range(steps):
-            self.train_step(batches[i * g : (i + 1) * g] or batches[:g], (0.0, 0.0))
-            if i == 0:
-                start = time.perf_counter()  # the first update pays for warm-up
-        per_update = (time.perf_counter() - start) / max(steps - 1, 1)
-        info["seconds_per_update"] = per_update
-        info["estimated_hours"] = per_update * self.cfg.train.max_updates / 3600
+        timings = []
+        for i in range(min(batches_to_time, len(batches))):
+            start = time.perf_counter()
+            self.train_step([batches[i]] * self.dist.world, (0.0, 0.0))
+            if self.dist.device.type == "cuda":
+                torch.cuda.synchronize()
+            timings.append(time.perf_counter() - start)
+        per_batch = min(timings[1:] or timings)  # the first step pays for warm-up
         t = self.cfg.train
+        info["seconds_per_update"] = per_batch * t.update_freq
+        info["estimated_hours"] = info["seconds_per_update"] * t.max_updates / 3600
         if t.tokens_per_update:
-            info["update_freq_by_devices"] = {n: derive_update_freq(t.tokens_per_update, t.max_tokens, n) for n in (1, 2, 4, 8, 64)}
+            plan = {}
+            for n in (1, 2, 4, 8, 64):
+                uf = derive_update_freq(t.tokens_per_update, t.max_tokens, n)
+                tokens = uf * n * t.max_tokens
+                note = "" if abs(tokens - t.tokens_per_update) <= 0.25 * t.tokens_per_update else f" (use --max-tokens {t.tokens_per_update // n})"
+                plan[f"{n} devices"] = f"update_freq {uf}, {tokens:,} tokens{note}"
+            info.update(plan)
         return info
 
     def fit(self) -> dict[str, Any]:
