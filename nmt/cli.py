@@ -18,6 +18,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts contain [default: ...] literally
 )
 
 
@@ -77,7 +78,7 @@ def prepare(
 def run() -> None:
     """Entry point that turns NmtError into one line on stderr and exit status 2."""
     try:
-        app(standalone_mode=False)
+        app(prog_name="nmt")
     except NmtError as err:
         print(f"nmt: error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -1,0 +1,73 @@
+"""Every shipped recipe parses, builds its model, and its dry run reports the paper's sizes."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nmt.config import load_recipe
+from nmt.data.binarize import TokenWriter
+from nmt.model.config import model_config, total_parameters
+
+ROOT = Path(__file__).resolve().parents[2]
+RECIPES = sorted((ROOT / "recipes").glob("*.toml"))
+PAPER = {  # vocabulary (§5.1) → parameters with tied embeddings (docs/architecture.md)
+    "wmt14-en-de-base": (37000, 63_082_496), "wmt14-en-de-big": (37000, 214_245_376),
+    "wmt14-en-fr-base": (32000, 60_522_496), "wmt14-en-fr-big": (32000, 209_125_376),
+}
+
+
+def test_all_recipes_parse_and_build() -> None:
+    assert {p.stem for p in RECIPES} >= set(PAPER) | {"gettext-en-de-tiny"}
+    for path in RECIPES:
+        recipe = load_recipe(path)
+        cfg = model_config(recipe["arch"], vocab_size=1000, **recipe.get("model", {}))
+        assert cfg.d_model in (128, 512, 1024)
+        if path.stem in PAPER:
+            assert recipe["train"].tokens_per_update == 32768 and recipe["train"].warmup == 4000
+            assert recipe["decode"].beam == 4 and recipe["decode"].lenpen == 0.6 and recipe["decode"].max_len_b == 50
+            assert recipe["average_last"] == (5 if "base" in path.stem else 20)
+            assert recipe["model"]["dropout"] == (0.3 if path.stem == "wmt14-en-de-big" else 0.1)
+
+
+def wmt_shaped(dest: Path, vocab: int, spm_from: Path) -> Path:
+    """A prepared dataset with a WMT-sized vocabulary: 200 random sentence pairs of 5-60 tokens."""
+    dest.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    splits = {}
+    for split in ("train", "valid"):
+        writers = [TokenWriter(dest / f"{split}.{lang}", "uint16") for lang in ("en", "xx")]
+        for w in writers:
+            w.add_many([rng.integers(4, vocab, rng.integers(5, 60)).astype(np.int32) for _ in range(200)])
+            w.commit()
+        splits[split] = {"pairs": 200, "dropped": {}, "src_tokens": writers[0].tokens, "tgt_tokens": writers[1].tokens}
+    shutil.copyfile(spm_from / "spm.model", dest / "spm.model")
+    manifest = {"corpus": "synthetic", "src": "en", "tgt": "xx", "dtype": "uint16", "splits": splits,
+                "vocab": {"size": vocab}, "normalisation": ""}
+    (dest / "manifest.json").write_text(json.dumps(manifest))
+    return dest
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(PAPER))
+def test_dry_run_reports_paper_sizes(name: str, small_data: Path, tmp_path: Path) -> None:
+    vocab, params = PAPER[name]
+    assert total_parameters(model_config(name.rsplit("-", 1)[1], vocab_size=vocab)) == params
+    data = wmt_shaped(tmp_path / "data", vocab, small_data)
+    r = subprocess.run([sys.executable, "-m", "nmt", "train", str(data), "--recipe", str(ROOT / "recipes" / f"{name}.toml"),
+                        "--cpu", "--dry-run", "--save-dir", str(tmp_path / "run")], capture_output=True, text=True,
+                       env={**os.environ, "COLUMNS": "200"})
+    assert r.returncode == 0, r.stderr
+    out = r.stdout + r.stderr
+    assert re.search(rf"parameters\s+│\s+{params:,}\s", out)
+    assert re.search(r"tokens_per_update\s+│\s+32,768\s", out)
+    assert re.search(r"8 devices\s+│\s+update_freq 1, 32,768 tokens", out)
+    assert re.search(r"1 devices\s+│\s+update_freq 8, 32,768 tokens", out)
+    assert re.search(r"64 devices\s+│.*use --max-tokens 512", out)
+    assert not (tmp_path / "run" / "checkpoint_last.pt").exists()
