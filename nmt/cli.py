@@ -113,6 +113,7 @@ def train(
     precision: Annotated[Optional[str], typer.Option(help="auto (bf16 on capable GPUs, else fp32), fp32, bf16 or fp16 (dynamic loss scaling).")] = None,
     compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the model.")] = None,
     ema_decay: Annotated[Optional[float], typer.Option(help="Keep an exponential moving average of the weights (e.g. 0.9999; 0: off).")] = None,
+    valid_bleu: Annotated[Optional[int], typer.Option(help="At each validation, beam-search this many dev sentences and report sacreBLEU (0: off).")] = None,
     gpus: Annotated[Optional[int], typer.Option(help="GPUs on this machine, one process each (NCCL). Under torchrun the environment decides.")] = None,
     cpu: Annotated[bool, typer.Option("--cpu", help="Train on the CPU even if a GPU is present.")] = False,
     nproc: Annotated[int, typer.Option(help="With --cpu: processes (gloo backend).")] = 1,
@@ -137,7 +138,7 @@ def train(
         max_updates=max_updates, max_epochs=max_epochs, max_time=max_time, lr_schedule=lr_schedule, lr_scale=lr_scale,
         peak_lr=peak_lr, warmup=warmup, label_smoothing=label_smoothing, clip_norm=clip_norm, validate_every=validate_every,
         save_every=save_every, save_minutes=save_minutes, keep_last=keep_last, log_every=log_every, seed=seed,
-        precision=precision, compile=compile, ema_decay=ema_decay,
+        precision=precision, compile=compile, ema_decay=ema_decay, valid_bleu=valid_bleu,
     )
     cfg = RunConfig(
         data=Path(data), save_dir=save_dir or base.get("save_dir") or Path("runs") / chosen_arch, arch=chosen_arch, model=model,

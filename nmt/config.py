@@ -49,6 +49,7 @@ class TrainConfig:
     ema_decay: float = 0.0
     max_nonfinite: int = 10  # consecutive skipped updates before the run stops
     pad_multiple: int = 8
+    valid_bleu: int = 0  # at each validation, beam-search this many dev sentences and report sacreBLEU
 
     def __post_init__(self) -> None:
         if self.lr_schedule not in ("noam", "inverse_sqrt"):

@@ -144,6 +144,8 @@ class Trainer:
         name = torch.cuda.get_device_name(dist.device) if dist.device.type == "cuda" else ""
         self.peak = next((v for k, v in PEAK_FLOPS.items() if k in name), None) if self.precision in ("bf16", "fp16") else None
         self.log_file = None
+        self.tensorboard = None
+        self.bar = None
         self.train_index = self._fitting(self.train_set, "train")
         self.valid_index = self._fitting(self.valid_set, "valid") if self.valid_set is not None else None
         torch.manual_seed(cfg.train.seed + dist.rank)  # dropout differs per rank
@@ -290,7 +292,32 @@ class Trainer:
             loss, nll, n = label_smoothed_nll(lprobs, batch.tgt_out.view(-1), t.label_smoothing, PAD)
             sums += torch.stack([loss.double(), nll.double(), n.double()])
         loss, nll, n = D.all_reduce_(sums, self.dist.world).tolist()
-        return {"valid_loss": loss / max(n, 1), "valid_nll": nll / max(n, 1), "valid_ppl": math.exp(min(nll / max(n, 1), 50))}
+        result = {"valid_loss": loss / max(n, 1), "valid_nll": nll / max(n, 1), "valid_ppl": math.exp(min(nll / max(n, 1), 50))}
+        if t.valid_bleu and self.dist.main:
+            result["valid_bleu"] = self.valid_bleu(t.valid_bleu)
+        return result
+
+    @torch.no_grad()
+    def valid_bleu(self, count: int) -> float:
+        """sacreBLEU of beam-searched translations of the first ``count`` dev sentences (decode settings of the run)."""
+        import sacrebleu
+        import sentencepiece
+
+        from nmt.decode.beam import Scorer, beam_search
+
+        assert self.valid_index is not None
+        proc = sentencepiece.SentencePieceProcessor(model_proto=self.vocab.numpy().tobytes())
+        d = self.cfg.decode
+        hyps, refs = [], []
+        for start in range(0, min(count, len(self.valid_index)), 64):
+            idx = self.valid_index[start : min(start + 64, count)]
+            pairs = [self.valid_set[int(i)] for i in idx]
+            batch = collate(pairs, self.cfg.train.pad_multiple).to(self.dist.device)
+            limits = [min(int(d.max_len_a * len(src) + d.max_len_b), self.model_cfg.max_positions) for src, _ in pairs]
+            found = beam_search(Scorer([self.model]), batch.src, limits, beam=d.beam, alpha=d.lenpen, penalty=d.penalty)
+            hyps += [proc.decode(h[0].tokens if h else []) for h in found]
+            refs += [proc.decode(tgt.tolist()) for _, tgt in pairs]
+        return sacrebleu.corpus_bleu(hyps, [refs]).score
 
     # ------------------------------------------------------------------------------------------ saving
 
@@ -340,8 +367,21 @@ class Trainer:
             return
         if self.log_file is None:
             self.log_file = open(self.cfg.save_dir / "train.jsonl", "a")
+            try:  # TensorBoard only when the optional extra is installed
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tensorboard = SummaryWriter(str(self.cfg.save_dir / "tensorboard"))
+            except ImportError:
+                self.tensorboard = None
         self.log_file.write(json.dumps(record) + "\n")
         self.log_file.flush()
+        if self.tensorboard is not None:
+            for key, value in record.items():
+                if key != "update" and isinstance(value, (int, float)):
+                    self.tensorboard.add_scalar(key, value, record["update"])
+        if self.bar is not None:
+            self.bar.update(self.bar_task, completed=record["update"], info="  ".join(
+                f"{k} {record[k]:.4g}" for k in ("loss", "ppl", "lr", "tgt_tok_s", "mfu", "valid_ppl") if k in record))
         shown = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items())
         console.print(shown)
 
@@ -397,6 +437,12 @@ class Trainer:
             console.print(f"{info['parameters'] / 1e6:.2f}M parameters, {info['devices']} device(s) {info['device']} {info['precision']}, "
                           f"{info['tokens_per_update']:,} token slots per update (max_tokens {t.max_tokens} × update_freq {t.update_freq} × {self.dist.world}), "
                           f"{info['updates_per_epoch']:,} updates per epoch")
+        if self.dist.main and console.is_terminal:
+            from nmt.console import progress
+
+            self.bar = progress()
+            self.bar.start()
+            self.bar_task = self.bar.add_task("train", total=t.max_updates, completed=p.update, info="")
         started = last_save = time.time()
         window = np.zeros(len(STATS))
         window_start = time.time()
@@ -467,4 +513,8 @@ class Trainer:
             (self.cfg.save_dir / "summary.json").write_text(json.dumps(summary, indent=1))
             if self.log_file:
                 self.log_file.close()
+            if self.tensorboard is not None:
+                self.tensorboard.close()
+            if self.bar is not None:
+                self.bar.stop()
         return summary

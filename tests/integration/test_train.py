@@ -1,3 +1,4 @@
+import json
 import os
 import signal
 import subprocess
@@ -123,3 +124,17 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "nmt", "train", str(tmp_path), "--cpu"], capture_output=True, text=True)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "not a prepared dataset" in result.stderr
+
+
+def test_ema_and_validation_bleu(small_data: Path, tmp_path: Path) -> None:
+    cfg = config(small_data, tmp_path / "ema", max_updates=4, ema_decay=0.5, valid_bleu=8)
+    cfg = replace(cfg, train=replace(cfg.train, validate_every=2))
+    summary = run(cfg)
+    assert 0.0 <= summary["valid_bleu"] <= 100.0
+    raw = checkpoint.load(tmp_path / "ema" / "checkpoint_last.pt")
+    ema = checkpoint.load(tmp_path / "ema" / "checkpoint_ema.pt")
+    assert "optimizer" not in ema and ema["model_config"] == raw["model_config"]
+    w = "decoder.0.ffn.fc1.weight"
+    assert not torch.equal(ema["model"][w], raw["model"][w])
+    logged = [json.loads(line) for line in (tmp_path / "ema" / "train.jsonl").read_text().splitlines()]
+    assert any("valid_bleu" in r for r in logged) and any("tgt_tok_s" in r for r in logged)
