@@ -1,20 +1,4 @@
 #!/usr/bin/env bash
-# Reproduce a WMT14 EN-FR row of Table 2: prepare → train → average → translate → score.
+# Reproduce a WMT14 EN-FR row of Table 2 (see recipes/wmt14.sh and docs/reproduce.md).
 # Usage: bash recipes/wmt14-en-fr.sh [base|big]   (extra training options in NMT_TRAIN_ARGS, e.g. "--gpus 1")
-set -euo pipefail
-cd "$(dirname "$0")/.."
-ARCH=${1:-base}
-case "$ARCH" in base) PAPER=38.1; LAST=5 ;; big) PAPER=41.8; LAST=20 ;; *) echo "usage: $0 [base|big]" >&2; exit 2 ;; esac
-DATA=data-bin/wmt14-en-fr
-RUN=runs/wmt14-en-fr-$ARCH
-
-nmt prepare wmt14-en-fr --dest "$DATA" ${NMT_PREPARE_ARGS:-}
-# shellcheck disable=SC2086
-nmt train --recipe recipes/wmt14-en-fr-$ARCH.toml --save-dir "$RUN" ${NMT_TRAIN_ARGS:-}
-nmt average "$RUN" --last "$LAST" -o "$RUN/averaged.pt"
-for TEST in test test-filtered; do
-  nmt translate "$RUN/averaged.pt" --input "$DATA/$TEST.en" --output "$RUN/$TEST.hyp" \
-    --beam 4 --lenpen 0.6 --penalty gnmt --max-len-a 1 --max-len-b 50 ${NMT_TRANSLATE_ARGS:-}
-  echo "== newstest2014 ($TEST, $(wc -l < "$DATA/$TEST.en") sentences); the paper reports $PAPER (tokenized BLEU)"
-  nmt score --ref "$DATA/$TEST.fr" --hyp "$RUN/$TEST.hyp" --tokenized --lang fr | tee "$RUN/$TEST.score"
-done
+exec bash "$(dirname "$0")/wmt14.sh" fr "${1:-base}"

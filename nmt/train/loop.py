@@ -503,6 +503,7 @@ class Trainer:
             record["mfu"] = tok_per_s * self.flops_per_token / (self.peak * self.dist.world)
         remaining = t.max_updates - p.update
         updates_in_window = t.log_every if p.update % t.log_every == 0 else p.update % t.log_every
+        record["tgt_tokens_per_update"] = s["tgt_tokens"] / max(updates_in_window, 1)  # real, not padded
         record["eta_min"] = remaining * seconds / max(updates_in_window, 1) / 60
         self.log(record)
 

@@ -71,3 +71,12 @@ def test_dry_run_reports_paper_sizes(name: str, small_data: Path, tmp_path: Path
     assert re.search(r"1 devices\s+│\s+update_freq 8, 32,768 tokens", out)
     assert re.search(r"64 devices\s+│.*use --max-tokens 512", out)
     assert not (tmp_path / "run" / "checkpoint_last.pt").exists()
+
+
+def test_scripts_are_valid_bash_and_check_usage() -> None:
+    for script in sorted((ROOT / "recipes").glob("*.sh")):
+        assert subprocess.run(["bash", "-n", str(script)]).returncode == 0, script
+    r = subprocess.run(["bash", str(ROOT / "recipes" / "wmt14.sh"), "xx", "base"], capture_output=True, text=True)
+    assert r.returncode == 2 and "usage:" in r.stderr
+    r = subprocess.run(["bash", str(ROOT / "recipes" / "wmt14-en-de.sh"), "huge"], capture_output=True, text=True)
+    assert r.returncode == 2 and "usage:" in r.stderr
