@@ -335,9 +335,9 @@ def keep_pair(n_src: int, n_tgt: int, max_len: int, max_ratio: float) -> str | N
     return None
 
 
-def encode(cfg: PrepareConfig, p: Plan, work: Path, stats: dict[str, SplitStats], spm_path: Path) -> str:
+def encode(cfg: PrepareConfig, p: Plan, work: Path, stats: dict[str, SplitStats], spm_path: Path, vocab_size: int) -> str:
     """Encode every split with SentencePiece in worker processes and write the token files."""
-    dtype = token_dtype(p.vocab_size)
+    dtype = token_dtype(vocab_size)
     pool = mp.get_context("spawn").Pool(cfg.workers, _init_encoder, (str(spm_path),)) if cfg.workers > 1 else None
     if pool is None:
         _init_encoder(str(spm_path))
@@ -446,7 +446,7 @@ def prepare(cfg: PrepareConfig) -> dict:
     if not cfg.force and (manifest := _up_to_date(cfg.dest, key)):
         manifest["skipped"] = True
         return manifest
-    dtype = encode(cfg, p, work, stats, spm_path)
+    dtype = encode(cfg, p, work, stats, spm_path, real_vocab)
     manifest = {
         "format": 1,
         "key": key,

@@ -180,3 +180,14 @@ def test_gettext_corpus_splits_share_no_catalog(tmp_path: Path) -> None:
     train = pairs(tmp_path / "g" / "work" / "gettext", "train")
     test = pairs(tmp_path / "g", "test")
     assert not train & test
+
+
+def test_reusing_a_sentencepiece_model(small_data: Path, small_corpus: Path, tmp_path: Path) -> None:
+    dest = tmp_path / "reuse"
+    manifest = prepare(PrepareConfig(corpus="local", dest=dest, src="en", tgt="de", train=str(small_corpus / "dev"),
+                                     spm_model=small_data / "spm.model", workers=1))
+    assert (dest / "spm.model").read_bytes() == (small_data / "spm.model").read_bytes()
+    assert manifest["vocab"]["size"] == 1000
+    proc = spm.SentencePieceProcessor(model_file=str(small_data / "spm.model"))
+    first = (small_corpus / "dev.en").read_text(encoding="utf-8").splitlines()[0]
+    assert ParallelDataset(dest, "train")[0][0].tolist() == proc.encode(normalise(first, "en"))

@@ -80,3 +80,9 @@ def test_update_freq_keeps_tokens_per_update_across_device_counts() -> None:
     assert derive_update_freq(25000, 3125, 8) == 1
     assert derive_update_freq(25000, 3125, 64) == 1
     assert derive_update_freq(25000, 3125, 2) == 4
+
+
+def test_token_dtype_follows_vocabulary_size() -> None:
+    from nmt.data.binarize import token_dtype
+
+    assert token_dtype(65536) == "uint16" and token_dtype(65537) == "int32"
