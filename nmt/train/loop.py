@@ -14,7 +14,6 @@ import math
 import shutil
 import time
 from dataclasses import asdict, dataclass, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -224,6 +223,7 @@ class Trainer:
         for idx in group[self.dist.rank :: self.dist.world]:
             batch = collate([self.train_set[int(i)] for i in idx], t.pad_multiple).to(device)
             shape = f"source {tuple(batch.src.shape)}, target {tuple(batch.tgt_in.shape)}"
+            out_of_memory = False
             try:
                 with autocast:
                     logits = self.step_model(batch.src, batch.tgt_in)
@@ -232,7 +232,9 @@ class Trainer:
                 loss, nll, n = label_smoothed_nll(lprobs, batch.tgt_out.view(-1), t.label_smoothing, PAD)
                 self.scaler.scale(loss).backward()
             except torch.cuda.OutOfMemoryError:
-                del batch
+                out_of_memory = True  # handled outside: the traceback would keep the tensors alive
+            if out_of_memory:
+                logits = lprobs = loss = batch = None
                 self.optimizer.zero_grad(set_to_none=False)
                 torch.cuda.empty_cache()
                 stats[STATS.index("oom")] += 1

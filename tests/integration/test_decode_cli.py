@@ -1,12 +1,9 @@
 import json
-import os
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
-import sacrebleu
 import torch
 
 from nmt import checkpoint
