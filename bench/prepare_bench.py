@@ -64,14 +64,17 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--vocab-size", type=int, default=8000)
+    parser.add_argument("--spm-sample", type=int, default=2_000_000,
+                        help="Sentences sampled for SentencePiece (nmt's default 2M): memory grows with min(corpus, sample).")
     args = parser.parse_args()
+    print(f"spm sample {args.spm_sample:,} sentences, {args.workers} workers")
     print(f"{'pairs':>10} {'seconds':>8} {'pairs/s':>9} {'peak MiB':>9}")
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes:
             corpus = Path(tmp) / f"c{size}"
             synthetic(corpus, size)
             cmd = [sys.executable, "-m", "nmt", "prepare", "local", "--train", str(corpus), "--src", "en", "--tgt", "de",
-                   "--vocab-size", str(args.vocab_size), "--workers", str(args.workers), "--dest", str(Path(tmp) / f"d{size}")]
+                   "--vocab-size", str(args.vocab_size), "--workers", str(args.workers), "--spm-sample", str(args.spm_sample), "--dest", str(Path(tmp) / f"d{size}")]
             start = time.perf_counter()
             proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             peak = 0

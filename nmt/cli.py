@@ -54,7 +54,7 @@ def prepare(
     dedup: Annotated[Optional[bool], typer.Option("--dedup/--no-dedup", help="Drop repeated training pairs.")] = None,
     spm_model: Annotated[Optional[Path], typer.Option(help="Reuse this SentencePiece model instead of training one.")] = None,
     character_coverage: Annotated[Optional[float], typer.Option(help="SentencePiece character coverage [default: 1.0 for ≥16k pieces, else 0.9995].")] = None,
-    spm_sample: Annotated[int, typer.Option(help="Sentences sampled to train SentencePiece.")] = 2_000_000,
+    spm_sample: Annotated[int, typer.Option(help="Sentences sampled to train SentencePiece; peak memory grows with this cap, not with the corpus (~0.9 GiB at 2M).")] = 2_000_000,
     workers: Annotated[int, typer.Option(help="Worker processes for cleaning and encoding.")] = 2,
     mirror: Annotated[Optional[str], typer.Option(help="Base URL replacing the download hosts (a local mirror).")] = None,
     raw_dir: Annotated[Optional[Path], typer.Option(help="Folder of already downloaded archives (and where downloads go).")] = None,
