@@ -14,6 +14,7 @@ nmt average "$RUN" --last 3 -o "$RUN/averaged.pt"
 nmt translate "$RUN/averaged.pt" --input "$DATA/test.en" --output "$RUN/test.hyp" --beam 4 --lenpen 0.6 --threads "$THREADS"
 echo "== test split of gettext-en-de ($(wc -l < "$DATA/test.en") segments)"
 nmt score --ref "$DATA/test.de" --hyp "$RUN/test.hyp" --metrics bleu,chrf | tee "$RUN/score.txt"
-echo "== a few sentences from stdin"
-printf '%s\n' "Open the file." "The document could not be saved." "Do you want to quit without saving?" \
-  | tee /dev/stderr | nmt translate "$RUN/averaged.pt" --threads "$THREADS"
+echo "== a few sentences from stdin (source, tab, translation)"
+SENTENCES=("Open the file." "The document could not be saved." "Do you want to quit without saving?")
+printf '%s\n' "${SENTENCES[@]}" | nmt translate "$RUN/averaged.pt" --threads "$THREADS" \
+  | paste <(printf '%s\n' "${SENTENCES[@]}") -

@@ -22,4 +22,6 @@ def test_quickstart_trains_and_scores(tmp_path: Path) -> None:
     assert bleu > MIN_BLEU, r.stdout
     hyp = (tmp_path / "run" / "test.hyp").read_text(encoding="utf-8").splitlines()
     assert len(hyp) == len((tmp_path / "data" / "test.en").read_text(encoding="utf-8").splitlines())
-    assert len([line for line in r.stdout.splitlines() if line.strip()][-3:]) == 3  # the three stdin sentences came back
+    pairs = [line.split("\t") for line in r.stdout.splitlines()[-3:]]
+    assert [p[0] for p in pairs] == ["Open the file.", "The document could not be saved.", "Do you want to quit without saving?"]
+    assert all(len(p) == 2 and p[1].strip() for p in pairs)  # each came back translated
