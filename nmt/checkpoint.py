@@ -40,11 +40,15 @@ def save(payload: dict[str, Any], path: Path) -> None:
 
 
 def load(path: Path) -> dict[str, Any]:
-    """Load a checkpoint on the CPU without executing pickled code; one-line errors for bad files."""
+    """Load a checkpoint on the CPU without executing pickled code; one-line errors for bad files.
+
+    Memory-mapped: tensors are read from disk when touched, so loading a training checkpoint for its
+    weights does not also read its optimiser state.
+    """
     if not path.exists():
         raise NmtError(f"{path}: checkpoint not found")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise NmtError(f"{path}: not a readable nmt checkpoint ({first[:200]})") from None
@@ -76,9 +80,10 @@ def average(paths: list[Path], out: Path) -> dict[str, Any]:
     for i, path in enumerate(paths):
         ckpt = load(path)
         if i == 0:
-            first = ckpt
             total = {k: v.detach().to(torch.float32).clone() for k, v in ckpt["model"].items()}
             dtypes = {k: v.dtype for k, v in ckpt["model"].items()}
+            first = {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "ema")}  # not a third model
+            last = first
             continue
         if ckpt["model_config"] != first["model_config"]:
             raise NmtError(f"{path}: architecture differs from {paths[0]}; cannot average")
@@ -87,18 +92,17 @@ def average(paths: list[Path], out: Path) -> dict[str, Any]:
         assert total is not None
         for k, v in ckpt["model"].items():
             total[k].add_(v.to(torch.float32))
-        last = ckpt
+        last = {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "ema")}
         del ckpt
     assert total is not None
-    newest = last if len(paths) > 1 else first
     model = {k: (v / len(paths)).to(dtypes[k]) for k, v in total.items()}
     result = {
         "model": model,
-        "model_config": newest["model_config"],
-        "config": newest["config"],
-        "vocab": newest["vocab"],
-        "manifest": newest.get("manifest", {}),
-        "progress": {**newest.get("progress", {}), "averaged": [str(p) for p in paths]},
+        "model_config": last["model_config"],
+        "config": last["config"],
+        "vocab": last["vocab"],
+        "manifest": last.get("manifest", {}),
+        "progress": {**last.get("progress", {}), "averaged": [str(p) for p in paths]},
     }
     save(result, out)
     return result

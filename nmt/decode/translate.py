@@ -57,7 +57,7 @@ def load_models(paths: list[Path], device: torch.device, dtype: torch.dtype) -> 
         models.append(model.to(device=device, dtype=dtype).eval())
         del ckpt
     assert first is not None
-    return models, {"vocab": first["vocab"], "manifest": first.get("manifest", {}), "decode": first.get("config", {}).get("decode", {})}
+    return models, {"vocab": first["vocab"], "manifest": first.get("manifest", {})}
 
 
 def pick_device(name: str) -> torch.device:

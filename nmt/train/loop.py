@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, replace
@@ -39,8 +40,6 @@ STATS = ["loss", "nll", "tgt_tokens", "src_tokens", "slots", "oom", "save", "sto
 
 def world_size(cfg: RunConfig) -> int:
     if D.launched_by_torchrun():
-        import os
-
         return int(os.environ["WORLD_SIZE"])
     if cfg.gpus:
         return cfg.gpus
@@ -73,13 +72,15 @@ def run(cfg: RunConfig, dry_run: bool = False) -> dict[str, Any]:
     check_resources(cfg)
     use_cuda = not cfg.cpu and (cfg.gpus > 0 or torch.cuda.is_available())
     if D.launched_by_torchrun():
-        import os
-
         return _worker(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"]), cfg, use_cuda, None, dry_run)
     world = world_size(cfg)
     if world == 1:
         return _worker(0, 1, 0, cfg, use_cuda, None, dry_run)
-    torch.multiprocessing.spawn(_spawned, args=(world, cfg, use_cuda, D.free_port(), dry_run), nprocs=world)
+    try:
+        torch.multiprocessing.spawn(_spawned, args=(world, cfg, use_cuda, D.free_port(), dry_run), nprocs=world)
+    except torch.multiprocessing.ProcessExitedException as err:
+        # The failing rank has already printed its one-line reason.
+        raise NmtError(f"training process {err.error_index} of {world} stopped with exit code {err.exit_code}; see its message above") from None
     summary = cfg.save_dir / "summary.json"
     return json.loads(summary.read_text()) if summary.exists() else {}
 

@@ -86,14 +86,19 @@ def test_streamed_line_is_answered_before_the_next_is_written(trained: Path) -> 
     assert proc.returncode == 0
 
 
-def test_output_does_not_depend_on_batching(trained: Path, small_data: Path) -> None:
-    lines = (small_data / "test.en").read_text(encoding="utf-8").splitlines()
+@pytest.mark.slow
+def test_output_does_not_depend_on_batching(trained: Path, shared_data: Path) -> None:
+    """The whole 2000-line test split: alone, in token batches, and in reverse order, line for line equal."""
+    lines = (shared_data / "gettext-en-de" / "test.en").read_text(encoding="utf-8").splitlines()
     numbered = list(enumerate(lines, 1))
-    batched = Translator([trained / "checkpoint_60.pt"], TranslateConfig(beam=4)).translate_buffer(numbered)
-    one = Translator([trained / "checkpoint_60.pt"], TranslateConfig(beam=4, max_tokens=1))
+    limits = {"beam": 4, "max_len_a": 1.0, "max_len_b": 5}  # short outputs keep 2000 single-line searches cheap
+    batched = Translator([trained / "checkpoint_60.pt"], TranslateConfig(**limits)).translate_buffer(numbered)
+    one = Translator([trained / "checkpoint_60.pt"], TranslateConfig(max_tokens=1, **limits))
     alone = [one.translate_buffer([pair])[0] for pair in numbered]
-    reordered = Translator([trained / "checkpoint_60.pt"], TranslateConfig(beam=4, max_tokens=64 * 64)).translate_buffer(numbered[::-1])[::-1]
-    assert batched == alone == reordered
+    reordered = Translator([trained / "checkpoint_60.pt"], TranslateConfig(max_tokens=64 * 64, **limits)).translate_buffer(numbered[::-1])[::-1]
+    assert len(batched) == 2000
+    assert batched == alone
+    assert batched == reordered
 
 
 def test_nbest_and_scores_format(trained: Path) -> None:

@@ -114,6 +114,8 @@ def test_bad_inputs_fail_clearly(small_data: Path, tmp_path: Path) -> None:
     run(cfg)
     with pytest.raises(NmtError, match="another architecture.*d_model"):
         run(replace(cfg, model={**TINY, "d_model": 32}, train=replace(cfg.train, max_updates=2)))
+    with pytest.raises(NmtError, match="training process .* of 2 stopped with exit code 2"):
+        run(replace(cfg, nproc=2, model={**TINY, "d_model": 32}, train=replace(cfg.train, max_updates=2)))
     if torch.cuda.device_count() == 0:
         with pytest.raises(NmtError, match="--gpus 2 but 0 GPU"):
             run(replace(cfg, gpus=2, cpu=False))
