@@ -63,6 +63,15 @@ def test_stdin_to_stdout_keeps_alignment_with_empty_and_odd_lines(trained: Path)
     assert b"line 5:" in r.stderr and b"truncated" in r.stderr
 
 
+def test_ensemble_from_the_command_line(trained: Path) -> None:
+    alone = nmt("translate", str(trained / "checkpoint_60.pt"), input="Open the file.\nQuit\n")
+    twice = nmt("translate", str(trained / "checkpoint_60.pt"), str(trained / "checkpoint_60.pt"), input="Open the file.\nQuit\n")
+    mixed = nmt("translate", str(trained / "checkpoint_40.pt"), str(trained / "checkpoint_60.pt"), input="Open the file.\nQuit\n")
+    assert alone.returncode == twice.returncode == mixed.returncode == 0
+    assert twice.stdout == alone.stdout  # log of the mean of identical distributions is the same distribution
+    assert mixed.stdout.count("\n") == 2
+
+
 def test_missing_or_foreign_checkpoint_fails_in_one_line(tmp_path: Path) -> None:
     r = nmt("translate", str(tmp_path / "none.pt"), input="x\n")
     assert r.returncode == 2 and "none.pt: checkpoint not found" in r.stderr and r.stderr.count("\n") == 1

@@ -94,6 +94,11 @@ def test_prepare_wmt_from_mirror_round_trips(wmt_with_fake_md5: Mirror, tmp_path
     before = len(m.requests)
     again = prepare(PrepareConfig(corpus="wmt14-en-de", dest=dest, mirror=m.url, workers=1, max_ratio=9.0, max_len=1000, character_coverage=1.0))
     assert again.get("skipped") and len(m.requests) == before
+    # Archives a user already has (--raw-dir): no download at all, the same dataset.
+    offline = prepare(PrepareConfig(corpus="wmt14-en-de", dest=tmp_path / "offline", raw_dir=dest / "raw", workers=1,
+                                    max_ratio=9.0, max_len=1000, character_coverage=1.0))
+    assert len(m.requests) == before
+    assert offline["splits"] == manifest["splits"]
 
 
 def test_published_md5_mismatch_is_refused(wmt_mirror: Mirror, tmp_path: Path) -> None:
