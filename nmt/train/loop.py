@@ -146,6 +146,7 @@ class Trainer:
         self.log_file = None
         self.tensorboard = None
         self.bar = None
+        self.bar_info: dict[str, float] = {}  # the latest of each figure the progress bar shows
         self.train_index = self._fitting(self.train_set, "train")
         self.valid_index = self._fitting(self.valid_set, "valid") if self.valid_set is not None else None
         torch.manual_seed(cfg.train.seed + dist.rank)  # dropout differs per rank
@@ -383,8 +384,8 @@ class Trainer:
                 if key != "update" and isinstance(value, (int, float)):
                     self.tensorboard.add_scalar(key, value, record["update"])
         if self.bar is not None:
-            self.bar.update(self.bar_task, completed=record["update"], info="  ".join(
-                f"{k} {record[k]:.4g}" for k in ("loss", "ppl", "lr", "tgt_tok_s", "mfu", "valid_ppl") if k in record))
+            self.bar_info.update({k: record[k] for k in ("loss", "ppl", "lr", "tgt_tok_s", "mfu", "valid_ppl") if k in record})
+            self.bar.update(self.bar_task, completed=record["update"], info="  ".join(f"{k} {v:.4g}" for k, v in self.bar_info.items()))
         shown = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items())
         console.print(shown)
 
