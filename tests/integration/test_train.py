@@ -139,3 +139,9 @@ def test_ema_and_validation_bleu(small_data: Path, tmp_path: Path) -> None:
     assert not torch.equal(ema["model"][w], raw["model"][w])
     logged = [json.loads(line) for line in (tmp_path / "ema" / "train.jsonl").read_text().splitlines()]
     assert any("valid_bleu" in r for r in logged) and any("tgt_tok_s" in r for r in logged)
+
+
+def test_non_finite_updates_are_skipped_then_stop_the_run(small_data: Path, tmp_path: Path) -> None:
+    cfg = config(small_data, tmp_path / "nan", max_updates=50, lr_scale=1e30, max_nonfinite=4)
+    with pytest.raises(NmtError, match="4 updates in a row were skipped"):
+        run(cfg)
