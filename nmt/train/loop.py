@@ -222,6 +222,7 @@ class Trainer:
         autocast = torch.autocast(device.type, dtype=torch.bfloat16 if self.precision == "bf16" else torch.float16,
                                   enabled=self.precision in ("bf16", "fp16"))
         shape = ""
+        src_tokens = slots = 0
         for idx in group[self.dist.rank :: self.dist.world]:
             batch = collate([self.train_set[int(i)] for i in idx], t.pad_multiple).to(device)
             shape = f"source {tuple(batch.src.shape)}, target {tuple(batch.tgt_in.shape)}"
@@ -242,9 +243,12 @@ class Trainer:
                 stats[STATS.index("oom")] += 1
                 console.print(f"[yellow]rank {self.dist.rank}: out of GPU memory on a batch of {shape}; skipping this update on every rank (lower --max-tokens if this repeats)")
                 break
-            stats[:5] += torch.stack([loss.detach().double(), nll.detach().double(), n.double(),
-                                      torch.tensor(float(batch.src_tokens), device=device, dtype=torch.float64),
-                                      torch.tensor(float(batch.slots), device=device, dtype=torch.float64)])
+            stats[:3] += torch.stack([loss.detach().double(), nll.detach().double(), n.double()])
+            # Counts the host already knows stay on the host: no per-batch copy to the device.
+            src_tokens += batch.src_tokens
+            slots += batch.slots
+        stats[STATS.index("src_tokens")] += src_tokens
+        stats[STATS.index("slots")] += slots
         for p in self.params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
@@ -391,9 +395,9 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ loops
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self, batches: list[np.ndarray]) -> dict[str, Any]:
+        """The run's plan; ``batches`` is epoch 1's batch list, which the caller needs anyway."""
         t, world = self.cfg.train, self.dist.world
-        batches = self.epoch_batches(1)
         n_params = sum(p.numel() for p in self.model.parameters())
         return {
             "parameters": n_params,
@@ -409,8 +413,8 @@ class Trainer:
 
     def dry_run(self, batches_to_time: int = 3) -> dict[str, Any]:
         """Plan of the run, with the time per update estimated from a few single-batch steps."""
-        info = self.describe()
         batches = self.epoch_batches(1)
+        info = self.describe(batches)
         timings = []
         for i in range(min(batches_to_time, len(batches))):
             start = time.perf_counter()
@@ -434,10 +438,11 @@ class Trainer:
 
     def fit(self) -> dict[str, Any]:
         cfg, t, p = self.cfg, self.cfg.train, self.progress
+        batches = self.epoch_batches(p.epoch)
         if self.dist.main:
             cfg.save_dir.mkdir(parents=True, exist_ok=True)
             (cfg.save_dir / "config.json").write_text(json.dumps({"run": to_plain(cfg), "model": asdict(self.model_cfg)}, indent=1))
-            info = self.describe()
+            info = self.describe(batches)
             console.print(f"{info['parameters'] / 1e6:.2f}M parameters, {info['devices']} device(s) {info['device']} {info['precision']}, "
                           f"{info['tokens_per_update']:,} token slots per update (max_tokens {t.max_tokens} × update_freq {t.update_freq} × {self.dist.world}), "
                           f"{info['updates_per_epoch']:,} updates per epoch")
@@ -455,7 +460,6 @@ class Trainer:
         if p.update >= t.max_updates:
             return self.finish(valid, started)
         while True:
-            batches = self.epoch_batches(p.epoch)
             groups = [batches[i : i + self.group_size()] for i in range(0, len(batches), self.group_size())]
             while p.group < len(groups):
                 elapsed = time.time() - started
@@ -492,6 +496,7 @@ class Trainer:
                     valid = self.validate()
                     self.save(best=bool(valid) and valid["valid_nll"] < p.best_loss)
                 return self.finish(valid, started)
+            batches = self.epoch_batches(p.epoch)
 
     def log_window(self, window: np.ndarray, seconds: float, valid: dict[str, float]) -> None:
         s = dict(zip(STATS, window.tolist()))
