@@ -8,9 +8,7 @@ from pathlib import Path
 import sentencepiece as spm
 
 from nmt.errors import NmtError
-
-# Fixed ids, shared by data, model and decoder. PAD is 0 so zero-initialised buffers are padding.
-PAD, UNK, BOS, EOS = 0, 1, 2, 3
+from nmt.tokens import BOS, EOS, PAD, SPECIAL_PIECES, UNK
 
 
 def train_spm(sample: Path, prefix: Path, vocab_size: int, model_type: str = "bpe", threads: int = 2,
@@ -34,7 +32,7 @@ def train_spm(sample: Path, prefix: Path, vocab_size: int, model_type: str = "bp
             # Characters outside the vocabulary become UTF-8 byte pieces instead of <unk>: lossless round trips.
             byte_fallback=True,
             pad_id=PAD, unk_id=UNK, bos_id=BOS, eos_id=EOS,
-            pad_piece="<pad>", unk_piece="<unk>", bos_piece="<s>", eos_piece="</s>",
+            pad_piece=SPECIAL_PIECES[PAD], unk_piece=SPECIAL_PIECES[UNK], bos_piece=SPECIAL_PIECES[BOS], eos_piece=SPECIAL_PIECES[EOS],
             num_threads=threads,
             minloglevel=2,
             # The sample is already bounded by the caller; this cap only guards against a huge file.

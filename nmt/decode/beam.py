@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from nmt.data.spm import BOS, EOS, PAD
+from nmt.tokens import BOS, EOS, PAD
 from nmt.decode.penalty import length_penalty
 from nmt.model.transformer import DecoderState, EncoderOut, Transformer
 

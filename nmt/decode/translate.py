@@ -17,7 +17,7 @@ import torch
 
 from nmt import checkpoint
 from nmt.console import console
-from nmt.data.spm import EOS, PAD
+from nmt.tokens import EOS, PAD
 from nmt.data.text import normalise
 from nmt.decode.beam import Hypothesis, Scorer, beam_search
 from nmt.errors import NmtError

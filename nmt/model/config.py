@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 
+from nmt.tokens import PAD
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -22,7 +24,6 @@ class ModelConfig:
     share_embeddings: bool = True  # one matrix for source, target and pre-softmax (§3.4); needs a joint vocabulary
     layer_norm_eps: float = 1e-6  # tensor2tensor's value
     max_positions: int = 1024
-    pad_id: int = 0
 
     def __post_init__(self) -> None:
         if self.d_model % self.heads:
@@ -35,6 +36,18 @@ PRESETS: dict[str, ModelConfig] = {
     "big": ModelConfig(d_model=1024, d_ff=4096, heads=16, dropout=0.3),
     "tiny": ModelConfig(d_model=128, d_ff=512, heads=4, encoder_layers=2, decoder_layers=2, dropout=0.1),
 }
+
+
+def config_from_dict(values: dict) -> ModelConfig:
+    """The ``ModelConfig`` a checkpoint stored as plain data.
+
+    Checkpoints of version 0.1 also stored ``pad_id``; the id is now fixed (``nmt.tokens.PAD``).
+    """
+    values = dict(values)
+    pad = values.pop("pad_id", PAD)
+    if pad != PAD:
+        raise ValueError(f"padding id {pad} is not {PAD}")
+    return ModelConfig(**values)
 
 
 def model_config(arch: str, **overrides: object) -> ModelConfig:

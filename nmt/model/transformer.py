@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from nmt.model.attention import padding_mask
 from nmt.model.config import ModelConfig
 from nmt.model.layers import DecoderLayer, EncoderLayer, sinusoidal_positions
+from nmt.tokens import PAD
 
 
 @dataclass
@@ -48,12 +49,12 @@ class Transformer(nn.Module):
         super().__init__()
         self.cfg = cfg
         d = cfg.d_model
-        self.src_embed = nn.Embedding(cfg.vocab_size, d, padding_idx=cfg.pad_id)
-        self.tgt_embed = self.src_embed if cfg.share_embeddings else nn.Embedding(cfg.vocab_size, d, padding_idx=cfg.pad_id)
+        self.src_embed = nn.Embedding(cfg.vocab_size, d, padding_idx=PAD)
+        self.tgt_embed = self.src_embed if cfg.share_embeddings else nn.Embedding(cfg.vocab_size, d, padding_idx=PAD)
         for emb in {id(self.src_embed): self.src_embed, id(self.tgt_embed): self.tgt_embed}.values():
             nn.init.normal_(emb.weight, 0.0, d**-0.5)
             with torch.no_grad():
-                emb.weight[cfg.pad_id].zero_()
+                emb.weight[PAD].zero_()
         self.output_proj = None if cfg.share_embeddings else nn.Linear(d, cfg.vocab_size, bias=False)
         if self.output_proj is not None:
             nn.init.normal_(self.output_proj.weight, 0.0, d**-0.5)
@@ -80,7 +81,7 @@ class Transformer(nn.Module):
 
     def encode(self, src: Tensor) -> EncoderOut:
         """src: (B, S) ids, right-padded → memory (B, S, d) and its key-padding mask."""
-        mask = padding_mask(src, self.cfg.pad_id)
+        mask = padding_mask(src, PAD)
         x = self.embed(self.src_embed, src)
         for layer in self.encoder:
             x = layer(x, mask)

@@ -24,12 +24,12 @@ from nmt import __version__, checkpoint
 from nmt.config import RunConfig, to_plain
 from nmt.console import console
 from nmt.data.dataset import ParallelDataset, read_manifest
-from nmt.data.spm import PAD
+from nmt.tokens import PAD
 from nmt.errors import NmtError
 from nmt.model.config import ModelConfig, model_config, total_parameters, train_flops_per_target_token
 from nmt.model.transformer import Transformer
 from nmt.train import distributed as D
-from nmt.train.batching import collate, token_batches
+from nmt.data.batching import collate, token_batches
 from nmt.train.loss import label_smoothed_nll
 from nmt.train.schedule import inverse_sqrt_lr, noam_lr
 

@@ -5,7 +5,7 @@ import itertools
 import pytest
 import torch
 
-from nmt.data.spm import BOS, EOS
+from nmt.tokens import BOS, EOS
 from nmt.decode.beam import Scorer, beam_search, greedy_search
 from nmt.decode.penalty import length_penalty
 from nmt.model.config import model_config

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from nmt.train.batching import collate, padded, token_batches
+from nmt.data.batching import collate, padded, token_batches
 from nmt.train.loop import derive_update_freq
 from nmt.train.loss import label_smoothed_nll
 from nmt.train.schedule import inverse_sqrt_lr, noam_lr

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from nmt.data.spm import BOS, EOS, PAD
+from nmt.tokens import BOS, EOS, PAD
 
 
 def padded(length: int, multiple: int) -> int:
