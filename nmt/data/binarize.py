@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import numpy as np
 
+from nmt import atomic
+
 
 def token_dtype(vocab_size: int) -> str:
+    """uint16 ids when the vocabulary fits in them (half the disk and page cache), else int32."""
     return "uint16" if vocab_size <= np.iinfo(np.uint16).max + 1 else "int32"
 
 
@@ -18,7 +20,7 @@ class TokenWriter:
 
     def __init__(self, prefix: Path, dtype: str) -> None:
         self.final = [prefix.with_suffix(prefix.suffix + ext) for ext in (".bin", ".idx")]
-        self.tmp = [p.with_name(p.name + ".tmp") for p in self.final]
+        self.tmp = [atomic.temporary(p) for p in self.final]
         self.dtype = np.dtype(dtype)
         self.bin = open(self.tmp[0], "wb")
         self.idx = open(self.tmp[1], "wb")
@@ -37,21 +39,20 @@ class TokenWriter:
 
     def commit(self) -> list[Path]:
         for f in (self.bin, self.idx):
-            f.flush()
-            os.fsync(f.fileno())
             f.close()
         for tmp, final in zip(self.tmp, self.final):
-            tmp.replace(final)
+            atomic.commit(tmp, final, durable=True)
         return self.final
 
     def abort(self) -> None:
         for f in (self.bin, self.idx):
             f.close()
         for tmp in self.tmp:
-            tmp.unlink(missing_ok=True)
+            atomic.discard(tmp)
 
 
 def sha256(path: Path) -> str:
+    """Hex digest of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

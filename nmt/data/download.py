@@ -12,6 +12,7 @@ import urllib.request
 from pathlib import Path
 from typing import Callable
 
+from nmt import atomic
 from nmt.errors import NmtError
 
 CHUNK = 1 << 20
@@ -55,7 +56,9 @@ def download(
     """Fetch ``url`` to ``dest``, resuming a previous ``dest.part`` with an HTTP Range request.
 
     The file only appears under its final name once complete and verified: its size against the
-    server's, and its md5 where one is published. A retry resumes from what was already received.
+    server's, and its md5 where one is published. A retry resumes from what was already received, which is
+    why the partial file has a name of its own (``.part``) that survives a failure, unlike nmt's other
+    temporary files.
     """
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
@@ -94,7 +97,7 @@ def download(
         if md5 and (actual := md5sum(part)) != md5:
             part.unlink()
             raise NmtError(f"{url}: md5 {actual} does not match the published {md5}; the partial file was removed, run again")
-        part.replace(dest)
+        atomic.commit(part, dest)
         return dest
     raise NmtError(f"cannot download {url} after {retries + 1} tries: {last_error}")
 
@@ -118,28 +121,22 @@ def extract(archive: Path, dest: Path) -> Path:
     """
     if dest.exists():
         return dest
-    tmp = dest.with_name(dest.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     try:
-        with tarfile.open(archive, "r:*") as tar:
-            for member in tar:
-                _check_member(member, tmp, archive)
-                if member.isdir():
-                    (tmp / member.name).mkdir(parents=True, exist_ok=True)
-                    continue
-                target = tmp / member.name
-                target.parent.mkdir(parents=True, exist_ok=True)
-                source = tar.extractfile(member)
-                if source is None:
-                    continue
-                with source, open(target, "wb") as out:
-                    shutil.copyfileobj(source, out, CHUNK)
+        with atomic.atomic_path(dest) as tmp:
+            tmp.mkdir(parents=True)
+            with tarfile.open(archive, "r:*") as tar:
+                for member in tar:
+                    _check_member(member, tmp, archive)
+                    if member.isdir():
+                        (tmp / member.name).mkdir(parents=True, exist_ok=True)
+                        continue
+                    target = tmp / member.name
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    source = tar.extractfile(member)
+                    if source is None:
+                        continue
+                    with source, open(target, "wb") as out:
+                        shutil.copyfileobj(source, out, CHUNK)
     except (tarfile.TarError, EOFError, OSError, ValueError) as err:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise NmtError(f"{archive}: corrupt or truncated archive ({err}); delete it and run again to re-download") from None
-    except NmtError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    tmp.rename(dest)
     return dest

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import sentencepiece as spm
 
+from nmt import atomic
 from nmt.errors import NmtError
 from nmt.tokens import BOS, EOS, PAD, SPECIAL_PIECES, UNK
 
@@ -20,7 +21,7 @@ def train_spm(sample: Path, prefix: Path, vocab_size: int, model_type: str = "bp
     """
     if character_coverage is None:
         character_coverage = 1.0 if vocab_size >= 16000 else 0.9995
-    tmp = prefix.with_name(prefix.name + ".tmp")
+    tmp = atomic.temporary(prefix)
     try:
         spm.SentencePieceTrainer.train(
             input=str(sample),
@@ -46,11 +47,12 @@ def train_spm(sample: Path, prefix: Path, vocab_size: int, model_type: str = "bp
             message = f"--vocab-size {m.group(1)} cannot be reached on this training text; at most {m.group(2)} is possible"
         raise NmtError(f"SentencePiece training failed: {message}") from None
     for ext in ("model", "vocab"):
-        Path(f"{tmp}.{ext}").replace(f"{prefix}.{ext}")
+        atomic.commit(Path(f"{tmp}.{ext}"), Path(f"{prefix}.{ext}"))
     return Path(f"{prefix}.model")
 
 
 def load_spm(path: Path) -> spm.SentencePieceProcessor:
+    """Load a SentencePiece model, checking that its special ids are nmt's fixed ones."""
     if not path.exists():
         raise NmtError(f"{path}: SentencePiece model not found")
     proc = spm.SentencePieceProcessor()

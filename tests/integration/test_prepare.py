@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 
+from nmt import atomic
 from nmt.data import corpora
 from nmt.data.dataset import ParallelDataset
 from nmt.data.download import download
@@ -132,7 +133,7 @@ def test_corrupt_archive_and_path_escape_fail_cleanly(tmp_path: Path) -> None:
     (tmp_path / "trunc.tgz").write_bytes(good[: len(good) // 2])
     with pytest.raises(NmtError, match="corrupt or truncated"):
         extract(tmp_path / "trunc.tgz", tmp_path / "out1")
-    assert not (tmp_path / "out1").exists() and not (tmp_path / "out1.tmp").exists()
+    assert not (tmp_path / "out1").exists() and not atomic.temporary(tmp_path / "out1").exists()
     (tmp_path / "evil.tgz").write_bytes(tgz({"../escape.txt": "boo\n"}))
     with pytest.raises(NmtError, match="outside the extraction folder"):
         extract(tmp_path / "evil.tgz", tmp_path / "out2")

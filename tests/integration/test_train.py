@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from nmt import checkpoint
+from nmt import atomic, checkpoint
 from nmt.config import RunConfig, TrainConfig, load_recipe
 from nmt.errors import NmtError
 from nmt.train.loop import run
@@ -92,7 +92,7 @@ def test_kill_during_save_leaves_previous_checkpoint(tmp_path: Path) -> None:
     )
     proc = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "ready"
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = atomic.temporary(path)
     deadline = time.time() + 60
     while not tmp.exists() and time.time() < deadline:
         time.sleep(0.01)
