@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from nmt.config import DecodeConfig
 from nmt.decode.translate import TranslateConfig, Translator
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "gettext-en-de" / "test.en"
@@ -69,7 +70,7 @@ def main() -> None:
     lines = args.input.read_text(encoding="utf-8").splitlines()
     if args.lines:
         lines = lines[: args.lines]
-    translator = Translator([args.checkpoint], TranslateConfig(beam=args.beam, penalty="fairseq", lenpen=0.6))
+    translator = Translator([args.checkpoint], TranslateConfig(decode=DecodeConfig(beam=args.beam, penalty="fairseq", lenpen=0.6)))
     start = time.perf_counter()
     out = translator.translate_buffer(list(enumerate(lines, 1)))
     seconds = time.perf_counter() - start

@@ -1,14 +1,17 @@
-"""Checkpoints: atomic save, safe load (``weights_only``), and averaging. Shared by train/ and decode/.
+"""Checkpoints: atomic save, safe load (``weights_only``), a run folder's saving policy, models built from
+checkpoints, and averaging. Shared by train/ and decode/.
 
 A checkpoint is a dict of tensors and plain data only: ``model`` (state dict), ``config`` (the resolved
 run configuration), ``model_config``, ``vocab`` (the SentencePiece model as a uint8 tensor, so a
 checkpoint translates on its own), ``progress``, and for training ``optimizer``, ``scaler``, ``rng``, ``ema``.
+
+A run folder holds numbered checkpoints ``checkpoint_UPDATE.pt`` (what averaging reads), and
+``checkpoint_last.pt`` / ``checkpoint_best.pt`` (links to, or copies of, the newest and the best).
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import pickle
 import re
 import zipfile
@@ -17,26 +20,21 @@ from typing import Any
 
 import torch
 
+from nmt import atomic
 from nmt.errors import NmtError
+from nmt.model.config import ModelConfig, config_from_dict
+from nmt.model.transformer import Transformer
 
 FORMAT = "nmt-checkpoint-1"
+LAST, BEST, EMA = "checkpoint_last.pt", "checkpoint_best.pt", "checkpoint_ema.pt"
 _NUMBERED = re.compile(r"checkpoint_(\d+)\.pt$")
+_TRAINING_STATE = ("model", "optimizer", "ema")  # what a checkpoint holds besides its metadata
 
 
 def save(payload: dict[str, Any], path: Path) -> None:
-    """Write to ``path.tmp``, flush to disk, rename: a kill at any moment leaves the old file intact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save({"format": FORMAT, **payload}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    """Write to a temporary name, flush to disk, rename: a kill at any moment leaves the old file intact."""
+    with atomic.atomic_path(path, durable=True) as tmp:
+        torch.save({"format": FORMAT, **payload}, tmp)
 
 
 def load(path: Path) -> dict[str, Any]:
@@ -58,13 +56,63 @@ def load(path: Path) -> dict[str, Any]:
 
 
 def vocab_digest(ckpt: dict[str, Any]) -> str:
+    """SHA-256 of the SentencePiece model a checkpoint carries: equal digests, same vocabulary."""
     return hashlib.sha256(ckpt["vocab"].numpy().tobytes()).hexdigest()
+
+
+def model_config(ckpt: dict[str, Any], path: Path) -> ModelConfig:
+    try:
+        return config_from_dict(ckpt["model_config"])
+    except (TypeError, ValueError) as err:
+        raise NmtError(f"{path}: model configuration not understood ({err})") from None
+
+
+def load_model(path: Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> tuple[Transformer, dict[str, Any]]:
+    """The model a checkpoint holds, in eval mode on ``device``, and the checkpoint's metadata (no tensors
+    but the vocabulary)."""
+    ckpt = load(path)
+    model = Transformer(model_config(ckpt, path))
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as err:
+        raise NmtError(f"{path}: weights do not match its configuration ({str(err).splitlines()[0]})") from None
+    meta = {k: v for k, v in ckpt.items() if k not in _TRAINING_STATE}
+    return model.to(device=device, dtype=dtype).eval(), meta
 
 
 def numbered(save_dir: Path) -> list[Path]:
     """Numbered checkpoints of a run folder, oldest update first."""
     found = [(int(m.group(1)), p) for p in save_dir.glob("checkpoint_*.pt") if (m := _NUMBERED.search(p.name))]
     return [p for _, p in sorted(found)]
+
+
+def save_run(payload: dict[str, Any], save_dir: Path, update: int, numbered_copy: bool, best: bool, keep_last: int) -> None:
+    """A run's saving policy: ``checkpoint_last.pt`` always; a numbered checkpoint when ``numbered_copy``
+    (then only the newest ``keep_last`` are kept, 0 = all); ``checkpoint_best.pt`` when ``best``;
+    ``checkpoint_ema.pt`` (the averaged weights, no optimiser) when the payload has an EMA."""
+    if numbered_copy:
+        newest = save_dir / f"checkpoint_{update}.pt"
+        save(payload, newest)
+        atomic.link_or_copy(newest, save_dir / LAST)
+    else:
+        newest = save_dir / LAST
+        save(payload, newest)
+    if best:
+        atomic.link_or_copy(newest, save_dir / BEST)
+    if "ema" in payload:
+        ema = {k: v for k, v in payload.items() if k not in _TRAINING_STATE}
+        save({**ema, "model": payload["ema"]}, save_dir / EMA)
+    if numbered_copy and keep_last > 0:
+        for old in numbered(save_dir)[:-keep_last]:
+            old.unlink(missing_ok=True)
+
+
+def average_last_of(run_dir: Path) -> int | None:
+    """How many checkpoints the run's recipe averages (``[average] last``), from its newest checkpoint."""
+    found = numbered(run_dir) or [p for p in (run_dir / LAST,) if p.exists()]
+    if not found:
+        return None
+    return load(found[-1]).get("config", {}).get("average_last")
 
 
 def average(paths: list[Path], out: Path) -> dict[str, Any]:
@@ -75,26 +123,26 @@ def average(paths: list[Path], out: Path) -> dict[str, Any]:
     """
     if not paths:
         raise NmtError("no checkpoints to average")
-    total: dict[str, torch.Tensor] | None = None
+    total: dict[str, torch.Tensor] = {}
+    dtypes: dict[str, torch.dtype] = {}
     first: dict[str, Any] = {}
+    last: dict[str, Any] = {}
     for i, path in enumerate(paths):
         ckpt = load(path)
+        meta = {k: v for k, v in ckpt.items() if k not in _TRAINING_STATE}  # not a third model
         if i == 0:
             total = {k: v.detach().to(torch.float32).clone() for k, v in ckpt["model"].items()}
             dtypes = {k: v.dtype for k, v in ckpt["model"].items()}
-            first = {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "ema")}  # not a third model
-            last = first
+            first = last = meta
             continue
         if ckpt["model_config"] != first["model_config"]:
             raise NmtError(f"{path}: architecture differs from {paths[0]}; cannot average")
         if vocab_digest(ckpt) != vocab_digest(first):
             raise NmtError(f"{path}: vocabulary differs from {paths[0]}; cannot average")
-        assert total is not None
         for k, v in ckpt["model"].items():
             total[k].add_(v.to(torch.float32))
-        last = {k: v for k, v in ckpt.items() if k not in ("model", "optimizer", "ema")}
+        last = meta
         del ckpt
-    assert total is not None
     model = {k: (v / len(paths)).to(dtypes[k]) for k, v in total.items()}
     result = {
         "model": model,

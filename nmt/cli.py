@@ -120,31 +120,18 @@ def train(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Build everything, time a few updates, print the plan and exit.")] = False,
 ) -> None:
     """Train a Transformer on a prepared dataset; re-running the same command resumes exactly."""
-    from nmt.config import RunConfig, TrainConfig, load_recipe, override
-    from nmt.train.loop import run
+    from nmt.config import load_recipe, run_config
+    from nmt.train.launch import run
 
-    base = load_recipe(recipe) if recipe else {}
-    data = data or base.get("data")
-    if data is None:
-        raise NmtError("no data folder: give DATA or a --recipe that sets 'data'")
-    chosen_arch = arch or base.get("arch", "base")
-    model = dict(base.get("model", {}))
-    if dropout is not None:
-        model["dropout"] = dropout
-    if pre_norm is not None:
-        model["pre_norm"] = pre_norm
-    train_cfg = override(
-        base.get("train", TrainConfig()), max_tokens=max_tokens, update_freq=update_freq, tokens_per_update=tokens_per_update,
-        max_updates=max_updates, max_epochs=max_epochs, max_time=max_time, lr_schedule=lr_schedule, lr_scale=lr_scale,
-        peak_lr=peak_lr, warmup=warmup, label_smoothing=label_smoothing, clip_norm=clip_norm, validate_every=validate_every,
-        save_every=save_every, save_minutes=save_minutes, keep_last=keep_last, log_every=log_every, seed=seed,
-        precision=precision, compile=compile, ema_decay=ema_decay, valid_bleu=valid_bleu,
-    )
-    cfg = RunConfig(
-        data=Path(data), save_dir=save_dir or base.get("save_dir") or Path("runs") / chosen_arch, arch=chosen_arch, model=model,
-        train=train_cfg, average_last=base.get("average_last", 5), gpus=gpus if gpus is not None else base.get("gpus", 0) if not cpu else 0,
-        cpu=cpu, nproc=nproc,
-        **({"decode": base["decode"]} if "decode" in base else {}),
+    cfg = run_config(
+        load_recipe(recipe) if recipe else None, data=data, arch=arch, save_dir=save_dir,
+        model={"dropout": dropout, "pre_norm": pre_norm},
+        train=dict(max_tokens=max_tokens, update_freq=update_freq, tokens_per_update=tokens_per_update,
+                   max_updates=max_updates, max_epochs=max_epochs, max_time=max_time, lr_schedule=lr_schedule, lr_scale=lr_scale,
+                   peak_lr=peak_lr, warmup=warmup, label_smoothing=label_smoothing, clip_norm=clip_norm, validate_every=validate_every,
+                   save_every=save_every, save_minutes=save_minutes, keep_last=keep_last, log_every=log_every, seed=seed,
+                   precision=precision, compile=compile, ema_decay=ema_decay, valid_bleu=valid_bleu),
+        gpus=gpus, cpu=cpu, nproc=nproc,
     )
     result = run(cfg, dry_run=dry_run)
     if dry_run:
@@ -162,25 +149,29 @@ def train(
 
 @app.command()
 def average(
-    inputs: Annotated[list[Path], typer.Argument(help="Checkpoint files, or one run folder with --last N.")],
+    inputs: Annotated[list[Path], typer.Argument(help="Checkpoint files, or one run folder (its newest numbered checkpoints).")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the averaged checkpoint.")],
-    last: Annotated[Optional[int], typer.Option(help="Average the newest N numbered checkpoints of the run folder (paper: 5 base, 20 big).")] = None,
+    last: Annotated[Optional[int], typer.Option(help="With a run folder: average its newest N numbered checkpoints (paper: 5 base, 20 big) [default: the run's recipe, [average] last].")] = None,
 ) -> None:
     """Average checkpoints' parameters, as the paper did (§6.1)."""
     from nmt import checkpoint
 
-    if last is not None:
-        if len(inputs) != 1 or not inputs[0].is_dir():
-            raise NmtError("--last N takes exactly one run folder")
-        found = checkpoint.numbered(inputs[0])
-        if len(found) < last:
-            raise NmtError(f"{inputs[0]} has {len(found)} numbered checkpoints, fewer than --last {last}")
-        paths = found[-last:]
+    if len(inputs) == 1 and inputs[0].is_dir():
+        run_dir = inputs[0]
+        count = last or checkpoint.average_last_of(run_dir)
+        if not count:
+            raise NmtError(f"{run_dir} has no checkpoint that says how many to average; give --last N")
+        found = checkpoint.numbered(run_dir)
+        if len(found) < count:
+            raise NmtError(f"{run_dir} has {len(found)} numbered checkpoints, fewer than --last {count}")
+        paths = found[-count:]
     else:
+        if last is not None:
+            raise NmtError("--last N takes exactly one run folder")
         paths = inputs
         for p in paths:
             if p.is_dir():
-                raise NmtError(f"{p} is a folder; give checkpoint files, or the folder with --last N")
+                raise NmtError(f"{p} is a folder; give checkpoint files, or the folder alone")
     checkpoint.average(paths, output)
     console.print(f"averaged {len(paths)} checkpoints ({', '.join(p.name for p in paths)}) → {output}")
 
@@ -190,60 +181,48 @@ def translate(
     checkpoints: Annotated[list[Path], typer.Argument(help="One checkpoint, or several to ensemble (log of averaged probabilities).")],
     input: Annotated[Optional[Path], typer.Option("--input", "-i", help="Read this file instead of stdin.")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write here (atomically) instead of stdout.")] = None,
-    beam: Annotated[int, typer.Option(help="Beam size (paper: 4).")] = 4,
-    lenpen: Annotated[float, typer.Option(help="Length penalty α. With --penalty gnmt (default) the score is divided by ((5+|Y|)/6)^α, the paper's α=0.6; with --penalty fairseq by |Y|^α, which is what fairseq's --lenpen means (fairseq's 0.6 is not the paper's 0.6).")] = 0.6,
-    penalty: Annotated[str, typer.Option(help="gnmt (paper, tensor2tensor) or fairseq.")] = "gnmt",
-    max_len_a: Annotated[float, typer.Option(help="Output length limit a·source length + b (paper: source + 50).")] = 1.0,
-    max_len_b: Annotated[int, typer.Option(help="See --max-len-a.")] = 50,
-    max_tokens: Annotated[int, typer.Option(help="Source tokens per batch.")] = 4096,
+    beam: Annotated[Optional[int], typer.Option(help="Beam size (paper: 4) [default: the checkpoint's [decode] settings, else the paper's].")] = None,
+    lenpen: Annotated[Optional[float], typer.Option(help="Length penalty α. With --penalty gnmt the score is divided by ((5+|Y|)/6)^α, the paper's α=0.6; with --penalty fairseq by |Y|^α, which is what fairseq's --lenpen means (fairseq's 0.6 is not the paper's 0.6).")] = None,
+    penalty: Annotated[Optional[str], typer.Option(help="gnmt (paper, tensor2tensor) or fairseq.")] = None,
+    max_len_a: Annotated[Optional[float], typer.Option(help="Output length limit a·source length + b (paper: source + 50).")] = None,
+    max_len_b: Annotated[Optional[int], typer.Option(help="See --max-len-a.")] = None,
+    max_tokens: Annotated[Optional[int], typer.Option(help="Source tokens per batch.")] = None,
     buffer_size: Annotated[Optional[int], typer.Option(help="Lines read before translating [default: 2000; 1 when stdin is a terminal]. 1 answers each line as it arrives.")] = None,
-    nbest: Annotated[int, typer.Option(help="Print the N best translations per line as LINE<TAB>SCORE<TAB>TEXT (LINE from 1).")] = 1,
+    nbest: Annotated[Optional[int], typer.Option(help="Print the N best translations per line as LINE<TAB>SCORE<TAB>TEXT (LINE from 1).")] = None,
     scores: Annotated[bool, typer.Option("--scores", help="Prefix each translation with its length-penalised log-probability and a tab.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     dtype: Annotated[str, typer.Option(help="fp32, or bf16/fp16 on a GPU.")] = "fp32",
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch.")] = None,
 ) -> None:
-    """Translate raw text: stdin to stdout (or --input/--output), one line out for every line in."""
-    import os
-    import tempfile
+    """Translate raw text: stdin to stdout (or --input/--output), one line out for every line in.
 
-    from nmt.decode.penalty import PENALTIES
+    Search settings default to the [decode] table of the checkpoint's recipe (beam 4, α 0.6, GNMT penalty,
+    output up to source + 50 when the recipe has none); the options here override them.
+    """
+    from nmt import atomic
     from nmt.decode.translate import TranslateConfig, Translator
 
-    if penalty not in PENALTIES:
-        raise NmtError(f"--penalty must be one of {', '.join(PENALTIES)}, not '{penalty}'")
     if threads:
-        torch_threads(threads)
-    interactive = input is None and sys.stdin.isatty()
-    size = buffer_size or (1 if interactive else 2000)
-    cfg = TranslateConfig(beam=beam, lenpen=lenpen, penalty=penalty, max_len_a=max_len_a, max_len_b=max_len_b,
-                          max_tokens=max_tokens, buffer_size=size, nbest=nbest, scores=scores, device=device, dtype=dtype)
-    translator = Translator(checkpoints, cfg)
+        import torch
+
+        torch.set_num_threads(threads)
     if input is not None and not input.exists():
         raise NmtError(f"{input}: file not found")
+    interactive = input is None and sys.stdin.isatty()
+    size = buffer_size or (1 if interactive else 2000)
+    overrides = dict(beam=beam, lenpen=lenpen, penalty=penalty, max_len_a=max_len_a, max_len_b=max_len_b, max_tokens=max_tokens, nbest=nbest)
+    translator = Translator(checkpoints, TranslateConfig(buffer_size=size, scores=scores, device=device, dtype=dtype), **overrides)
     source = open(input, "rb") if input else sys.stdin.buffer
     try:
         if output is None:
             translator.translate_stream(source, sys.stdout, size)
             return
-        fd, tmp = tempfile.mkstemp(dir=output.parent if str(output.parent) else ".", prefix=f".{output.name}.")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                n = translator.translate_stream(source, out, size)
-            os.replace(tmp, output)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        with atomic.atomic_open(output) as out:
+            n = translator.translate_stream(source, out, size)
         console.print(f"translated {n} lines → {output}")
     finally:
         if input:
             source.close()
-
-
-def torch_threads(n: int) -> None:
-    import torch
-
-    torch.set_num_threads(n)
 
 
 @app.command()

@@ -1,20 +1,26 @@
-"""Typed configuration for training runs, and strict TOML recipes (unknown keys are errors).
+"""Typed configuration, strict TOML recipes, and the one place where settings are merged and derived.
 
-A recipe has top-level ``data``, ``arch`` and ``save_dir``, and the tables ``[model]`` (fields of
+A recipe has top-level ``data``, ``arch``, ``save_dir`` and ``gpus``, and the tables ``[model]`` (fields of
 ``ModelConfig``), ``[train]`` (``TrainConfig``), ``[decode]`` (``DecodeConfig``) and ``[average]``.
-Command-line options override recipe values; the resolved configuration goes into every checkpoint.
+Settings are layered, later layers winning: the dataclass defaults, the architecture preset, the recipe,
+the command line. Derived settings (``update_freq`` from ``tokens_per_update`` and the device count) are
+resolved here too, so library code receives a finished configuration; it goes into every checkpoint.
 """
 
 from __future__ import annotations
 
 import difflib
+import os
 import tomllib
+import types
+import typing
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from nmt.decode.penalty import PENALTIES
 from nmt.errors import NmtError
-from nmt.model.config import ModelConfig
+from nmt.model.config import PRESETS, ModelConfig
 
 
 @dataclass(frozen=True)
@@ -63,26 +69,53 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class DecodeConfig:
+    """Beam search settings, shared by ``nmt translate``, validation BLEU and the recipes. Defaults are §6.1's."""
+
     beam: int = 4
-    lenpen: float = 0.6
+    lenpen: float = 0.6  # α
     penalty: str = "gnmt"  # "gnmt": ((5+|Y|)/6)^α (paper); "fairseq": |Y|^α
-    max_len_a: float = 1.0
+    max_len_a: float = 1.0  # output length limit a·|source| + b (paper: |source| + 50)
     max_len_b: int = 50
-    max_tokens: int = 4096
+    nbest: int = 1
+    max_tokens: int = 4096  # source tokens per batch, before the beam multiplies them
+
+    def __post_init__(self) -> None:
+        if self.penalty not in PENALTIES:
+            raise NmtError(f"--penalty must be one of {', '.join(PENALTIES)}, not '{self.penalty}'")
+        if self.beam < 1:
+            raise NmtError(f"--beam must be at least 1, not {self.beam}")
+        if not 1 <= self.nbest <= self.beam:
+            raise NmtError(f"--nbest {self.nbest} must be between 1 and --beam {self.beam}")
+        if self.max_tokens < 1:
+            raise NmtError(f"--max-tokens must be at least 1, not {self.max_tokens}")
+        if self.max_len_a < 0 or self.max_len_b < 0 or (self.max_len_a == 0 and self.max_len_b == 0):
+            raise NmtError(f"--max-len-a {self.max_len_a} and --max-len-b {self.max_len_b} leave no room for an output")
+
+    def max_output_len(self, n_src: int, max_positions: int) -> int:
+        """Most output tokens (EOS included) for a source of ``n_src`` ids (EOS excluded), within the model's positions."""
+        limit = int(self.max_len_a * n_src + self.max_len_b)
+        return max(1, min(limit, max_positions))
 
 
 @dataclass(frozen=True)
 class RunConfig:
+    """A training run: where the data and the run folder are, the architecture, and every setting."""
+
     data: Path
     save_dir: Path
     arch: str = "base"
-    model: dict[str, Any] = field(default_factory=dict)  # overrides of ModelConfig fields
+    model: dict[str, Any] = field(default_factory=dict)  # overrides of the preset's ModelConfig fields
     train: TrainConfig = field(default_factory=TrainConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
-    average_last: int = 5
+    average_last: int = 5  # checkpoints `nmt average RUN` takes by default
     gpus: int = 0
     cpu: bool = False
     nproc: int = 1
+
+
+# ------------------------------------------------------------------------------------------ recipes
+
+RECIPE_KEYS = ["data", "save_dir", "arch", "model", "train", "decode", "average", "gpus", "description"]
 
 
 def _check_keys(table: dict, allowed: list[str], where: str, source: str) -> None:
@@ -93,49 +126,128 @@ def _check_keys(table: dict, allowed: list[str], where: str, source: str) -> Non
             raise NmtError(f"{source}: unknown key '{key}' in {where}{hint}")
 
 
-def _typed(cls: type, values: dict, where: str, source: str) -> Any:
-    _check_keys(values, [f.name for f in fields(cls)], where, source)
-    try:
-        return cls(**values)
-    except TypeError as err:
-        raise NmtError(f"{source}: {where}: {err}") from None
+def _accepts(annotation: Any, value: Any) -> bool:
+    """Whether a TOML value fits a dataclass field's type (ints are accepted for floats, not bools for ints)."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return any(_accepts(a, value) for a in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation in (str, bool):
+        return isinstance(value, annotation)
+    return True
+
+
+def check_table(cls: type, values: dict[str, Any], where: str, source: str, exclude: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``values`` checked against the fields of dataclass ``cls``: known keys, fitting types."""
+    names = [f.name for f in fields(cls) if f.name not in exclude]
+    _check_keys(values, names, where, source)
+    hints = typing.get_type_hints(cls)
+    for key, value in values.items():
+        if not _accepts(hints[key], value):
+            raise NmtError(f"{source}: {where} {key} = {value!r} is not of type {getattr(hints[key], '__name__', hints[key])}")
+    return dict(values)
 
 
 def load_recipe(path: Path) -> dict[str, Any]:
-    """Read a recipe strictly; returns the keyword arguments of ``RunConfig`` it sets."""
+    """Read a recipe strictly: unknown keys (with the nearest known one suggested) and wrong types are errors.
+
+    Returns the recipe's values as plain tables; ``run_config`` layers them over the defaults.
+    """
     try:
         raw = tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise NmtError(f"{path}: recipe not found") from None
     except tomllib.TOMLDecodeError as err:
         raise NmtError(f"{path}: not valid TOML ({err})") from None
-    top = ["data", "save_dir", "arch", "model", "train", "decode", "average", "gpus", "description"]
-    _check_keys(raw, top, "the recipe", str(path))
+    source = str(path)
+    _check_keys(raw, RECIPE_KEYS, "the recipe", source)
     out: dict[str, Any] = {}
     for key in ("data", "save_dir"):
         if key in raw:
             out[key] = Path(raw[key])
     if "arch" in raw:
+        if raw["arch"] not in PRESETS:
+            raise NmtError(f"{source}: arch '{raw['arch']}' is not one of {', '.join(PRESETS)}")
         out["arch"] = raw["arch"]
     if "gpus" in raw:
         out["gpus"] = int(raw["gpus"])
-    if "model" in raw:
-        _check_keys(raw["model"], [f.name for f in fields(ModelConfig) if f.name != "vocab_size"], "[model]", str(path))
-        out["model"] = dict(raw["model"])
-    if "train" in raw:
-        out["train"] = _typed(TrainConfig, raw["train"], "[train]", str(path))
-    if "decode" in raw:
-        out["decode"] = _typed(DecodeConfig, raw["decode"], "[decode]", str(path))
-    if "average" in raw:
-        _check_keys(raw["average"], ["last"], "[average]", str(path))
+    out["model"] = check_table(ModelConfig, raw.get("model", {}), "[model]", source, exclude=("vocab_size",))
+    out["train"] = check_table(TrainConfig, raw.get("train", {}), "[train]", source)
+    out["decode"] = check_table(DecodeConfig, raw.get("decode", {}), "[decode]", source)
+    _check_keys(raw.get("average", {}), ["last"], "[average]", source)
+    if "last" in raw.get("average", {}):
         out["average_last"] = int(raw["average"]["last"])
+    try:  # validate the values themselves once, here, with the recipe named
+        TrainConfig(**out["train"])
+        DecodeConfig(**out["decode"])
+    except NmtError as err:
+        raise NmtError(f"{source}: {err}") from None
     return out
 
 
-def override(cfg: Any, **values: Any) -> Any:
-    """``dataclasses.replace`` with the values that are not None (command-line options left unset)."""
-    given = {k: v for k, v in values.items() if v is not None}
-    return replace(cfg, **given) if given else cfg
+def run_config(
+    recipe: dict[str, Any] | None = None, *, data: Path | None = None, arch: str | None = None, save_dir: Path | None = None,
+    model: dict[str, Any] | None = None, train: dict[str, Any] | None = None, decode: dict[str, Any] | None = None,
+    gpus: int | None = None, cpu: bool = False, nproc: int = 1,
+) -> RunConfig:
+    """The run's configuration: defaults < architecture preset < ``recipe`` < the keyword arguments given
+    (command-line options; ``None`` values are options left unset)."""
+    recipe = recipe or {}
+    data = data or recipe.get("data")
+    if data is None:
+        raise NmtError("no data folder: give DATA or a --recipe that sets 'data'")
+    chosen = arch or recipe.get("arch", "base")
+    if chosen not in PRESETS:
+        raise NmtError(f"--arch must be one of {', '.join(PRESETS)}, not '{chosen}'")
+    given = lambda d: {k: v for k, v in (d or {}).items() if v is not None}  # noqa: E731
+    return RunConfig(
+        data=Path(data),
+        save_dir=Path(save_dir or recipe.get("save_dir") or Path("runs") / chosen),
+        arch=chosen,
+        model={**recipe.get("model", {}), **given(model)},
+        train=TrainConfig(**{**recipe.get("train", {}), **given(train)}),
+        decode=DecodeConfig(**{**recipe.get("decode", {}), **given(decode)}),
+        average_last=recipe.get("average_last", 5),
+        gpus=0 if cpu else gpus if gpus is not None else recipe.get("gpus", 0),
+        cpu=cpu,
+        nproc=nproc,
+    )
+
+
+# ------------------------------------------------------------------------------------------ derived
+
+
+def launched_by_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ and "LOCAL_RANK" in os.environ
+
+
+def world_size(cfg: RunConfig) -> int:
+    """Processes the run will have: torchrun's environment, else --gpus, else --nproc on the CPU."""
+    if launched_by_torchrun():
+        return int(os.environ["WORLD_SIZE"])
+    if cfg.gpus:
+        return cfg.gpus
+    return cfg.nproc if cfg.cpu else 1
+
+
+def derive_update_freq(tokens_per_update: int, max_tokens: int, world: int) -> int:
+    """Batches each device accumulates so that world × max_tokens × update_freq ≈ tokens_per_update."""
+    return max(1, round(tokens_per_update / (max_tokens * world)))
+
+
+def resolve(cfg: RunConfig, world: int) -> RunConfig:
+    """Settings derived from others for a run of ``world`` processes: ``update_freq`` from ``tokens_per_update``."""
+    t = cfg.train
+    if t.tokens_per_update:
+        return replace(cfg, train=replace(t, update_freq=derive_update_freq(t.tokens_per_update, t.max_tokens, world)))
+    return cfg
+
+
+# ------------------------------------------------------------------------------------------ plain data
 
 
 def to_plain(cfg: RunConfig) -> dict[str, Any]:
@@ -144,3 +256,12 @@ def to_plain(cfg: RunConfig) -> dict[str, Any]:
     for key in ("data", "save_dir"):
         plain[key] = str(plain[key])
     return plain
+
+
+def decode_config(plain_run: dict[str, Any] | None, **overrides: Any) -> DecodeConfig:
+    """The ``DecodeConfig`` a checkpoint's run configuration carries, with ``overrides`` that are not None on top."""
+    stored = dict((plain_run or {}).get("decode", {}))
+    known = {f.name for f in fields(DecodeConfig)}
+    values = {k: v for k, v in stored.items() if k in known}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return DecodeConfig(**values)

@@ -12,29 +12,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterator, TextIO
 
+import numpy as np
 import sentencepiece as spm
 import torch
 
 from nmt import checkpoint
+from nmt.config import DecodeConfig, decode_config
 from nmt.console import console
-from nmt.tokens import EOS, PAD
 from nmt.data.text import normalise
 from nmt.decode.beam import Hypothesis, Scorer, beam_search
 from nmt.errors import NmtError
-from nmt.model.config import ModelConfig
 from nmt.model.transformer import Transformer
+from nmt.tokens import EOS, PAD
 
 
 @dataclass(frozen=True)
 class TranslateConfig:
-    beam: int = 4
-    lenpen: float = 0.6
-    penalty: str = "gnmt"
-    max_len_a: float = 1.0
-    max_len_b: int = 50
-    max_tokens: int = 4096  # source tokens per batch (before the beam multiplies them)
+    """How ``nmt translate`` runs: the search (``decode``, by default the checkpoint's) and where it runs."""
+
+    decode: DecodeConfig | None = None  # None: the [decode] settings the checkpoint carries
     buffer_size: int = 2000
-    nbest: int = 1
     scores: bool = False
     device: str = "auto"
     dtype: str = "fp32"
@@ -44,20 +41,14 @@ def load_models(paths: list[Path], device: torch.device, dtype: torch.dtype) -> 
     """Models of one or more checkpoints (an ensemble must share its vocabulary), and the first's metadata."""
     models, first = [], None
     for path in paths:
-        ckpt = checkpoint.load(path)
+        model, meta = checkpoint.load_model(path, device, dtype)
         if first is None:
-            first = ckpt
-        elif checkpoint.vocab_digest(ckpt) != checkpoint.vocab_digest(first):
+            first = meta
+        elif checkpoint.vocab_digest(meta) != checkpoint.vocab_digest(first):
             raise NmtError(f"{path}: vocabulary differs from {paths[0]}; an ensemble needs one vocabulary")
-        model = Transformer(ModelConfig(**ckpt["model_config"]))
-        try:
-            model.load_state_dict(ckpt["model"])
-        except RuntimeError as err:
-            raise NmtError(f"{path}: weights do not match its configuration ({str(err).splitlines()[0]})") from None
-        models.append(model.to(device=device, dtype=dtype).eval())
-        del ckpt
+        models.append(model)
     assert first is not None
-    return models, {"vocab": first["vocab"], "manifest": first.get("manifest", {})}
+    return models, first
 
 
 def pick_device(name: str) -> torch.device:
@@ -76,16 +67,16 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class Translator:
-    def __init__(self, checkpoints: list[Path], cfg: TranslateConfig) -> None:
+    def __init__(self, checkpoints: list[Path], cfg: TranslateConfig, **decode_overrides: object) -> None:
+        """``cfg.decode`` if given, else the first checkpoint's [decode] settings with ``decode_overrides`` on top."""
         if cfg.dtype not in DTYPES:
             raise NmtError(f"--dtype must be fp32, bf16 or fp16, not '{cfg.dtype}'")
-        if cfg.nbest > cfg.beam:
-            raise NmtError(f"--nbest {cfg.nbest} cannot exceed --beam {cfg.beam}")
-        self.cfg = cfg
         self.device = pick_device(cfg.device)
         if self.device.type == "cpu" and cfg.dtype != "fp32":
             raise NmtError(f"--dtype {cfg.dtype} needs a GPU; use fp32 on the CPU")
         self.models, meta = load_models(checkpoints, self.device, DTYPES[cfg.dtype])
+        self.cfg = cfg
+        self.decode = cfg.decode or decode_config(meta.get("config"), **decode_overrides)
         self.scorer = Scorer(self.models)
         self.spm = spm.SentencePieceProcessor(model_proto=meta["vocab"].numpy().tobytes())
         self.src_lang = meta["manifest"].get("src", "en")
@@ -99,8 +90,7 @@ class Translator:
         return ids
 
     def max_len(self, n_src: int) -> int:
-        limit = int(self.cfg.max_len_a * n_src + self.cfg.max_len_b)
-        return max(1, min(limit, min(m.cfg.max_positions for m in self.models)))
+        return self.decode.max_output_len(n_src, min(m.cfg.max_positions for m in self.models))
 
     @torch.inference_mode()
     def translate_ids(self, sources: list[list[int]]) -> list[list[Hypothesis]]:
@@ -110,24 +100,25 @@ class Translator:
         start = 0
         while start < len(order):
             width = len(sources[order[start]]) + 1
-            size = max(1, self.cfg.max_tokens // width)
+            size = max(1, self.decode.max_tokens // width)
             chunk = order[start : start + size]
             start += len(chunk)
             src = torch.full((len(chunk), width), PAD, dtype=torch.long)
             for row, i in enumerate(chunk):
                 src[row, : len(sources[i])] = torch.tensor(sources[i], dtype=torch.long)
                 src[row, len(sources[i])] = EOS
+            d = self.decode
             hyps = beam_search(self.scorer, src.to(self.device), [self.max_len(len(sources[i])) for i in chunk],
-                               beam=self.cfg.beam, alpha=self.cfg.lenpen, penalty=self.cfg.penalty, nbest=self.cfg.nbest)
+                               beam=d.beam, alpha=d.lenpen, penalty=d.penalty, nbest=d.nbest)
             for i, h in zip(chunk, hyps):
                 results[i] = h
         return results
 
     def format(self, line_no: int, hyps: list[Hypothesis], empty: bool) -> str:
         if empty:
-            hyps = [Hypothesis([], 0.0, 0.0)] * self.cfg.nbest
-        texts = [(h.score, self.spm.decode(h.tokens)) for h in hyps[: self.cfg.nbest]]
-        if self.cfg.nbest > 1:
+            hyps = [Hypothesis([], 0.0, 0.0)] * self.decode.nbest
+        texts = [(h.score, self.spm.decode(h.tokens)) for h in hyps[: self.decode.nbest]]
+        if self.decode.nbest > 1:
             return "".join(f"{line_no}\t{score:.4f}\t{text}\n" for score, text in texts)
         score, text = texts[0] if texts else (0.0, "")
         return f"{score:.4f}\t{text}\n" if self.cfg.scores else text + "\n"
@@ -170,3 +161,31 @@ def read_lines(source: BinaryIO) -> Iterator[tuple[int, str]]:
             text = raw.decode("utf-8", errors="replace")
             print(f"nmt: warning: line {line_no}: invalid UTF-8 replaced by U+FFFD", file=sys.stderr)
         yield line_no, text
+
+
+@torch.inference_mode()
+def bleu_of_pairs(model: Transformer, vocab: torch.Tensor, pairs: list[tuple[np.ndarray, np.ndarray]], decode: DecodeConfig) -> float:
+    """sacreBLEU of the beam-searched translations of (source ids, reference ids) pairs, both decoded to text.
+
+    What validation BLEU during training reports: the run's own [decode] settings, no normalisation.
+    """
+    import sacrebleu
+
+    proc = spm.SentencePieceProcessor(model_proto=vocab.numpy().tobytes())
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    hyps, refs = [], []
+    for start in range(0, len(pairs), 64):
+        chunk = pairs[start : start + 64]
+        width = max(len(src) for src, _ in chunk) + 1
+        src = torch.full((len(chunk), width), PAD, dtype=torch.long)
+        for row, (ids, _) in enumerate(chunk):
+            src[row, : len(ids)] = torch.as_tensor(ids.astype(np.int64))
+            src[row, len(ids)] = EOS
+        limits = [decode.max_output_len(len(ids), model.cfg.max_positions) for ids, _ in chunk]
+        found = beam_search(Scorer([model]), src.to(device), limits, beam=decode.beam, alpha=decode.lenpen, penalty=decode.penalty)
+        hyps += [proc.decode(h[0].tokens if h else []) for h in found]
+        refs += [proc.decode(tgt.tolist()) for _, tgt in chunk]
+    model.train(was_training)
+    return sacrebleu.corpus_bleu(hyps, [refs]).score

@@ -1,4 +1,4 @@
-"""``nmt train``: one explicit training loop, from one CPU to many GPUs.
+"""The training loop of ``nmt train``: one ``Trainer`` per process, read top to bottom.
 
 An update processes one *group* of ``world × update_freq`` token batches: each rank takes its share,
 accumulates summed losses, gradients are summed across ranks once, and divided by the group's total
@@ -11,100 +11,31 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from nmt import __version__, checkpoint
-from nmt.config import RunConfig, to_plain
-from nmt.console import console
-from nmt.data.dataset import ParallelDataset, read_manifest
-from nmt.tokens import PAD
-from nmt.errors import NmtError
-from nmt.model.config import ModelConfig, model_config, total_parameters, train_flops_per_target_token
-from nmt.model.transformer import Transformer
-from nmt.train import distributed as D
+from nmt import __version__, atomic, checkpoint
+from nmt.config import RunConfig, derive_update_freq, to_plain
 from nmt.data.batching import collate, token_batches
+from nmt.data.dataset import ParallelDataset, read_manifest
+from nmt.errors import NmtError
+from nmt.model.config import model_config, total_parameters, train_flops_per_target_token
+from nmt.model.transformer import Transformer
+from nmt.tokens import PAD
+from nmt.train import distributed as D
 from nmt.train.loss import label_smoothed_nll
-from nmt.train.schedule import inverse_sqrt_lr, noam_lr
-
-# Dense bf16 peak FLOP/s by device name, for model FLOPs utilisation; unknown devices report no MFU.
-PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
-STATS = ["loss", "nll", "tgt_tokens", "src_tokens", "slots", "oom", "save", "stop"]
-
-
-def world_size(cfg: RunConfig) -> int:
-    if D.launched_by_torchrun():
-        return int(os.environ["WORLD_SIZE"])
-    if cfg.gpus:
-        return cfg.gpus
-    return cfg.nproc if cfg.cpu else 1
-
-
-def derive_update_freq(tokens_per_update: int, max_tokens: int, world: int) -> int:
-    """Batches each device accumulates so that world × max_tokens × update_freq ≈ tokens_per_update."""
-    return max(1, round(tokens_per_update / (max_tokens * world)))
-
-
-def learning_rate(cfg: RunConfig, model_cfg: ModelConfig, step: int) -> float:
-    t = cfg.train
-    if t.lr_schedule == "noam":
-        return noam_lr(step, model_cfg.d_model, t.warmup, t.lr_scale)
-    return inverse_sqrt_lr(step, t.peak_lr, t.warmup, t.warmup_init_lr)
-
-
-def check_resources(cfg: RunConfig) -> None:
-    """Fail before any process starts: a data folder that is not prepared, more GPUs than present."""
-    read_manifest(cfg.data)
-    if cfg.gpus and not cfg.cpu:
-        present = torch.cuda.device_count()
-        if cfg.gpus > present:
-            raise NmtError(f"--gpus {cfg.gpus} but {present} GPU(s) present; use --gpus {present} or --cpu --nproc N")
-
-
-def run(cfg: RunConfig, dry_run: bool = False) -> dict[str, Any]:
-    """Train (or, with ``dry_run``, measure and report) as configured; returns the final summary."""
-    check_resources(cfg)
-    use_cuda = not cfg.cpu and (cfg.gpus > 0 or torch.cuda.is_available())
-    if D.launched_by_torchrun():
-        return _worker(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"]), cfg, use_cuda, None, dry_run)
-    world = world_size(cfg)
-    if world == 1:
-        return _worker(0, 1, 0, cfg, use_cuda, None, dry_run)
-    try:
-        torch.multiprocessing.spawn(_spawned, args=(world, cfg, use_cuda, D.free_port(), dry_run), nprocs=world)
-    except torch.multiprocessing.ProcessExitedException as err:
-        # The failing rank has already printed its one-line reason.
-        raise NmtError(f"training process {err.error_index} of {world} stopped with exit code {err.exit_code}; see its message above") from None
-    summary = cfg.save_dir / "summary.json"
-    return json.loads(summary.read_text()) if summary.exists() else {}
-
-
-def _spawned(rank: int, world: int, cfg: RunConfig, use_cuda: bool, port: int, dry_run: bool) -> None:
-    try:
-        _worker(rank, world, rank, cfg, use_cuda, port, dry_run)
-    except NmtError as err:
-        # Child tracebacks are noise for a user error: print the one line and exit non-zero.
-        print(f"nmt: error: {err}", flush=True)
-        raise SystemExit(2) from None
-
-
-def _worker(rank: int, world: int, local_rank: int, cfg: RunConfig, use_cuda: bool, port: int | None, dry_run: bool) -> dict[str, Any]:
-    dist = D.init(rank, world, local_rank, use_cuda, port)
-    try:
-        trainer = Trainer(cfg, dist)
-        return trainer.dry_run() if dry_run else trainer.fit()
-    finally:
-        D.shutdown()
+from nmt.train.report import STATS, Reporter, peak_flops, window_record
+from nmt.train.schedule import learning_rate
 
 
 @dataclass
 class Progress:
+    """Where a run stands; saved in every checkpoint so that a resumed run continues exactly."""
+
     update: int = 0
     epoch: int = 1
     group: int = 0  # next group of the epoch's batch list
@@ -114,7 +45,7 @@ class Progress:
 
 class Trainer:
     def __init__(self, cfg: RunConfig, dist: D.Dist) -> None:
-        self.dist = dist
+        self.cfg, self.dist = cfg, dist
         self.manifest = read_manifest(cfg.data)
         self.train_set = ParallelDataset(cfg.data, "train")
         self.valid_set = ParallelDataset(cfg.data, "valid") if "valid" in self.manifest["splits"] else None
@@ -123,11 +54,8 @@ class Trainer:
         except ValueError as err:
             raise NmtError(str(err)) from None
         t = cfg.train
-        if t.tokens_per_update:
-            cfg = replace(cfg, train=replace(t, update_freq=derive_update_freq(t.tokens_per_update, t.max_tokens, dist.world)))
-        self.cfg = cfg
         self.precision = self._precision()
-        torch.manual_seed(cfg.train.seed)  # same initial weights on every rank
+        torch.manual_seed(t.seed)  # same initial weights on every rank
         self.model = Transformer(self.model_cfg).to(dist.device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         fused = dist.device.type == "cuda"
@@ -141,15 +69,11 @@ class Trainer:
         tokens = self.manifest["splits"]["train"]
         pairs = max(tokens["pairs"], 1)
         self.flops_per_token = train_flops_per_target_token(self.model_cfg, tokens["src_tokens"] / pairs + 1, tokens["tgt_tokens"] / pairs + 1)
-        name = torch.cuda.get_device_name(dist.device) if dist.device.type == "cuda" else ""
-        self.peak = next((v for k, v in PEAK_FLOPS.items() if k in name), None) if self.precision in ("bf16", "fp16") else None
-        self.log_file = None
-        self.tensorboard = None
-        self.bar = None
-        self.bar_info: dict[str, float] = {}  # the latest of each figure the progress bar shows
+        self.peak = peak_flops(dist.device, self.precision)
+        self.report = Reporter(cfg.save_dir, dist.main)
         self.train_index = self._fitting(self.train_set, "train")
         self.valid_index = self._fitting(self.valid_set, "valid") if self.valid_set is not None else None
-        torch.manual_seed(cfg.train.seed + dist.rank)  # dropout differs per rank
+        torch.manual_seed(t.seed + dist.rank)  # dropout differs per rank
         self._resume()
 
     # ------------------------------------------------------------------------------------------ set-up
@@ -167,8 +91,8 @@ class Trainer:
         """Indices of the sentences the model can hold (EOS/BOS included); the others are skipped, and said so."""
         limit = self.model_cfg.max_positions - 1
         keep = np.nonzero((data.src_lengths <= limit) & (data.tgt_lengths <= limit))[0]
-        if len(keep) < len(data) and self.dist.main:
-            console.print(f"[yellow]{split}: skipping {len(data) - len(keep)} sentence pair(s) longer than the model's {limit} positions")
+        if len(keep) < len(data):
+            self.report.say(f"[yellow]{split}: skipping {len(data) - len(keep)} sentence pair(s) longer than the model's {limit} positions")
         return keep
 
     def _batches(self, data: ParallelDataset, index: np.ndarray, seed: int, epoch: int, shuffle: bool = True) -> list[np.ndarray]:
@@ -180,7 +104,7 @@ class Trainer:
         return [index[b] for b in batches]
 
     def _resume(self) -> None:
-        last = self.cfg.save_dir / "checkpoint_last.pt"
+        last = self.cfg.save_dir / checkpoint.LAST
         if not last.exists():
             return
         ckpt = checkpoint.load(last)
@@ -198,8 +122,8 @@ class Trainer:
             torch.set_rng_state(rng["torch"][self.dist.rank])
             if self.dist.device.type == "cuda" and rng.get("cuda"):
                 torch.cuda.set_rng_state(rng["cuda"][self.dist.rank], self.dist.device)
-        if self.dist.main:
-            console.print(f"resumed from {last} at update {self.progress.update} (epoch {self.progress.epoch}, batch group {self.progress.group})")
+        p = self.progress
+        self.report.say(f"resumed from {last} at update {p.update} (epoch {p.epoch}, batch group {p.group})")
 
     # ------------------------------------------------------------------------------------------ steps
 
@@ -241,7 +165,7 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=False)
                 torch.cuda.empty_cache()
                 stats[STATS.index("oom")] += 1
-                console.print(f"[yellow]rank {self.dist.rank}: out of GPU memory on a batch of {shape}; skipping this update on every rank (lower --max-tokens if this repeats)")
+                self.report.say(f"[yellow]rank {self.dist.rank}: out of GPU memory on a batch of {shape}; skipping this update on every rank (lower --max-tokens if this repeats)")
                 break
             stats[:3] += torch.stack([loss.detach().double(), nll.detach().double(), n.double()])
             # Counts the host already knows stay on the host: no per-batch copy to the device.
@@ -266,10 +190,10 @@ class Trainer:
             self.progress.nonfinite += 1
             self.scaler.update()  # lowers the fp16 scale; a no-op otherwise
             self.optimizer.zero_grad(set_to_none=False)
-            console.print(f"[yellow]update {self.progress.update + 1}: non-finite gradient, skipped")
+            self.report.say(f"[yellow]update {self.progress.update + 1}: non-finite gradient, skipped")
             return stats
         self.progress.nonfinite = 0
-        lr = learning_rate(self.cfg, self.model_cfg, self.progress.update + 1)
+        lr = learning_rate(t, self.model_cfg.d_model, self.progress.update + 1)
         for g in self.optimizer.param_groups:
             g["lr"] = lr
         self.scaler.step(self.optimizer)
@@ -302,34 +226,16 @@ class Trainer:
         loss, nll, n = D.all_reduce_(sums, self.dist.world).tolist()
         result = {"valid_loss": loss / max(n, 1), "valid_nll": nll / max(n, 1), "valid_ppl": math.exp(min(nll / max(n, 1), 50))}
         if t.valid_bleu and self.dist.main:
-            result["valid_bleu"] = self.valid_bleu(t.valid_bleu)
+            from nmt.decode.translate import bleu_of_pairs
+
+            pairs = [self.valid_set[int(i)] for i in self.valid_index[: t.valid_bleu]]
+            result["valid_bleu"] = bleu_of_pairs(self.model, self.vocab, pairs, self.cfg.decode)
         return result
-
-    @torch.no_grad()
-    def valid_bleu(self, count: int) -> float:
-        """sacreBLEU of beam-searched translations of the first ``count`` dev sentences (decode settings of the run)."""
-        import sacrebleu
-        import sentencepiece
-
-        from nmt.decode.beam import Scorer, beam_search
-
-        assert self.valid_index is not None
-        proc = sentencepiece.SentencePieceProcessor(model_proto=self.vocab.numpy().tobytes())
-        d = self.cfg.decode
-        hyps, refs = [], []
-        for start in range(0, min(count, len(self.valid_index)), 64):
-            idx = self.valid_index[start : min(start + 64, count)]
-            pairs = [self.valid_set[int(i)] for i in idx]
-            batch = collate(pairs, self.cfg.train.pad_multiple).to(self.dist.device)
-            limits = [min(int(d.max_len_a * len(src) + d.max_len_b), self.model_cfg.max_positions) for src, _ in pairs]
-            found = beam_search(Scorer([self.model]), batch.src, limits, beam=d.beam, alpha=d.lenpen, penalty=d.penalty)
-            hyps += [proc.decode(h[0].tokens if h else []) for h in found]
-            refs += [proc.decode(tgt.tolist()) for _, tgt in pairs]
-        return sacrebleu.corpus_bleu(hyps, [refs]).score
 
     # ------------------------------------------------------------------------------------------ saving
 
     def payload(self) -> dict[str, Any]:
+        """Everything a checkpoint holds; a collective (every rank contributes its RNG state)."""
         rng_torch = D.gather_objects(torch.get_rng_state(), self.dist.world)
         rng_cuda = D.gather_objects(torch.cuda.get_rng_state(self.dist.device), self.dist.world) if self.dist.device.type == "cuda" else []
         return {
@@ -348,50 +254,9 @@ class Trainer:
 
     def save(self, best: bool = False) -> None:
         payload = self.payload()  # a collective: every rank takes part
-        if not self.dist.main:
-            return
-        save_dir = self.cfg.save_dir
-        numbered = save_dir / f"checkpoint_{self.progress.update}.pt"
-        checkpoint.save(payload, numbered)
-        for name in (["checkpoint_last.pt"] + (["checkpoint_best.pt"] if best else [])):
-            tmp = save_dir / f"{name}.tmp"
-            tmp.unlink(missing_ok=True)
-            try:
-                tmp.hardlink_to(numbered)
-            except OSError:
-                shutil.copyfile(numbered, tmp)
-            tmp.replace(save_dir / name)
-        if self.ema is not None:
-            ema = {**payload, "model": payload["ema"]}
-            ema.pop("optimizer")
-            checkpoint.save(ema, save_dir / "checkpoint_ema.pt")
-        keep = self.cfg.train.keep_last
-        if keep > 0:
-            for old in checkpoint.numbered(save_dir)[:-keep]:
-                old.unlink(missing_ok=True)
-
-    def log(self, record: dict[str, Any]) -> None:
-        if not self.dist.main:
-            return
-        if self.log_file is None:
-            self.log_file = open(self.cfg.save_dir / "train.jsonl", "a")
-            try:  # TensorBoard only when the optional extra is installed
-                from torch.utils.tensorboard import SummaryWriter
-
-                self.tensorboard = SummaryWriter(str(self.cfg.save_dir / "tensorboard"))
-            except ImportError:
-                self.tensorboard = None
-        self.log_file.write(json.dumps(record) + "\n")
-        self.log_file.flush()
-        if self.tensorboard is not None:
-            for key, value in record.items():
-                if key != "update" and isinstance(value, (int, float)):
-                    self.tensorboard.add_scalar(key, value, record["update"])
-        if self.bar is not None:
-            self.bar_info.update({k: record[k] for k in ("loss", "ppl", "lr", "tgt_tok_s", "mfu", "valid_ppl") if k in record})
-            self.bar.update(self.bar_task, completed=record["update"], info="  ".join(f"{k} {v:.4g}" for k, v in self.bar_info.items()))
-        shown = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items())
-        console.print(shown)
+        if self.dist.main:
+            checkpoint.save_run(payload, self.cfg.save_dir, self.progress.update, numbered_copy=True, best=best,
+                                keep_last=self.cfg.train.keep_last)
 
     # ------------------------------------------------------------------------------------------ loops
 
@@ -427,13 +292,11 @@ class Trainer:
         info["seconds_per_update"] = per_batch * t.update_freq
         info["estimated_hours"] = info["seconds_per_update"] * t.max_updates / 3600
         if t.tokens_per_update:
-            plan = {}
             for n in (1, 2, 4, 8, 64):
                 uf = derive_update_freq(t.tokens_per_update, t.max_tokens, n)
                 tokens = uf * n * t.max_tokens
                 note = "" if abs(tokens - t.tokens_per_update) <= 0.25 * t.tokens_per_update else f" (use --max-tokens {t.tokens_per_update // n})"
-                plan[f"{n} devices"] = f"update_freq {uf}, {tokens:,} tokens{note}"
-            info.update(plan)
+                info[f"{n} devices"] = f"update_freq {uf}, {tokens:,} tokens{note}"
         return info
 
     def fit(self) -> dict[str, Any]:
@@ -441,17 +304,12 @@ class Trainer:
         batches = self.epoch_batches(p.epoch)
         if self.dist.main:
             cfg.save_dir.mkdir(parents=True, exist_ok=True)
-            (cfg.save_dir / "config.json").write_text(json.dumps({"run": to_plain(cfg), "model": asdict(self.model_cfg)}, indent=1))
+            atomic.write_json(cfg.save_dir / "config.json", {"run": to_plain(cfg), "model": asdict(self.model_cfg)})
             info = self.describe(batches)
-            console.print(f"{info['parameters'] / 1e6:.2f}M parameters, {info['devices']} device(s) {info['device']} {info['precision']}, "
-                          f"{info['tokens_per_update']:,} token slots per update (max_tokens {t.max_tokens} × update_freq {t.update_freq} × {self.dist.world}), "
-                          f"{info['updates_per_epoch']:,} updates per epoch")
-        if self.dist.main and console.is_terminal:
-            from nmt.console import progress
-
-            self.bar = progress()
-            self.bar.start()
-            self.bar_task = self.bar.add_task("train", total=t.max_updates, completed=p.update, info="")
+            self.report.say(f"{info['parameters'] / 1e6:.2f}M parameters, {info['devices']} device(s) {info['device']} {info['precision']}, "
+                            f"{info['tokens_per_update']:,} token slots per update (max_tokens {t.max_tokens} × update_freq {t.update_freq} × {self.dist.world}), "
+                            f"{info['updates_per_epoch']:,} updates per epoch")
+        self.report.start_bar(t.max_updates, p.update)
         started = last_save = time.time()
         window = np.zeros(len(STATS))
         window_start = time.time()
@@ -472,7 +330,9 @@ class Trainer:
                     raise NmtError(f"{p.nonfinite} updates in a row were skipped (non-finite loss or out of memory); lower the learning rate or --max-tokens, or use --precision bf16/fp32")
                 done = p.update >= t.max_updates or stats[STATS.index("stop")] > 0
                 if p.update and (p.update % t.log_every == 0 or done):
-                    self.log_window(window, time.time() - window_start, valid)
+                    in_window = t.log_every if p.update % t.log_every == 0 else p.update % t.log_every
+                    self.report.log(window_record(window, time.time() - window_start, p.update, p.epoch, in_window, t.max_updates - p.update,
+                                                  learning_rate(t, self.model_cfg.d_model, max(p.update, 1)), self.flops_per_token, self.peak, self.dist.world))
                     window[:] = 0
                     window_start = time.time()
                 if p.update and (p.update % t.validate_every == 0 or done):
@@ -481,7 +341,7 @@ class Trainer:
                     if best:
                         p.best_loss = valid["valid_nll"]
                     if valid:
-                        self.log({"update": p.update, **valid})
+                        self.report.log({"update": p.update, **valid})
                     self.save(best=best)
                     last_save = time.time()
                 elif p.update and (p.update % t.save_every == 0 or stats[STATS.index("save")] > 0):
@@ -498,33 +358,10 @@ class Trainer:
                 return self.finish(valid, started)
             batches = self.epoch_batches(p.epoch)
 
-    def log_window(self, window: np.ndarray, seconds: float, valid: dict[str, float]) -> None:
-        s = dict(zip(STATS, window.tolist()))
-        p, t = self.progress, self.cfg.train
-        ntok = max(s["tgt_tokens"], 1)
-        tok_per_s = s["tgt_tokens"] / max(seconds, 1e-9)
-        record = {
-            "update": p.update, "epoch": p.epoch, "loss": s["loss"] / ntok, "ppl": math.exp(min(s["nll"] / ntok, 50)),
-            "lr": learning_rate(self.cfg, self.model_cfg, max(p.update, 1)), "tgt_tok_s": tok_per_s,
-            "pad_efficiency": (s["src_tokens"] + s["tgt_tokens"]) / max(s["slots"], 1),
-        }
-        if self.peak:
-            record["mfu"] = tok_per_s * self.flops_per_token / (self.peak * self.dist.world)
-        remaining = t.max_updates - p.update
-        updates_in_window = t.log_every if p.update % t.log_every == 0 else p.update % t.log_every
-        record["tgt_tokens_per_update"] = s["tgt_tokens"] / max(updates_in_window, 1)  # real, not padded
-        record["eta_min"] = remaining * seconds / max(updates_in_window, 1) / 60
-        self.log(record)
-
     def finish(self, valid: dict[str, float], started: float) -> dict[str, Any]:
         p = self.progress
         summary = {"updates": p.update, "epochs": p.epoch, "seconds": time.time() - started, "best_valid_nll": p.best_loss, **valid}
         if self.dist.main:
-            (self.cfg.save_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-            if self.log_file:
-                self.log_file.close()
-            if self.tensorboard is not None:
-                self.tensorboard.close()
-            if self.bar is not None:
-                self.bar.stop()
+            atomic.write_json(self.cfg.save_dir / "summary.json", summary)
+        self.report.close()
         return summary

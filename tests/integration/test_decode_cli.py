@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from nmt import checkpoint
-from nmt.config import RunConfig, TrainConfig
+from nmt.config import DecodeConfig, RunConfig, TrainConfig
 from nmt.decode.translate import TranslateConfig, Translator
-from nmt.train.loop import run
+from nmt.train.launch import run
 
 TINY = {"d_model": 64, "d_ff": 128, "heads": 2}
 
@@ -101,10 +101,10 @@ def test_output_does_not_depend_on_batching(trained: Path, shared_data: Path) ->
     lines = (shared_data / "gettext-en-de" / "test.en").read_text(encoding="utf-8").splitlines()
     numbered = list(enumerate(lines, 1))
     limits = {"beam": 4, "max_len_a": 1.0, "max_len_b": 5}  # short outputs keep 2000 single-line searches cheap
-    batched = Translator([trained / "checkpoint_60.pt"], TranslateConfig(**limits)).translate_buffer(numbered)
-    one = Translator([trained / "checkpoint_60.pt"], TranslateConfig(max_tokens=1, **limits))
+    batched = Translator([trained / "checkpoint_60.pt"], TranslateConfig(decode=DecodeConfig(**limits))).translate_buffer(numbered)
+    one = Translator([trained / "checkpoint_60.pt"], TranslateConfig(decode=DecodeConfig(max_tokens=1, **limits)))
     alone = [one.translate_buffer([pair])[0] for pair in numbered]
-    reordered = Translator([trained / "checkpoint_60.pt"], TranslateConfig(max_tokens=64 * 64, **limits)).translate_buffer(numbered[::-1])[::-1]
+    reordered = Translator([trained / "checkpoint_60.pt"], TranslateConfig(decode=DecodeConfig(max_tokens=64 * 64, **limits))).translate_buffer(numbered[::-1])[::-1]
     assert len(batched) == 2000
     assert batched == alone
     assert batched == reordered

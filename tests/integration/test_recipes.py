@@ -30,8 +30,8 @@ def test_all_recipes_parse_and_build() -> None:
         cfg = model_config(recipe["arch"], vocab_size=1000, **recipe.get("model", {}))
         assert cfg.d_model in (128, 512, 1024)
         if path.stem in PAPER:
-            assert recipe["train"].tokens_per_update == 32768 and recipe["train"].warmup == 4000
-            assert recipe["decode"].beam == 4 and recipe["decode"].lenpen == 0.6 and recipe["decode"].max_len_b == 50
+            assert recipe["train"]["tokens_per_update"] == 32768 and recipe["train"]["warmup"] == 4000
+            assert recipe["decode"]["beam"] == 4 and recipe["decode"]["lenpen"] == 0.6 and recipe["decode"]["max_len_b"] == 50
             assert recipe["average_last"] == (5 if "base" in path.stem else 20)
             assert recipe["model"]["dropout"] == (0.3 if path.stem == "wmt14-en-de-big" else 0.1)
 

@@ -12,7 +12,7 @@ import torch
 from nmt import atomic, checkpoint
 from nmt.config import RunConfig, TrainConfig, load_recipe
 from nmt.errors import NmtError
-from nmt.train.loop import run
+from nmt.train.launch import run
 
 TINY = {"d_model": 64, "d_ff": 128, "heads": 2}
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from nmt.data.batching import collate, padded, token_batches
-from nmt.train.loop import derive_update_freq
+from nmt.config import derive_update_freq
 from nmt.train.loss import label_smoothed_nll
 from nmt.train.schedule import inverse_sqrt_lr, noam_lr
 

@@ -1,0 +1,101 @@
+"""Where a training run's figures go: ``train.jsonl``, TensorBoard (when installed), the console and the
+progress bar; and the figures themselves (losses, throughput, padding efficiency, MFU, time left)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from nmt.console import console
+
+# Dense bf16 peak FLOP/s by device name, for model FLOPs utilisation; unknown devices report no MFU.
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
+# The per-update statistics vector every rank fills and all-reduces (float64, this order).
+STATS = ["loss", "nll", "tgt_tokens", "src_tokens", "slots", "oom", "save", "stop"]
+SHOWN = ("loss", "ppl", "lr", "tgt_tok_s", "mfu", "valid_ppl")  # the figures the progress bar keeps
+
+
+def peak_flops(device: torch.device, precision: str) -> float | None:
+    """The device's dense peak for the run's precision, where known (mixed precision on known GPUs only)."""
+    if device.type != "cuda" or precision not in ("bf16", "fp16"):
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+
+
+def window_record(window: np.ndarray, seconds: float, update: int, epoch: int, updates_in_window: int, remaining_updates: int,
+                  lr: float, flops_per_token: float, peak: float | None, world: int) -> dict[str, Any]:
+    """The log line for a window of updates, from the summed ``STATS`` of its updates."""
+    s = dict(zip(STATS, window.tolist()))
+    ntok = max(s["tgt_tokens"], 1)
+    tok_per_s = s["tgt_tokens"] / max(seconds, 1e-9)
+    record = {
+        "update": update, "epoch": epoch, "loss": s["loss"] / ntok, "ppl": math.exp(min(s["nll"] / ntok, 50)),
+        "lr": lr, "tgt_tok_s": tok_per_s,
+        "pad_efficiency": (s["src_tokens"] + s["tgt_tokens"]) / max(s["slots"], 1),
+    }
+    if peak:
+        record["mfu"] = tok_per_s * flops_per_token / (peak * world)
+    record["tgt_tokens_per_update"] = s["tgt_tokens"] / max(updates_in_window, 1)  # real, not padded
+    record["eta_min"] = remaining_updates * seconds / max(updates_in_window, 1) / 60
+    return record
+
+
+class Reporter:
+    """Writes log records of the main rank to every destination; other ranks' reporters do nothing."""
+
+    def __init__(self, save_dir: Path, main: bool) -> None:
+        self.save_dir, self.main = save_dir, main
+        self.log_file = None
+        self.tensorboard = None
+        self.bar = None
+        self.bar_task = None
+        self.bar_info: dict[str, float] = {}  # the latest of each figure the progress bar shows
+
+    def start_bar(self, total: int, completed: int) -> None:
+        """A progress bar over the run's updates, when the console is a terminal."""
+        if self.main and console.is_terminal:
+            from nmt.console import progress
+
+            self.bar = progress()
+            self.bar.start()
+            self.bar_task = self.bar.add_task("train", total=total, completed=completed, info="")
+
+    def say(self, text: str) -> None:
+        if self.main:
+            console.print(text)
+
+    def log(self, record: dict[str, Any]) -> None:
+        if not self.main:
+            return
+        if self.log_file is None:
+            self.log_file = open(self.save_dir / "train.jsonl", "a")
+            try:  # TensorBoard only when the optional extra is installed
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.tensorboard = SummaryWriter(str(self.save_dir / "tensorboard"))
+            except ImportError:
+                self.tensorboard = None
+        self.log_file.write(json.dumps(record) + "\n")
+        self.log_file.flush()
+        if self.tensorboard is not None:
+            for key, value in record.items():
+                if key != "update" and isinstance(value, (int, float)):
+                    self.tensorboard.add_scalar(key, value, record["update"])
+        if self.bar is not None:
+            self.bar_info.update({k: record[k] for k in SHOWN if k in record})
+            self.bar.update(self.bar_task, completed=record["update"], info="  ".join(f"{k} {v:.4g}" for k, v in self.bar_info.items()))
+        console.print("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
+
+    def close(self) -> None:
+        if self.log_file:
+            self.log_file.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+        if self.bar is not None:
+            self.bar.stop()
