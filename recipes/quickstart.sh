@@ -10,8 +10,8 @@ THREADS=${THREADS:-$(nproc)}
 
 nmt prepare gettext-en-de --dest "$DATA"
 nmt train "$DATA" --recipe recipes/gettext-en-de-tiny.toml --save-dir "$RUN" --cpu
-nmt average "$RUN" --last 3 -o "$RUN/averaged.pt"
-nmt translate "$RUN/averaged.pt" --input "$DATA/test.en" --output "$RUN/test.hyp" --beam 4 --lenpen 0.6 --threads "$THREADS"
+nmt average "$RUN" -o "$RUN/averaged.pt"  # the recipe's [average] last = 3
+nmt translate "$RUN/averaged.pt" --input "$DATA/test.en" --output "$RUN/test.hyp" --threads "$THREADS"
 echo "== test split of gettext-en-de ($(wc -l < "$DATA/test.en") segments)"
 nmt score --ref "$DATA/test.de" --hyp "$RUN/test.hyp" --metrics bleu,chrf | tee "$RUN/score.txt"
 echo "== a few sentences from stdin (source, tab, translation)"
