@@ -55,9 +55,14 @@ def load(path: Path) -> dict[str, Any]:
     return ckpt
 
 
+def digest(vocab: torch.Tensor) -> str:
+    """SHA-256 of a SentencePiece model held as a uint8 tensor: equal digests, same vocabulary."""
+    return hashlib.sha256(vocab.numpy().tobytes()).hexdigest()
+
+
 def vocab_digest(ckpt: dict[str, Any]) -> str:
-    """SHA-256 of the SentencePiece model a checkpoint carries: equal digests, same vocabulary."""
-    return hashlib.sha256(ckpt["vocab"].numpy().tobytes()).hexdigest()
+    """SHA-256 of the SentencePiece model a checkpoint carries."""
+    return digest(ckpt["vocab"])
 
 
 def model_config(ckpt: dict[str, Any], path: Path) -> ModelConfig:

@@ -113,6 +113,19 @@ class RunConfig:
     nproc: int = 1
 
 
+# The paper's schedule for each size, what a run gets without a recipe (§5.2, §6.1, paper-recipe §2.4):
+# updates; numbered checkpoints every ≈10 minutes of the paper's 8-P100 step time (base 0.4 s, big 1.0 s),
+# counted in updates so the averaging window does not depend on the hardware; the number averaged; and
+# the numbered checkpoints kept (what averaging needs plus a margin, not every one: 2.6 GB each for big).
+ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
+    "base": {"train": {"max_updates": 100_000, "save_every": 1500, "validate_every": 1500, "keep_last": 10}, "average_last": 5},
+    "big": {"train": {"max_updates": 300_000, "save_every": 600, "validate_every": 600, "keep_last": 25}, "average_last": 20},
+    "tiny": {"train": {"max_updates": 20_000, "save_every": 1000, "validate_every": 1000, "keep_last": 10}, "average_last": 5},
+}
+# Big's P_drop follows the language pair (§6.1): 0.3 for EN-DE (4.5M pairs), 0.1 for EN-FR (36M pairs).
+BIG_DROPOUT = {frozenset(("en", "de")): 0.3, frozenset(("en", "fr")): 0.1}
+
+
 # ------------------------------------------------------------------------------------------ recipes
 
 RECIPE_KEYS = ["data", "save_dir", "arch", "model", "train", "decode", "average", "gpus", "description"]
@@ -203,19 +216,45 @@ def run_config(
     chosen = arch or recipe.get("arch", "base")
     if chosen not in PRESETS:
         raise NmtError(f"--arch must be one of {', '.join(PRESETS)}, not '{chosen}'")
+    preset = ARCH_DEFAULTS[chosen]
     given = lambda d: {k: v for k, v in (d or {}).items() if v is not None}  # noqa: E731
-    return RunConfig(
+    cfg = RunConfig(
         data=Path(data),
         save_dir=Path(save_dir or recipe.get("save_dir") or Path("runs") / chosen),
         arch=chosen,
         model={**recipe.get("model", {}), **given(model)},
-        train=TrainConfig(**{**recipe.get("train", {}), **given(train)}),
+        train=TrainConfig(**{**preset["train"], **recipe.get("train", {}), **given(train)}),
         decode=DecodeConfig(**{**recipe.get("decode", {}), **given(decode)}),
-        average_last=recipe.get("average_last", 5),
+        average_last=recipe.get("average_last", preset["average_last"]),
         gpus=0 if cpu else gpus if gpus is not None else recipe.get("gpus", 0),
         cpu=cpu,
         nproc=nproc,
     )
+    keep = cfg.train.keep_last
+    if 0 < keep < cfg.average_last:
+        raise NmtError(f"--keep-last {keep} keeps fewer numbered checkpoints than the run averages ([average] last = {cfg.average_last})")
+    return cfg
+
+
+def find_data(root: Path = Path("data-bin")) -> Path:
+    """The one prepared corpus under ``root``, for ``nmt train`` without DATA; an error listing them otherwise."""
+    found = sorted(p.parent for p in root.glob("*/manifest.json")) if root.is_dir() else []
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise NmtError(f"no DATA given and no prepared corpus in {root}/; run 'nmt prepare CORPUS' first, or give DATA")
+    raise NmtError(f"no DATA given and {root}/ holds {len(found)} prepared corpora ({', '.join(str(p) for p in found)}); name one")
+
+
+def pair_dropout(cfg: RunConfig, src: str, tgt: str) -> tuple[RunConfig, str | None]:
+    """Big's P_drop by language pair when neither the recipe nor the command line set it; and a note saying so."""
+    if cfg.arch != "big" or "dropout" in cfg.model:
+        return cfg, None
+    rate = BIG_DROPOUT.get(frozenset((src, tgt)))
+    if rate is None:
+        return cfg, (f"dropout {PRESETS['big'].dropout} for {src}-{tgt}: the paper used 0.3 for EN-DE (4.5M pairs) and 0.1 for "
+                     "EN-FR (36M pairs); the more data, the less dropout: set --dropout to choose")
+    return replace(cfg, model={**cfg.model, "dropout": rate}), f"dropout {rate} for {src}-{tgt} (the paper's big {src.upper()}-{tgt.upper()} setting)"
 
 
 # ------------------------------------------------------------------------------------------ derived
@@ -245,6 +284,12 @@ def resolve(cfg: RunConfig, world: int) -> RunConfig:
     if t.tokens_per_update:
         return replace(cfg, train=replace(t, update_freq=derive_update_freq(t.tokens_per_update, t.max_tokens, world)))
     return cfg
+
+
+def batch_plan(cfg: RunConfig, train_pairs: int) -> dict[str, int]:
+    """What an epoch's batch list depends on: a resumed run with another plan would skip or repeat data."""
+    t = cfg.train
+    return {"max_tokens": t.max_tokens, "pad_multiple": t.pad_multiple, "seed": t.seed, "train_pairs": train_pairs}
 
 
 # ------------------------------------------------------------------------------------------ plain data

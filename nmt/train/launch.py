@@ -9,33 +9,42 @@ from typing import Any
 
 import torch
 
-from nmt.config import RunConfig, launched_by_torchrun, resolve, world_size
+from nmt.config import RunConfig, launched_by_torchrun, pair_dropout, resolve, world_size
+from nmt.console import console
 from nmt.data.dataset import read_manifest
 from nmt.errors import NmtError
 from nmt.train import distributed as D
 
 
-def check_resources(cfg: RunConfig) -> None:
-    """Fail before any process starts: a data folder that is not prepared, more GPUs than present."""
-    read_manifest(cfg.data)
+def check_resources(cfg: RunConfig) -> dict[str, Any]:
+    """Fail before any process starts: a data folder that is not prepared, more GPUs than present.
+    Returns the data's manifest."""
+    manifest = read_manifest(cfg.data)
     if cfg.gpus and not cfg.cpu:
         present = torch.cuda.device_count()
         if cfg.gpus > present:
             raise NmtError(f"--gpus {cfg.gpus} but {present} GPU(s) present; use --gpus {present} or --cpu --nproc N")
+    return manifest
 
 
-def run(cfg: RunConfig, dry_run: bool = False) -> dict[str, Any]:
-    """Train (or, with ``dry_run``, measure and report) as configured; returns the final summary."""
-    check_resources(cfg)
+def run(cfg: RunConfig, dry_run: bool = False, reset: bool = False) -> dict[str, Any]:
+    """Train (or, with ``dry_run``, measure and report) as configured; returns the final summary.
+
+    ``reset`` moves an earlier run's checkpoints in ``cfg.save_dir`` aside and starts anew.
+    """
+    manifest = check_resources(cfg)
+    cfg, note = pair_dropout(cfg, manifest["src"], manifest["tgt"])
+    if note and int(os.environ.get("RANK", 0)) == 0:
+        console.print(note)
     use_cuda = not cfg.cpu and (cfg.gpus > 0 or torch.cuda.is_available())
     world = world_size(cfg)
     cfg = resolve(cfg, world)
     if launched_by_torchrun():
-        return _worker(int(os.environ["RANK"]), world, int(os.environ["LOCAL_RANK"]), cfg, use_cuda, None, dry_run)
+        return _worker(int(os.environ["RANK"]), world, int(os.environ["LOCAL_RANK"]), cfg, use_cuda, None, dry_run, reset)
     if world == 1:
-        return _worker(0, 1, 0, cfg, use_cuda, None, dry_run)
+        return _worker(0, 1, 0, cfg, use_cuda, None, dry_run, reset)
     try:
-        torch.multiprocessing.spawn(_spawned, args=(world, cfg, use_cuda, D.free_port(), dry_run), nprocs=world)
+        torch.multiprocessing.spawn(_spawned, args=(world, cfg, use_cuda, D.free_port(), dry_run, reset), nprocs=world)
     except torch.multiprocessing.ProcessExitedException as err:
         # The failing rank has already printed its one-line reason.
         raise NmtError(f"training process {err.error_index} of {world} stopped with exit code {err.exit_code}; see its message above") from None
@@ -43,21 +52,22 @@ def run(cfg: RunConfig, dry_run: bool = False) -> dict[str, Any]:
     return json.loads(summary.read_text()) if summary.exists() else {}
 
 
-def _spawned(rank: int, world: int, cfg: RunConfig, use_cuda: bool, port: int, dry_run: bool) -> None:
+def _spawned(rank: int, world: int, cfg: RunConfig, use_cuda: bool, port: int, dry_run: bool, reset: bool) -> None:
     try:
-        _worker(rank, world, rank, cfg, use_cuda, port, dry_run)
+        _worker(rank, world, rank, cfg, use_cuda, port, dry_run, reset)
     except NmtError as err:
         # Child tracebacks are noise for a user error: print the one line and exit non-zero.
         print(f"nmt: error: {err}", flush=True)
         raise SystemExit(2) from None
 
 
-def _worker(rank: int, world: int, local_rank: int, cfg: RunConfig, use_cuda: bool, port: int | None, dry_run: bool) -> dict[str, Any]:
+def _worker(rank: int, world: int, local_rank: int, cfg: RunConfig, use_cuda: bool, port: int | None, dry_run: bool,
+            reset: bool = False) -> dict[str, Any]:
     from nmt.train.loop import Trainer
 
     dist = D.init(rank, world, local_rank, use_cuda, port)
     try:
-        trainer = Trainer(cfg, dist)
+        trainer = Trainer(cfg, dist, reset=reset and not dry_run)
         return trainer.dry_run() if dry_run else trainer.fit()
     finally:
         D.shutdown()

@@ -3,23 +3,24 @@
 An update processes one *group* of ``world × update_freq`` token batches: each rank takes its share,
 accumulates summed losses, gradients are summed across ranks once, and divided by the group's total
 target-token count. The same group therefore gives the same update on 1 process with update_freq 2 as on
-2 processes with update_freq 1. The batch list is a pure function of (seed, epoch), so a resumed run
-recomputes it and continues at the next group, with every rank's RNG restored.
+2 processes with update_freq 1. The batch list is a pure function of (seed, epoch, batching settings), and
+a checkpoint stores the position as the next *batch* of that list, so a resumed run recomputes the list and
+continues exactly where it stopped, even on another number of devices (the groups are cut anew from there).
 """
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from nmt import __version__, atomic, checkpoint
-from nmt.config import RunConfig, derive_update_freq, to_plain
+from nmt.config import RunConfig, batch_plan, derive_update_freq, to_plain
 from nmt.data.batching import collate, token_batches
 from nmt.data.dataset import ParallelDataset, read_manifest
 from nmt.errors import NmtError
@@ -28,7 +29,7 @@ from nmt.model.transformer import Transformer
 from nmt.tokens import PAD
 from nmt.train import distributed as D
 from nmt.train.loss import label_smoothed_nll
-from nmt.train.report import STATS, Reporter, peak_flops, window_record
+from nmt.train.report import STATS, Reporter, cpu_has_native, peak_flops, window_record
 from nmt.train.schedule import learning_rate
 
 
@@ -38,13 +39,30 @@ class Progress:
 
     update: int = 0
     epoch: int = 1
-    group: int = 0  # next group of the epoch's batch list
+    batch: int = 0  # next batch of the epoch's batch list
     best_loss: float = math.inf
-    nonfinite: int = 0
+    nonfinite: int = 0  # updates skipped in a row
+    skipped: int = 0  # updates skipped in all
+
+
+def archive_run(save_dir: Path, report: Reporter) -> None:
+    """``--reset``: move a run folder's checkpoints and logs into ``previous-N/`` so the run starts anew
+    without losing them."""
+    names = [p for p in save_dir.glob("*") if p.name.startswith(("checkpoint_", "train.jsonl", "config.json", "summary.json", "tensorboard"))]
+    if not names:
+        return
+    n = 1
+    while (save_dir / f"previous-{n}").exists():
+        n += 1
+    folder = save_dir / f"previous-{n}"
+    folder.mkdir()
+    for path in names:
+        path.rename(folder / path.name)
+    report.say(f"--reset: the earlier run's {len(names)} files moved to {folder}; starting anew")
 
 
 class Trainer:
-    def __init__(self, cfg: RunConfig, dist: D.Dist) -> None:
+    def __init__(self, cfg: RunConfig, dist: D.Dist, reset: bool = False) -> None:
         self.cfg, self.dist = cfg, dist
         self.manifest = read_manifest(cfg.data)
         self.train_set = ParallelDataset(cfg.data, "train")
@@ -54,6 +72,7 @@ class Trainer:
         except ValueError as err:
             raise NmtError(str(err)) from None
         t = cfg.train
+        self.report = Reporter(cfg.save_dir, dist.main)
         self.precision = self._precision()
         torch.manual_seed(t.seed)  # same initial weights on every rank
         self.model = Transformer(self.model_cfg).to(dist.device)
@@ -61,7 +80,9 @@ class Trainer:
         fused = dist.device.type == "cuda"
         self.optimizer = torch.optim.Adam(self.params, lr=0.0, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_eps,
                                           weight_decay=t.weight_decay, fused=fused or None)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "fp16")
+        # fairseq's initial scale: the loss is a sum over tokens, so each token's gradient is O(1) × scale,
+        # and 2^16 (torch's default) overflows float16 on the first updates.
+        self.scaler = torch.amp.GradScaler(dist.device.type, init_scale=128.0, growth_interval=2000, enabled=self.precision == "fp16")
         self.ema = {k: v.detach().float().clone() for k, v in self.model.state_dict().items()} if t.ema_decay else None
         self.step_model = torch.compile(self.model) if t.compile else self.model
         self.progress = Progress()
@@ -70,10 +91,13 @@ class Trainer:
         pairs = max(tokens["pairs"], 1)
         self.flops_per_token = train_flops_per_target_token(self.model_cfg, tokens["src_tokens"] / pairs + 1, tokens["tgt_tokens"] / pairs + 1)
         self.peak = peak_flops(dist.device, self.precision)
-        self.report = Reporter(cfg.save_dir, dist.main)
         self.train_index = self._fitting(self.train_set, "train")
         self.valid_index = self._fitting(self.valid_set, "valid") if self.valid_set is not None else None
+        self.plan = batch_plan(cfg, len(self.train_index))
         torch.manual_seed(t.seed + dist.rank)  # dropout differs per rank
+        if reset and dist.main:
+            archive_run(cfg.save_dir, self.report)
+        D.barrier(dist.world)
         self._resume()
 
     # ------------------------------------------------------------------------------------------ set-up
@@ -83,8 +107,9 @@ class Trainer:
         cuda = self.dist.device.type == "cuda"
         if p == "auto":
             return "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
-        if p in ("bf16", "fp16") and not cuda:
-            raise NmtError(f"--precision {p} needs a GPU; use fp32 on the CPU")
+        if p in ("bf16", "fp16") and not cuda and not cpu_has_native(p):
+            self.report.say(f"[yellow]--precision {p} on a CPU without native {p} instructions (AVX512-BF16 or AMX): "
+                            "correct, but slower than fp32 here")
         return p
 
     def _fitting(self, data: ParallelDataset, split: str) -> np.ndarray:
@@ -108,22 +133,50 @@ class Trainer:
         if not last.exists():
             return
         ckpt = checkpoint.load(last)
-        if ckpt["model_config"] != asdict(self.model_cfg):
-            diff = [k for k, v in asdict(self.model_cfg).items() if ckpt["model_config"].get(k) != v]
-            raise NmtError(f"{self.cfg.save_dir} holds a run of another architecture (differs in {', '.join(diff)}); use another --save-dir")
+        self._check_resumable(ckpt, last)
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
         if self.ema is not None and "ema" in ckpt:
             self.ema = {k: v.to(self.dist.device) for k, v in ckpt["ema"].items()}
-        self.progress = Progress(**ckpt["progress"]["loop"])
+        loop = dict(ckpt["progress"]["loop"])
         rng = ckpt["rng"]
-        if self.dist.rank < len(rng["torch"]):
+        saved_world = len(rng["torch"])
+        if "group" in loop:  # version 0.1 counted groups of world × update_freq batches
+            loop["batch"] = loop.pop("group") * saved_world * ckpt["config"]["train"]["update_freq"]
+        self.progress = Progress(**loop)
+        if self.dist.rank < saved_world:
             torch.set_rng_state(rng["torch"][self.dist.rank])
             if self.dist.device.type == "cuda" and rng.get("cuda"):
                 torch.cuda.set_rng_state(rng["cuda"][self.dist.rank], self.dist.device)
         p = self.progress
-        self.report.say(f"resumed from {last} at update {p.update} (epoch {p.epoch}, batch group {p.group})")
+        self.report.say(f"resumed from {last} at update {p.update} (epoch {p.epoch}, batch {p.batch})")
+        saved_slots = ckpt["config"]["train"]["max_tokens"] * ckpt["config"]["train"]["update_freq"] * saved_world
+        slots = self.cfg.train.max_tokens * self.cfg.train.update_freq * self.dist.world
+        if saved_world != self.dist.world:
+            self.report.say(f"[yellow]saved on {saved_world} device(s), resumed on {self.dist.world}: the data order continues "
+                            "exactly; dropout masks differ from an uninterrupted run")
+        if saved_slots != slots:
+            self.report.say(f"[yellow]token slots per update change from {saved_slots:,} to {slots:,}; "
+                            "set --tokens-per-update to keep them whatever the device count")
+
+    def _check_resumable(self, ckpt: dict[str, Any], path: Path) -> None:
+        """Refuse, in one line, a run folder whose checkpoint cannot continue this run exactly."""
+        where = self.cfg.save_dir
+        if ckpt["model_config"] != asdict(self.model_cfg):
+            diff = [k for k, v in asdict(self.model_cfg).items() if ckpt["model_config"].get(k) != v]
+            raise NmtError(f"{where} holds a run of another architecture (differs in {', '.join(diff)}); use another --save-dir or --reset")
+        ours, theirs = checkpoint.digest(self.vocab), checkpoint.vocab_digest(ckpt)
+        if ours != theirs:
+            was = ckpt.get("config", {}).get("data", "?")
+            raise NmtError(f"{where} was trained with the vocabulary of {was} (spm.model sha256 {theirs[:12]}), but {self.cfg.data}/spm.model "
+                           f"is sha256 {ours[:12]}: resuming would continue on mismatched ids; use another --save-dir, or --reset to start anew")
+        saved = ckpt["progress"].get("batches")
+        if saved is not None and saved != self.plan and ckpt["progress"]["loop"].get("batch", ckpt["progress"]["loop"].get("group")) != 0:
+            diff = ", ".join(f"{k} {saved.get(k)} → {v}" for k, v in self.plan.items() if saved.get(k) != v)
+            flags = ", ".join(f"--{k.replace('_', '-')} {saved[k]}" for k in ("max_tokens", "pad_multiple", "seed") if saved.get(k) != self.plan[k])
+            raise NmtError(f"{path} stopped inside an epoch whose batches were cut with other settings ({diff}): resuming would skip or "
+                           f"repeat data; resume with {flags or 'the same training data'}, or use --reset to start anew")
 
     # ------------------------------------------------------------------------------------------ steps
 
@@ -181,17 +234,15 @@ class Trainer:
         host = stats.tolist()
         if host[STATS.index("oom")]:
             self.optimizer.zero_grad(set_to_none=False)
-            self.progress.nonfinite += 1
-            return stats
+            return self._skipped(stats)
         self.scaler.unscale_(self.optimizer)
         torch._foreach_mul_([p.grad for p in self.params], 1.0 / max(host[2], 1.0))
         norm = torch.nn.utils.clip_grad_norm_(self.params, t.clip_norm if t.clip_norm > 0 else float("inf"))
         if not math.isfinite(norm.item()):
-            self.progress.nonfinite += 1
             self.scaler.update()  # lowers the fp16 scale; a no-op otherwise
             self.optimizer.zero_grad(set_to_none=False)
             self.report.say(f"[yellow]update {self.progress.update + 1}: non-finite gradient, skipped")
-            return stats
+            return self._skipped(stats)
         self.progress.nonfinite = 0
         lr = learning_rate(t, self.model_cfg.d_model, self.progress.update + 1)
         for g in self.optimizer.param_groups:
@@ -204,6 +255,12 @@ class Trainer:
             with torch.no_grad():
                 for k, v in self.model.state_dict().items():
                     self.ema[k].mul_(t.ema_decay).add_(v.float(), alpha=1 - t.ema_decay)
+        return stats
+
+    def _skipped(self, stats: torch.Tensor) -> torch.Tensor:
+        self.progress.nonfinite += 1
+        self.progress.skipped += 1
+        stats[STATS.index("skipped")] = 1
         return stats
 
     @torch.no_grad()
@@ -246,17 +303,21 @@ class Trainer:
             "config": to_plain(self.cfg),
             "vocab": self.vocab,
             "manifest": {k: self.manifest[k] for k in ("corpus", "src", "tgt", "normalisation")},
-            "progress": {"loop": asdict(self.progress), "time": time.time()},
+            "progress": {"loop": asdict(self.progress), "batches": self.plan, "time": time.time()},
             "rng": {"torch": rng_torch, "cuda": rng_cuda},
             "version": __version__,
             **({"ema": {k: v.cpu() for k, v in self.ema.items()}} if self.ema is not None else {}),
         }
 
-    def save(self, best: bool = False) -> None:
+    def save(self, numbered: bool, best: bool = False, why: str = "") -> None:
+        """Save at this update: ``numbered`` (the averaging window) only at the update cadence, whatever the
+        hardware; time-based and validation saves only refresh ``checkpoint_last.pt`` (and the best)."""
         payload = self.payload()  # a collective: every rank takes part
         if self.dist.main:
-            checkpoint.save_run(payload, self.cfg.save_dir, self.progress.update, numbered_copy=True, best=best,
+            checkpoint.save_run(payload, self.cfg.save_dir, self.progress.update, numbered_copy=numbered, best=best,
                                 keep_last=self.cfg.train.keep_last)
+            saved = ([f"checkpoint_{self.progress.update}.pt"] if numbered else []) + [checkpoint.LAST] + ([checkpoint.BEST] if best else [])
+            self.report.log({"update": self.progress.update, "saved": saved, "why": why})
 
     # ------------------------------------------------------------------------------------------ loops
 
@@ -318,43 +379,53 @@ class Trainer:
         if p.update >= t.max_updates:
             return self.finish(valid, started)
         while True:
-            groups = [batches[i : i + self.group_size()] for i in range(0, len(batches), self.group_size())]
-            while p.group < len(groups):
+            size = self.group_size()
+            while p.batch < len(batches):
                 elapsed = time.time() - started
                 flags = (float(self.dist.main and elapsed - (last_save - started) >= t.save_minutes * 60),
                          float(self.dist.main and t.max_time > 0 and elapsed >= t.max_time))
-                stats = self.train_step(groups[p.group], flags).cpu().numpy()
-                p.group += 1
+                before = p.update
+                group = batches[p.batch : p.batch + size]
+                stats = self.train_step(group, flags).cpu().numpy()
+                p.batch += len(group)
                 window += stats
                 if p.nonfinite >= t.max_nonfinite:
                     raise NmtError(f"{p.nonfinite} updates in a row were skipped (non-finite loss or out of memory); lower the learning rate or --max-tokens, or use --precision bf16/fp32")
                 done = p.update >= t.max_updates or stats[STATS.index("stop")] > 0
-                if p.update and (p.update % t.log_every == 0 or done):
+                if p.update == before and not done:
+                    continue  # a skipped update: nothing new to log or save
+                if p.update % t.log_every == 0 or done:
                     in_window = t.log_every if p.update % t.log_every == 0 else p.update % t.log_every
+                    left = t.max_time - (time.time() - started) if t.max_time > 0 else None
                     self.report.log(window_record(window, time.time() - window_start, p.update, p.epoch, in_window, t.max_updates - p.update,
-                                                  learning_rate(t, self.model_cfg.d_model, max(p.update, 1)), self.flops_per_token, self.peak, self.dist.world))
+                                                  learning_rate(t, self.model_cfg.d_model, max(p.update, 1)), self.flops_per_token, self.peak,
+                                                  self.dist.world, seconds_left=left))
                     window[:] = 0
                     window_start = time.time()
-                if p.update and (p.update % t.validate_every == 0 or done):
+                numbered = p.update % t.save_every == 0 or done
+                if p.update % t.validate_every == 0 or done:
                     valid = self.validate()
                     best = bool(valid) and valid["valid_nll"] < p.best_loss
                     if best:
                         p.best_loss = valid["valid_nll"]
                     if valid:
                         self.report.log({"update": p.update, **valid})
-                    self.save(best=best)
+                    self.save(numbered, best=best, why="end" if done else "validation")
                     last_save = time.time()
-                elif p.update and (p.update % t.save_every == 0 or stats[STATS.index("save")] > 0):
-                    self.save()
+                elif numbered or stats[STATS.index("save")] > 0:
+                    self.save(numbered, why="updates" if numbered else "time")
                     last_save = time.time()
                 if done:
                     return self.finish(valid, started)
             p.epoch += 1
-            p.group = 0
+            p.batch = 0
             if t.max_epochs and p.epoch > t.max_epochs:
                 if stats is not None:
                     valid = self.validate()
-                    self.save(best=bool(valid) and valid["valid_nll"] < p.best_loss)
+                    best = bool(valid) and valid["valid_nll"] < p.best_loss
+                    if best:
+                        p.best_loss = valid["valid_nll"]
+                    self.save(True, best=best, why="end")
                 return self.finish(valid, started)
             batches = self.epoch_batches(p.epoch)
 

@@ -16,7 +16,7 @@ from nmt.console import console
 # Dense bf16 peak FLOP/s by device name, for model FLOPs utilisation; unknown devices report no MFU.
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
 # The per-update statistics vector every rank fills and all-reduces (float64, this order).
-STATS = ["loss", "nll", "tgt_tokens", "src_tokens", "slots", "oom", "save", "stop"]
+STATS = ["loss", "nll", "tgt_tokens", "src_tokens", "slots", "oom", "save", "stop", "skipped"]
 SHOWN = ("loss", "ppl", "lr", "tgt_tok_s", "mfu", "valid_ppl")  # the figures the progress bar keeps
 
 
@@ -28,9 +28,22 @@ def peak_flops(device: torch.device, precision: str) -> float | None:
     return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
 
 
+def cpu_has_native(precision: str) -> bool:
+    """Whether this CPU computes ``precision`` natively (AVX512-BF16 or AMX for bf16, AMX-FP16 for fp16)."""
+    if precision == "bf16":
+        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    if precision == "fp16":
+        return torch.cpu._is_amx_fp16_supported()
+    return True
+
+
 def window_record(window: np.ndarray, seconds: float, update: int, epoch: int, updates_in_window: int, remaining_updates: int,
-                  lr: float, flops_per_token: float, peak: float | None, world: int) -> dict[str, Any]:
-    """The log line for a window of updates, from the summed ``STATS`` of its updates."""
+                  lr: float, flops_per_token: float, peak: float | None, world: int, seconds_left: float | None = None) -> dict[str, Any]:
+    """The log line for a window of updates, from the summed ``STATS`` of its updates.
+
+    ``eta_min`` is the time to whichever limit comes first: the remaining updates at this window's pace,
+    or ``seconds_left`` of --max-time.
+    """
     s = dict(zip(STATS, window.tolist()))
     ntok = max(s["tgt_tokens"], 1)
     tok_per_s = s["tgt_tokens"] / max(seconds, 1e-9)
@@ -38,11 +51,13 @@ def window_record(window: np.ndarray, seconds: float, update: int, epoch: int, u
         "update": update, "epoch": epoch, "loss": s["loss"] / ntok, "ppl": math.exp(min(s["nll"] / ntok, 50)),
         "lr": lr, "tgt_tok_s": tok_per_s,
         "pad_efficiency": (s["src_tokens"] + s["tgt_tokens"]) / max(s["slots"], 1),
+        "skipped": int(s["skipped"]),  # updates skipped for a non-finite gradient or lack of memory
     }
     if peak:
         record["mfu"] = tok_per_s * flops_per_token / (peak * world)
     record["tgt_tokens_per_update"] = s["tgt_tokens"] / max(updates_in_window, 1)  # real, not padded
-    record["eta_min"] = remaining_updates * seconds / max(updates_in_window, 1) / 60
+    eta = remaining_updates * seconds / max(updates_in_window, 1)
+    record["eta_min"] = min(eta, max(seconds_left, 0.0)) / 60 if seconds_left is not None else eta / 60
     return record
 
 

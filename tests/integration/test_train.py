@@ -11,8 +11,14 @@ import torch
 
 from nmt import atomic, checkpoint
 from nmt.config import RunConfig, TrainConfig, load_recipe
+from nmt.data.batching import collate
+from nmt.data.prepare import PrepareConfig, prepare
 from nmt.errors import NmtError
+from nmt.tokens import PAD
+from nmt.train.distributed import Dist
 from nmt.train.launch import run
+from nmt.train.loop import Trainer
+from nmt.train.loss import label_smoothed_nll
 
 TINY = {"d_model": 64, "d_ff": 128, "heads": 2}
 
@@ -32,11 +38,100 @@ def test_two_gloo_ranks_equal_one_rank_accumulating(small_data: Path, tmp_path: 
     run(replace(base, train=replace(base.train, update_freq=2)))
     run(replace(base, save_dir=tmp_path / "two", nproc=2))
     one, two = params(tmp_path / "one"), params(tmp_path / "two")
+    initial = Trainer(replace(base, save_dir=tmp_path / "fresh"), Dist()).model.state_dict()
     for k in one:
         torch.testing.assert_close(one[k], two[k], atol=1e-5, rtol=1e-4)
-    moved = max((one[k] - checkpoint.load(tmp_path / "one" / "checkpoint_3.pt")["model"][k]).abs().max() for k in one)
-    assert moved == 0
-    assert any(not torch.equal(one[k], torch.zeros_like(one[k])) for k in one)
+    assert all(not torch.equal(one[k], initial[k]) for k in one if not k.endswith("positions"))  # every parameter was trained
+
+
+@pytest.mark.parametrize("nproc,update_freq", [(1, 2), (2, 1)])
+def test_update_gradient_is_that_of_the_token_mean_loss(small_data: Path, tmp_path: Path, nproc: int, update_freq: int) -> None:
+    """The gradient of one update equals d/dθ of the label-smoothed loss averaged over every target token of
+    the group, computed directly. Adam hides a constant factor in its step, so read the gradient from its
+    first moment: after one update, exp_avg = (1 - β1) · g."""
+    cfg = config(small_data, tmp_path / "run", max_updates=1, update_freq=update_freq)
+    cfg = replace(cfg, model={**TINY, "dropout": 0.0}, nproc=nproc)
+    run(cfg)
+    trainer = Trainer(replace(cfg, save_dir=tmp_path / "reference", nproc=1), Dist())  # same seed: same weights, same batches
+    group = trainer.epoch_batches(1)[:2]
+    total, tokens = 0.0, 0
+    for idx in group:
+        batch = collate([trainer.train_set[int(i)] for i in idx])
+        lprobs = trainer.model(batch.src, batch.tgt_in).log_softmax(-1)
+        loss, _, n = label_smoothed_nll(lprobs.view(-1, lprobs.size(-1)), batch.tgt_out.view(-1), 0.1, PAD)
+        total, tokens = total + loss, tokens + int(n)
+    (total / tokens).backward()
+    state = checkpoint.load(tmp_path / "run" / "checkpoint_last.pt")["optimizer"]["state"]
+    beta1 = cfg.train.adam_beta1
+    for i, param in enumerate(trainer.params):
+        torch.testing.assert_close(state[i]["exp_avg"] / (1 - beta1), param.grad, atol=1e-7, rtol=1e-4)
+
+
+def test_resume_on_another_device_count_continues_the_data_exactly(small_data: Path, tmp_path: Path) -> None:
+    """tokens_per_update keeps the group at 2 batches: 2 ranks × 1 or 1 rank × 2. Saved on one device count,
+    resumed on the other, the run must equal an uninterrupted one (dropout off, so only data order matters)."""
+    base = config(small_data, tmp_path / "straight", max_updates=6, tokens_per_update=1024)
+    base = replace(base, model={**TINY, "dropout": 0.0})
+    run(base)
+    for first, second in ((2, 1), (1, 2)):
+        save_dir = tmp_path / f"from{first}to{second}"
+        half = replace(base, save_dir=save_dir, nproc=first, train=replace(base.train, max_updates=3))
+        run(half)
+        assert checkpoint.load(save_dir / "checkpoint_last.pt")["progress"]["loop"]["batch"] == 6
+        run(replace(half, nproc=second, train=base.train))
+        a, b = params(tmp_path / "straight"), params(save_dir)
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
+    # Another group size (2 ranks × 1 batch, then 1 rank × 1 batch): the position is a batch, not a group.
+    regrouped = replace(base, save_dir=tmp_path / "regrouped", nproc=2, train=replace(base.train, tokens_per_update=None, max_updates=3))
+    run(regrouped)
+    run(replace(regrouped, nproc=1, train=replace(regrouped.train, max_updates=5)))
+    assert checkpoint.load(tmp_path / "regrouped" / "checkpoint_last.pt")["progress"]["loop"]["batch"] == 6 + 2
+
+
+def test_resume_refuses_other_batching_and_other_vocabulary(small_data: Path, small_corpus: Path, tmp_path: Path) -> None:
+    cfg = config(small_data, tmp_path / "run", max_updates=2)
+    run(cfg)
+    with pytest.raises(NmtError, match=r"other settings \(max_tokens 512 → 1024\).*resume with --max-tokens 512, or use --reset"):
+        run(replace(cfg, train=replace(cfg.train, max_tokens=1024, max_updates=4)))
+    # A re-prepared corpus: a new SentencePiece model of the same size, so the architecture check passes.
+    other = tmp_path / "other-data"
+    prepare(PrepareConfig(corpus="local", dest=other, src="en", tgt="de", train=str(small_corpus / "train"),
+                          valid=str(small_corpus / "dev"), vocab_size=1000, model_type="unigram", workers=1))
+    moved = replace(cfg, data=other, train=replace(cfg.train, max_updates=4))
+    with pytest.raises(NmtError, match=rf"trained with the vocabulary of {small_data} \(spm.model sha256 \w{{12}}\), but {other}/spm.model is sha256 \w{{12}}"):
+        run(moved)
+    before = sorted(p.name for p in (tmp_path / "run").iterdir())
+    summary = run(moved, reset=True)
+    assert summary["updates"] == 4  # started anew, not resumed at 2
+    kept = tmp_path / "run" / "previous-1"
+    assert set(before) <= {p.name for p in kept.iterdir()} | {"previous-1"}
+    assert checkpoint.load(kept / "checkpoint_last.pt")["progress"]["loop"]["update"] == 2  # nothing lost
+    assert checkpoint.vocab_digest(checkpoint.load(tmp_path / "run" / "checkpoint_last.pt")) != checkpoint.vocab_digest(checkpoint.load(kept / "checkpoint_last.pt"))
+
+
+def test_time_based_saves_never_enter_the_averaging_window(small_data: Path, tmp_path: Path) -> None:
+    """Saves every few microseconds by the clock only refresh checkpoint_last.pt; numbered checkpoints, what
+    `nmt average` reads, come at the update cadence and at the end, whatever the hardware."""
+    cfg = config(small_data, tmp_path / "run", max_updates=12)
+    cfg = replace(cfg, train=replace(cfg.train, save_every=5, save_minutes=1e-9))
+    run(cfg)
+    assert [p.name for p in checkpoint.numbered(tmp_path / "run")] == ["checkpoint_5.pt", "checkpoint_10.pt", "checkpoint_12.pt"]
+    saves = [r for r in map(json.loads, (tmp_path / "run" / "train.jsonl").read_text().splitlines()) if "saved" in r]
+    by_time = [r["update"] for r in saves if r["why"] == "time"]
+    assert by_time == [1, 2, 3, 4, 6, 7, 8, 9, 11]
+    assert all(r["saved"] == ["checkpoint_last.pt"] for r in saves if r["why"] == "time")
+    assert checkpoint.load(tmp_path / "run" / "checkpoint_last.pt")["progress"]["loop"]["update"] == 12
+
+
+def test_fp16_on_the_cpu_starts_without_skipping(small_data: Path, tmp_path: Path) -> None:
+    """float16 autocast and the gradient scaler run on the CPU too; with the loss a sum over tokens, the
+    initial scale must leave the first updates finite (torch's default 2^16 does not)."""
+    cfg = config(small_data, tmp_path / "run", max_updates=8, precision="fp16")
+    summary = run(cfg)
+    ckpt = checkpoint.load(tmp_path / "run" / "checkpoint_last.pt")
+    assert summary["updates"] == 8 and ckpt["progress"]["loop"]["skipped"] <= 2
+    assert 0 < ckpt["scaler"]["scale"] <= 128.0
 
 
 def test_resume_is_bit_identical(small_data: Path, tmp_path: Path) -> None:
