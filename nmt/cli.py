@@ -232,11 +232,13 @@ def translate(
 
 @app.command()
 def score(
-    ref: Annotated[Path, typer.Option("--ref", "-r", help="Reference translations, one per line.")],
+    ref: Annotated[Optional[Path], typer.Option("--ref", "-r", help="Reference translations, one per line [or --test-set].")] = None,
     hyp: Annotated[Optional[Path], typer.Option("--hyp", help="Hypotheses [default: stdin].")] = None,
+    test_set: Annotated[Optional[str], typer.Option("--test-set", "-t", help="A sacreBLEU test set (e.g. wmt14/full) as the reference; the signature names it.")] = None,
+    language_pair: Annotated[Optional[str], typer.Option("--language-pair", "-l", help="With --test-set: the pair, e.g. en-de.")] = None,
     metrics: Annotated[str, typer.Option(help="Comma-separated: bleu, chrf, ter.")] = "bleu",
-    tokenized: Annotated[bool, typer.Option("--tokenized", help="Also print the paper's tokenized BLEU (Moses tokenizer, ##AT## compound splitting for German, multi-bleu).")] = False,
-    lang: Annotated[Optional[str], typer.Option(help="Target language for --tokenized [default: the reference file's suffix].")] = None,
+    tokenized: Annotated[bool, typer.Option("--tokenized", help="Also print the paper's tokenized BLEU, exactly as tensor2tensor's get_ende_bleu.sh: replace-unicode-punctuation and the Moses tokenizer on the hypotheses, the reference's quotes („ included) made ASCII and tokenized likewise, ##AT## compound splitting for German, multi-bleu.")] = False,
+    lang: Annotated[Optional[str], typer.Option(help="Target language for --tokenized [default: --language-pair's target, else the reference file's suffix].")] = None,
     paired_bs: Annotated[Optional[Path], typer.Option("--paired-bs", help="Baseline hypotheses: run sacreBLEU's paired bootstrap test against them.")] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
 ) -> None:
@@ -252,17 +254,24 @@ def score(
             raise NmtError(f"{path}: {what} file not found")
         return path.read_text(encoding="utf-8", errors="replace").splitlines()
 
-    refs = read(ref, "reference")
+    if (ref is None) == (test_set is None):
+        raise NmtError("give the reference as --ref FILE or as --test-set NAME --language-pair SRC-TGT (one of the two)")
+    if test_set is not None:
+        refs, ref_name = evaluate.test_set_references(test_set, language_pair), f"{test_set} {language_pair}"
+        target = (language_pair or "").rsplit("-", 1)[-1]
+    else:
+        assert ref is not None
+        refs, ref_name, target = read(ref, "reference"), str(ref), ref.suffix.lstrip(".")
     hyps = read(hyp, "hypothesis")
-    evaluate.check_lengths(hyps, refs, str(hyp or "stdin"), str(ref))
+    evaluate.check_lengths(hyps, refs, str(hyp or "stdin"), ref_name)
     names = [m.strip().lower() for m in metrics.split(",") if m.strip()]
-    results = evaluate.sacre(hyps, refs, names)
+    results = evaluate.sacre(hyps, refs, names, test_set, language_pair)
     if tokenized:
-        results.append(evaluate.tokenized_bleu(hyps, refs, lang or ref.suffix.lstrip(".") or "en"))
+        results.append(evaluate.tokenized_bleu(hyps, refs, lang or target or "en"))
     significance = []
     if paired_bs is not None:
         baseline = read(paired_bs, "baseline")
-        evaluate.check_lengths(baseline, refs, str(paired_bs), str(ref))
+        evaluate.check_lengths(baseline, refs, str(paired_bs), ref_name)
         significance = evaluate.paired_bootstrap(hyps, baseline, refs, names)
     if json_out:
         print(json.dumps({"scores": [r.__dict__ for r in results], "paired_bootstrap": significance}, indent=1))

@@ -1,24 +1,42 @@
-"""Scoring: sacreBLEU (with its signature), chrF and TER, the paper's tokenized BLEU, and paired bootstrap.
+r"""Scoring: sacreBLEU (with its signature), chrF and TER, the paper's tokenized BLEU, and paired bootstrap.
 
-The paper's Table 2 BLEU was computed as tensor2tensor's ``get_ende_bleu.sh`` did: Moses unicode
-punctuation replacement and tokenisation of hypothesis and reference, hyphenated compounds split as
-``a ##AT##-##AT## b`` (EN-DE), then ``multi-bleu.perl`` (case-sensitive BLEU on those tokens). That
-number is about 0.7–1.5 higher than sacreBLEU on the same output, so we always say which one is printed.
+The paper's Table 2 BLEU is tensor2tensor's ``get_ende_bleu.sh``, which we reproduce step for step:
+
+- hypotheses: Moses ``replace-unicode-punctuation.perl`` (“ and ” become ", „ is left alone), then
+  ``tokenizer.perl -l de`` (with its default XML escaping);
+- reference: Google's tokenized newstest2014 (``newstest2014.tok.de``), which was made by converting its
+  Unicode punctuation, „ included, to ASCII and running ``tokenizer.perl -l de``: we do the same to the
+  raw reference (paper-recipe §5; t2t issue #317);
+- both: hyphenated compounds split as ``a ##AT##-##AT## b`` (``perl -ple 's{(\S)-(\S)}{$1 ##AT##-##AT## $2}g'``),
+  then ``multi-bleu.perl``: case-sensitive BLEU on whitespace tokens, 0 when any n-gram precision is 0.
+
+The compound split is German-only (the script is EN-DE's); other languages get the same steps without it.
+That number is about 0.7–1.5 higher than sacreBLEU on the same output, so we always say which one is printed.
 """
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass
 from functools import lru_cache
 
 from sacrebleu.metrics import BLEU, CHRF, TER
-from sacremoses import MosesPunctNormalizer, MosesTokenizer
+from sacremoses import MosesTokenizer
 
 from nmt.errors import NmtError
 
 METRICS = {"bleu": BLEU, "chrf": CHRF, "ter": TER}
-_COMPOUND = re.compile(r"(\S)-(\S)")
+# Perl's \S without Unicode semantics: anything but ASCII whitespace (Python's \S also excludes U+00A0 etc.).
+_COMPOUND = re.compile(r"([^ \t\n\r\f\x0b])-([^ \t\n\r\f\x0b])")
+# replace-unicode-punctuation.perl, rule for rule and in its order (its "１" → '"' included: the script has it).
+_UNICODE_PUNCTUATION = [
+    ("，", ","), (re.compile("。 *"), ". "), ("、", ","), ("”", '"'), ("“", '"'), ("∶", ":"), ("：", ":"), ("？", "?"),
+    ("《", '"'), ("》", '"'), ("）", ")"), ("！", "!"), ("（", "("), ("；", ";"), ("１", '"'), ("」", '"'), ("「", '"'),
+    ("０", "0"), ("３", "3"), ("２", "2"), ("５", "5"), ("６", "6"), ("９", "9"), ("７", "7"), ("８", "8"), ("４", "4"),
+    (re.compile("． *"), ". "), ("～", "~"), ("’", "'"), ("…", "..."), ("━", "-"), ("〈", "<"), ("〉", ">"), ("【", "["),
+    ("】", "]"), ("％", "%"),
+]
 
 
 @dataclass
@@ -35,39 +53,83 @@ def check_lengths(hyps: list[str], refs: list[str], hyp_name: str, ref_name: str
         raise NmtError(f"{hyp_name} has {len(hyps)} lines but {ref_name} has {len(refs)}; they must be line-aligned")
 
 
-def sacre(hyps: list[str], refs: list[str], metrics: list[str]) -> list[Score]:
-    """sacreBLEU's scores of detokenized text, each with its signature."""
+def sacre(hyps: list[str], refs: list[str], metrics: list[str], test_set: str | None = None, langpair: str | None = None) -> list[Score]:
+    """sacreBLEU's scores of detokenized text, each with its signature (naming the test set when given)."""
     out = []
     for name in metrics:
         if name not in METRICS:
             raise NmtError(f"unknown metric '{name}' in --metrics (known: {', '.join(METRICS)})")
         metric = METRICS[name]()
         result = metric.corpus_score(hyps, [refs])
-        out.append(Score(name, result.score, str(result), str(metric.get_signature()), "sacrebleu (detokenized)"))
+        signature = metric.get_signature()
+        if test_set:
+            signature.update("test", test_set)
+            signature.update("lang", langpair)
+        out.append(Score(name, result.score, str(result), str(signature), "sacrebleu (detokenized)"))
     return out
 
 
+def test_set_references(test_set: str, langpair: str | None) -> list[str]:
+    """The reference lines of a sacreBLEU test set (``wmt14/full``, ``en-de``), from sacreBLEU's cache
+    (``$SACREBLEU``, default ``~/.sacrebleu``), which sacreBLEU fills on first use."""
+    from sacrebleu.dataset import DATASETS
+
+    if test_set not in DATASETS:
+        near = difflib.get_close_matches(test_set, list(DATASETS), n=3)
+        raise NmtError(f"--test-set {test_set}: not a sacreBLEU test set" + (f" (did you mean {', '.join(near)}?)" if near else ""))
+    pairs = DATASETS[test_set].langpairs
+    if langpair not in pairs:
+        raise NmtError(f"--language-pair {langpair}: {test_set} has {', '.join(sorted(k for k in pairs if '-' in k))}")
+    try:
+        files = DATASETS[test_set].get_reference_files(langpair)
+        with open(files[0], encoding="utf-8") as f:
+            return [line.rstrip("\n") for line in f]
+    except (Exception, SystemExit) as err:  # sacreBLEU exits or raises when it cannot download
+        raise NmtError(f"cannot get the {test_set} {langpair} references into sacreBLEU's cache ({str(err).splitlines()[0] if str(err) else type(err).__name__}); "
+                       "sacreBLEU downloads them on first use, or give the reference file with --ref") from None
+
+
+def replace_unicode_punctuation(line: str) -> str:
+    """Moses' ``replace-unicode-punctuation.perl`` on one line."""
+    for pattern, replacement in _UNICODE_PUNCTUATION:
+        line = pattern.sub(replacement, line) if isinstance(pattern, re.Pattern) else line.replace(pattern, replacement)
+    return line
+
+
 @lru_cache(maxsize=4)
-def _moses(lang: str) -> tuple[MosesPunctNormalizer, MosesTokenizer]:
-    return MosesPunctNormalizer(lang=lang, pre_replace_unicode_punct=True), MosesTokenizer(lang=lang)
+def _tokenizer(lang: str) -> MosesTokenizer:
+    return MosesTokenizer(lang=lang)
 
 
-def paper_tokenize(line: str, lang: str) -> str:
-    """replace-unicode-punctuation.perl + tokenizer.perl -l LANG (+ ##AT## compound split for German)."""
-    normaliser, tokenizer = _moses(lang)
-    tokens = tokenizer.tokenize(normaliser.normalize(line), escape=False, return_str=True)
-    if lang == "de":
-        tokens = _COMPOUND.sub(r"\1 ##AT##-##AT## \2", tokens)
-    return tokens
+def compound_split(tokens: str) -> str:
+    """``s{(\\S)-(\\S)}{$1 ##AT##-##AT## $2}g``: non-overlapping, so "x-y-z" becomes "x ##AT##-##AT## y-z"."""
+    return _COMPOUND.sub(r"\1 ##AT##-##AT## \2", tokens)
+
+
+def paper_tokenize(line: str, lang: str, reference: bool = False) -> str:
+    """One line as get_ende_bleu.sh sees it: the hypothesis side, or with ``reference`` the tweaked reference
+    side (whose „ was also turned into ")."""
+    line = replace_unicode_punctuation(line)
+    if reference:
+        line = line.replace("„", '"')
+    tokens = _tokenizer(lang).tokenize(line, escape=True, return_str=True)
+    return compound_split(tokens) if lang == "de" else tokens
+
+
+def multi_bleu(hyps: list[str], refs: list[str]) -> tuple[float, str, BLEU]:
+    """``multi-bleu.perl`` on tokenized lines: case-sensitive, no smoothing (0 when a precision is 0)."""
+    bleu = BLEU(tokenize="none", smooth_method="none", force=True)
+    result = bleu.corpus_score(hyps, [refs])
+    return result.score, str(result), bleu
 
 
 def tokenized_bleu(hyps: list[str], refs: list[str], lang: str) -> Score:
-    """The paper-comparable BLEU: multi-bleu.perl on Moses-tokenized, compound-split text."""
-    bleu = BLEU(tokenize="none", force=True)
-    result = bleu.corpus_score([paper_tokenize(h, lang) for h in hyps], [[paper_tokenize(r, lang) for r in refs]])
-    split = " + ##AT## compound splitting" if lang == "de" else ""
-    kind = f"tokenized BLEU as in the paper (Moses tokenizer -l {lang}{split}, multi-bleu); not comparable with sacreBLEU"
-    return Score("bleu", result.score, str(result), "multi-bleu.perl equivalent: " + str(bleu.get_signature()), kind)
+    """The paper-comparable BLEU: tensor2tensor's get_ende_bleu.sh (see the module docstring)."""
+    score, text, bleu = multi_bleu([paper_tokenize(h, lang) for h in hyps], [paper_tokenize(r, lang, reference=True) for r in refs])
+    split = ", ##AT## compound splitting" if lang == "de" else ""
+    kind = (f"tokenized BLEU as in the paper (get_ende_bleu.sh: replace-unicode-punctuation, Moses tokenizer -l {lang}{split}, "
+            "multi-bleu; reference quotes „“” as \"); not comparable with sacreBLEU")
+    return Score("bleu", score, text, "multi-bleu.perl equivalent: " + str(bleu.get_signature()), kind)
 
 
 def paired_bootstrap(hyps: list[str], baseline: list[str], refs: list[str], metrics: list[str], samples: int = 1000) -> list[dict]:
