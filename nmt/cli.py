@@ -50,7 +50,8 @@ def prepare(
     tgt: Annotated[Optional[str], typer.Option(help="local: target language suffix, e.g. de.")] = None,
     vocab_size: Annotated[Optional[int], typer.Option(help="Joint SentencePiece vocabulary size [default: the corpus entry's].")] = None,
     max_len: Annotated[Optional[int], typer.Option(help="Drop training pairs with more subword tokens on either side [default: 250].")] = None,
-    max_ratio: Annotated[Optional[float], typer.Option(help="Drop training pairs whose length ratio exceeds this [default: 1.5; gettext 3.0].")] = None,
+    max_ratio: Annotated[Optional[float], typer.Option(help="Drop training pairs whose word-count ratio exceeds this, as Moses' clean-corpus-n [default: 1.5; gettext 3.0].")] = None,
+    ratio_min_words: Annotated[int, typer.Option(help="Never drop a pair for its ratio when its longer side has at most this many words.")] = 5,
     dedup: Annotated[Optional[bool], typer.Option("--dedup/--no-dedup", help="Drop repeated training pairs.")] = None,
     spm_model: Annotated[Optional[Path], typer.Option(help="Reuse this SentencePiece model instead of training one.")] = None,
     character_coverage: Annotated[Optional[float], typer.Option(help="SentencePiece character coverage [default: 1.0 for ≥16k pieces, else 0.9995].")] = None,
@@ -66,7 +67,7 @@ def prepare(
 
     cfg = PrepareConfig(
         corpus=corpus, dest=dest or Path("data-bin") / corpus, src=src, tgt=tgt, train=train, valid=valid, test=test,
-        vocab_size=vocab_size, max_len=max_len, max_ratio=max_ratio, dedup=dedup, spm_model=spm_model,
+        vocab_size=vocab_size, max_len=max_len, max_ratio=max_ratio, ratio_min_words=ratio_min_words, dedup=dedup, spm_model=spm_model,
         spm_sample=spm_sample, character_coverage=character_coverage, workers=workers, mirror=mirror, raw_dir=raw_dir, retries=retries, force=force,
         command=_command_line(),
     )

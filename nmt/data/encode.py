@@ -23,11 +23,13 @@ def _init_encoder(model: str) -> None:
     _worker_spm = load_spm(Path(model))
 
 
-def _encode_chunk(pairs: list[tuple[str, str]]) -> list[tuple[np.ndarray, np.ndarray]]:
+def _encode_chunk(pairs: list[tuple[str, str]]) -> list[tuple[np.ndarray, np.ndarray, int, int]]:
+    """(source ids, target ids, source words, target words) for each pair; words are whitespace-separated."""
     assert _worker_spm is not None
     srcs = _worker_spm.encode([a for a, _ in pairs])
     tgts = _worker_spm.encode([b for _, b in pairs])
-    return [(np.asarray(s, dtype=np.int32), np.asarray(t, dtype=np.int32)) for s, t in zip(srcs, tgts)]
+    return [(np.asarray(s, dtype=np.int32), np.asarray(t, dtype=np.int32), len(a.split()), len(b.split()))
+            for s, t, (a, b) in zip(srcs, tgts, pairs)]
 
 
 def _read_clean(work: Path, split: str, src: str, tgt: str) -> Iterator[tuple[str, str]]:
@@ -36,13 +38,20 @@ def _read_clean(work: Path, split: str, src: str, tgt: str) -> Iterator[tuple[st
             yield a.rstrip("\n"), b.rstrip("\n")
 
 
-def keep_pair(n_src: int, n_tgt: int, max_len: int, max_ratio: float) -> str | None:
-    """The reason to drop a training pair by its subword lengths, or None to keep it (clean-corpus-n rule)."""
+def keep_pair(n_src: int, n_tgt: int, words_src: int, words_tgt: int, max_len: int, max_ratio: float, ratio_min_words: int) -> str | None:
+    """The reason to drop a training pair, or None to keep it.
+
+    ``max_len`` bounds the subword tokens of each side (what the model must hold). The length ratio is that
+    of Moses' clean-corpus-n.perl, on words, and only where it means something: a pair whose longer side has
+    at most ``ratio_min_words`` words is never dropped for its ratio ("File" → "Datei" is one word against
+    two subwords; "Print preview" → "Druckvorschau" two words against one).
+    """
     if n_src == 0 or n_tgt == 0:
         return "empty"
     if n_src > max_len or n_tgt > max_len:
         return "too long"
-    if max(n_src, n_tgt) / min(n_src, n_tgt) > max_ratio:
+    longer, shorter = max(words_src, words_tgt), min(words_src, words_tgt)
+    if longer > ratio_min_words and longer > max_ratio * max(shorter, 1):
         return "length ratio"
     return None
 
@@ -60,8 +69,8 @@ def encode(cfg: PrepareConfig, p: Plan, work: Path, stats: dict[str, SplitStats]
                 try:
                     for chunk in pool_map(pool, _encode_chunk, chunks(_read_clean(work, split, p.src, p.tgt))):
                         keep_src, keep_tgt = [], []
-                        for s, t in chunk:
-                            if split == "train" and (reason := keep_pair(len(s), len(t), p.max_len, p.max_ratio)):
+                        for s, t, ws, wt in chunk:
+                            if split == "train" and (reason := keep_pair(len(s), len(t), ws, wt, p.max_len, p.max_ratio, p.ratio_min_words)):
                                 st.drop(reason)
                                 continue
                             keep_src.append(s)

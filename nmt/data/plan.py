@@ -34,6 +34,7 @@ class PrepareConfig:
     vocab_size: int | None = None
     max_len: int | None = None
     max_ratio: float | None = None
+    ratio_min_words: int = 5  # pairs whose longer side has at most this many words are never dropped for their ratio
     dedup: bool | None = None
     spm_model: Path | None = None
     spm_sample: int = 2_000_000  # sentences (both sides together) SentencePiece is trained on
@@ -68,6 +69,7 @@ class Plan:
     max_len: int
     max_ratio: float
     dedup: bool
+    ratio_min_words: int = 5
     extra: dict = field(default_factory=dict)
 
 
@@ -185,5 +187,6 @@ def plan(cfg: PrepareConfig) -> Plan:
         max_len=cfg.max_len or limits["max_len"],
         max_ratio=cfg.max_ratio or limits["max_ratio"],
         dedup=limits["dedup"] if cfg.dedup is None else cfg.dedup,
+        ratio_min_words=cfg.ratio_min_words,
         extra=extra,
     )

@@ -92,7 +92,7 @@ def prepare(cfg: PrepareConfig) -> dict:
     real_vocab = load_spm(spm_path).get_piece_size()
 
     key = fingerprint({"clean": json.loads((work / "clean.json").read_text())["key"], "spm": sha256(spm_path),
-                        "max_len": p.max_len, "max_ratio": p.max_ratio, "v": __version__})
+                       "max_len": p.max_len, "max_ratio": p.max_ratio, "ratio_min_words": p.ratio_min_words, "v": __version__})
     if not cfg.force and (manifest := _up_to_date(cfg.dest, key)):
         manifest["skipped"] = True
         return manifest
@@ -106,7 +106,7 @@ def prepare(cfg: PrepareConfig) -> dict:
         "dtype": dtype,
         "vocab": {"model": "spm.model", "size": real_vocab, "type": cfg.model_type, "pad": PAD, "unk": UNK, "bos": BOS, "eos": EOS},
         "normalisation": "NFC + Moses punctuation normalisation + control characters removed",
-        "limits": {"max_len": p.max_len, "max_ratio": p.max_ratio, "dedup": p.dedup},
+        "limits": {"max_len": p.max_len, "max_ratio": p.max_ratio, "ratio_min_words": p.ratio_min_words, "dedup": p.dedup},
         "splits": {s: asdict(v) for s, v in stats.items()},
         "tests": [s for s in stats if is_test(s)],
         "files": {f.name: {"bytes": f.stat().st_size, "sha256": sha256(f)} for f in _outputs(cfg.dest, stats, p.src, p.tgt) if f.exists()},

@@ -197,3 +197,26 @@ def test_reusing_a_sentencepiece_model(small_data: Path, small_corpus: Path, tmp
     proc = spm.SentencePieceProcessor(model_file=str(small_data / "spm.model"))
     first = (small_corpus / "dev.en").read_text(encoding="utf-8").splitlines()[0]
     assert ParallelDataset(dest, "train")[0][0].tolist() == proc.encode(normalise(first, "en"))
+
+
+def test_length_ratio_is_on_words_and_spares_short_segments(tmp_path: Path) -> None:
+    """Moses' clean-corpus-n ratio, on words: "File" → "Datei" (one word, and more subwords on one side) and
+    other short messages survive; a long sentence against a one-word "translation" does not."""
+    pairs = [("File", "Datei"), ("Print preview", "Druckvorschau"), ("Open recent", "Zuletzt geöffnete Dateien öffnen"),
+             ("The document could not be saved because the disk is full.", "Voll."),
+             ("Could not set log callback.", "Die Protokollierung der Rückrufe kann nicht festgelegt werden.")]
+    pairs += [(f"Open file number {i}.", f"Datei Nummer {i} öffnen.") for i in range(60)]
+    for lang, side in (("en", 0), ("de", 1)):
+        (tmp_path / f"t.{lang}").write_text("".join(p[side] + "\n" for p in pairs), encoding="utf-8")
+    manifest = prepare(PrepareConfig(corpus="local", dest=tmp_path / "d", src="en", tgt="de", train=str(tmp_path / "t"),
+                                     vocab_size=330, workers=1))
+    assert manifest["splits"]["train"]["dropped"] == {"length ratio": 2}  # the 11:1 pair and the 5:8 one (ratio 1.6)
+    data = ParallelDataset(tmp_path / "d", "train")
+    proc = spm.SentencePieceProcessor(model_file=str(tmp_path / "d" / "spm.model"))
+    kept = [proc.decode(data[i][0].tolist()) for i in range(len(data))]
+    assert kept[:3] == ["File", "Print preview", "Open recent"]
+    pieces = sorted((len(proc.encode("File")), len(proc.encode("Datei"))))
+    assert pieces[1] / pieces[0] > 1.5  # a ratio of subwords would have dropped "File" → "Datei"
+    again = prepare(PrepareConfig(corpus="local", dest=tmp_path / "d2", src="en", tgt="de", train=str(tmp_path / "t"),
+                                  vocab_size=330, workers=1, ratio_min_words=10))
+    assert again["splits"]["train"]["dropped"] == {"length ratio": 1}
