@@ -164,8 +164,9 @@ def read_lines(source: BinaryIO) -> Iterator[tuple[int, str]]:
 
 
 @torch.inference_mode()
-def bleu_of_pairs(model: Transformer, vocab: torch.Tensor, pairs: list[tuple[np.ndarray, np.ndarray]], decode: DecodeConfig) -> float:
-    """sacreBLEU of the beam-searched translations of (source ids, reference ids) pairs, both decoded to text.
+def bleu_of_pairs(model: Transformer, vocab: torch.Tensor, pairs: list[tuple[np.ndarray, np.ndarray]], decode: DecodeConfig) -> tuple[float, list[str]]:
+    """sacreBLEU of the beam-searched translations of (source ids, reference ids) pairs, both decoded to
+    text, and the translations.
 
     What validation BLEU during training reports: the run's own [decode] settings, no normalisation.
     """
@@ -188,4 +189,4 @@ def bleu_of_pairs(model: Transformer, vocab: torch.Tensor, pairs: list[tuple[np.
         hyps += [proc.decode(h[0].tokens if h else []) for h in found]
         refs += [proc.decode(tgt.tolist()) for _, tgt in chunk]
     model.train(was_training)
-    return sacrebleu.corpus_bleu(hyps, [refs]).score
+    return sacrebleu.corpus_bleu(hyps, [refs]).score, hyps

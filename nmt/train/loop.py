@@ -286,7 +286,9 @@ class Trainer:
             from nmt.decode.translate import bleu_of_pairs
 
             pairs = [self.valid_set[int(i)] for i in self.valid_index[: t.valid_bleu]]
-            result["valid_bleu"] = bleu_of_pairs(self.model, self.vocab, pairs, self.cfg.decode)
+            result["valid_bleu"], hyps = bleu_of_pairs(self.model, self.vocab, pairs, self.cfg.decode)
+            # Like Marian's --valid-translation-output: what the number was computed on, for a look.
+            atomic.write_text(self.cfg.save_dir / "valid.hyp", "".join(h + "\n" for h in hyps))
         return result
 
     # ------------------------------------------------------------------------------------------ saving

@@ -7,12 +7,15 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import sacrebleu
 import torch
 
 from nmt import atomic, checkpoint
 from nmt.config import RunConfig, TrainConfig, load_recipe
 from nmt.data.batching import collate
+from nmt.data.dataset import ParallelDataset
 from nmt.data.prepare import PrepareConfig, prepare
+from nmt.decode.translate import TranslateConfig, Translator
 from nmt.errors import NmtError
 from nmt.tokens import PAD
 from nmt.train.distributed import Dist
@@ -223,17 +226,33 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
 
 
 def test_ema_and_validation_bleu(small_data: Path, tmp_path: Path) -> None:
-    cfg = config(small_data, tmp_path / "ema", max_updates=4, ema_decay=0.5, valid_bleu=8)
-    cfg = replace(cfg, train=replace(cfg.train, validate_every=2))
+    updates = 6
+    # A tiny learning rate keeps the weights near their random start, whose translations are long and
+    # varied (a briefly trained model only says EOS), so the translations themselves can be compared.
+    cfg = config(small_data, tmp_path / "ema", max_updates=updates, ema_decay=0.75, valid_bleu=16, lr_scale=1e-3)
+    cfg = replace(cfg, train=replace(cfg.train, validate_every=updates, save_every=1))
     summary = run(cfg)
-    assert 0.0 <= summary["valid_bleu"] <= 100.0
-    raw = checkpoint.load(tmp_path / "ema" / "checkpoint_last.pt")
+    # Validation translations and BLEU equal translating the same 16 dev sentences with the final model
+    # through `nmt translate`'s code path and scoring them with sacreBLEU.
+    translator = Translator([tmp_path / "ema" / f"checkpoint_{updates}.pt"], TranslateConfig(device="cpu"))
+    dev = ParallelDataset(small_data, "valid")
+    hyps = translator.translate_ids([dev[i][0].tolist() for i in range(16)])
+    expected = sacrebleu.corpus_bleu([translator.spm.decode(h[0].tokens) for h in hyps], [[translator.spm.decode(dev[i][1].tolist()) for i in range(16)]])
+    texts = [translator.spm.decode(h[0].tokens) for h in hyps]
+    assert len(set(texts)) > 8 and (tmp_path / "ema" / "valid.hyp").read_text(encoding="utf-8").splitlines() == texts
+    assert summary["valid_bleu"] == pytest.approx(expected.score, abs=1e-9)
+    # The EMA with decay 0.75, from the saved weights of every update.
+    weights = [Trainer(replace(cfg, save_dir=tmp_path / "init"), Dist()).model.state_dict()]
+    weights += [checkpoint.load(tmp_path / "ema" / f"checkpoint_{u}.pt")["model"] for u in range(1, updates + 1)]
     ema = checkpoint.load(tmp_path / "ema" / "checkpoint_ema.pt")
-    assert "optimizer" not in ema and ema["model_config"] == raw["model_config"]
-    w = "decoder.0.ffn.fc1.weight"
-    assert not torch.equal(ema["model"][w], raw["model"][w])
+    assert "optimizer" not in ema
+    for k, value in ema["model"].items():
+        expected_ema = weights[0][k].float()
+        for w in weights[1:]:
+            expected_ema = 0.75 * expected_ema + 0.25 * w[k].float()
+        torch.testing.assert_close(value, expected_ema, atol=1e-6, rtol=1e-5)
     logged = [json.loads(line) for line in (tmp_path / "ema" / "train.jsonl").read_text().splitlines()]
-    assert any("valid_bleu" in r for r in logged) and any("tgt_tok_s" in r for r in logged)
+    assert [r["valid_bleu"] for r in logged if "valid_bleu" in r][-1] == summary["valid_bleu"]
 
 
 def test_non_finite_updates_are_skipped_then_stop_the_run(small_data: Path, tmp_path: Path) -> None:

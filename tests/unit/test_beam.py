@@ -66,13 +66,14 @@ def test_search_is_not_trivial_here() -> None:
     """The brute-force optimum is long and differs from greedy decoding, so the test above has teeth."""
     s = scorer()
     with torch.no_grad():
-        greedy = greedy_search(s.models[0], SRC, [MAX_LEN, MAX_LEN])
+        greedy = [h[0].tokens for h in beam_search(s, SRC, [MAX_LEN] * 2, beam=1, alpha=0.0)]
         bests = [brute_force(s, i, 2.0, "gnmt")[1] for i in range(2)]
-    assert any(len(b) >= 2 for b in bests)
+        optimum = [brute_force(s, i, 0.0, "gnmt")[1] for i in range(2)]  # greedy's own objective
+    assert any(len(b) >= 2 for b in bests) and greedy != bests
+    assert greedy != optimum  # greedy misses the most probable output, which the wide beam above finds
     plain = scorer(shift=0.0)
     with torch.no_grad():
         assert [h[0].tokens for h in beam_search(plain, SRC, [MAX_LEN] * 2, beam=1, alpha=0.0)] == greedy_search(plain.models[0], SRC, [MAX_LEN] * 2)
-    del greedy
 
 
 def test_beam_one_equals_greedy() -> None:

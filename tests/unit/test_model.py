@@ -112,10 +112,35 @@ def test_parameter_counts_base_and_big() -> None:
 
 
 def test_embeddings_are_tied_and_scaled() -> None:
+    """§3.4: one matrix for source, target and pre-softmax; embeddings multiplied by √d_model; PE added (§3.5)."""
     model = tiny()
     assert model.src_embed.weight is model.tgt_embed.weight
     assert model.src_embed.weight[0].abs().sum() == 0  # padding row
     assert not hasattr(model, "output_proj") or model.output_proj is None
+    tokens = torch.tensor([[5, 9, 3]])
+    d = model.cfg.d_model
+    expected = model.src_embed.weight[tokens[0]] * math.sqrt(d) + sinusoidal_positions(3, d)
+    torch.testing.assert_close(model.embed(model.tgt_embed, tokens)[0], expected)
+    h = torch.randn(1, 2, d)
+    torch.testing.assert_close(model.logits(h), h @ model.src_embed.weight.T)  # no output bias
+
+
+def test_dropout_only_where_the_paper_puts_it() -> None:
+    """§5.4: P_drop on the embeddings+PE and on each sub-layer's output before the residual add; no attention
+    or ReLU dropout by default. Every Dropout module and rate is listed, and a model whose P_drop is 0
+    computes the same in training mode as in evaluation mode."""
+    torch.manual_seed(0)
+    model = Transformer(model_config("tiny", vocab_size=40, dropout=0.3))
+    rates = {name: m.p for name, m in model.named_modules() if isinstance(m, torch.nn.Dropout)}
+    residual = {f"encoder.{i}.{b}.dropout" for i in range(2) for b in ("attn_block", "ffn_block")}
+    residual |= {f"decoder.{i}.{b}.dropout" for i in range(2) for b in ("self_block", "cross_block", "ffn_block")}
+    relu = {f"{stack}.{i}.ffn.dropout" for stack in ("encoder", "decoder") for i in range(2)}
+    assert rates == {"dropout": 0.3, **{n: 0.3 for n in residual}, **{n: 0.0 for n in relu}}
+    assert all(m.dropout == 0.0 for m in model.modules() if isinstance(m, MultiHeadAttention))
+    src, tgt = torch.tensor([[5, 6, 7, 3]]), torch.tensor([[2, 10, 11]])
+    off = Transformer(model_config("tiny", vocab_size=40, dropout=0.0))
+    torch.testing.assert_close(off.train()(src, tgt), off.eval()(src, tgt))
+    assert not torch.allclose(model.train()(src, tgt), model.eval()(src, tgt))
 
 
 def test_bad_config_is_rejected() -> None:
