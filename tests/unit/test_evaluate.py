@@ -61,6 +61,8 @@ def test_check_lengths() -> None:
     with pytest.raises(NmtError) as err:
         check_lengths(["a", "b"], ["x", "y", "z"], "hyp.txt", "ref.de")
     assert str(err.value) == "hyp.txt has 2 lines but ref.de has 3; they must be line-aligned"
+    with pytest.raises(NmtError, match="^stdin has 4 lines but ref.de has 3; they must be line-aligned$"):
+        check_lengths(["a"] * 4, ["x"] * 3, "stdin", "ref.de")
 
 
 def test_paired_bootstrap_equals_sacrebleus_test(refs: list[str]) -> None:
