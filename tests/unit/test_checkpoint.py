@@ -22,6 +22,7 @@ TINY = dict(d_model=32, d_ff=64, heads=2)
 
 
 def tiny_model(vocab_size: int, seed: int, **overrides: Any) -> Transformer:
+    """A two-layer Transformer of width 32 with weights drawn from ``seed``."""
     torch.manual_seed(seed)
     return Transformer(model_config("tiny", vocab_size=vocab_size, **{**TINY, **overrides}))
 
@@ -52,10 +53,12 @@ def payload(spm_model: Path, seed: int = 0, update: int = 100, average_last: int
 
 
 def same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    """Whether two state dicts hold exactly the same tensors."""
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def updates(path: Path) -> int:
+    """The update count a checkpoint was saved at: which save a file holds."""
     return checkpoint.load(path)["progress"]["loop"]["update"]
 
 
@@ -86,6 +89,8 @@ def test_save_replaces_atomically(tmp_path: Path, fixture_spm: Path) -> None:
 
 
 class Exploit:
+    """A pickle that runs a shell command when loaded without ``weights_only``."""
+
     def __reduce__(self) -> tuple:
         return (os.system, ("echo pwned",))
 

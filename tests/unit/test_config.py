@@ -14,6 +14,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def recipe(tmp_path: Path, text: str) -> Path:
+    """A recipe file holding ``text``."""
     path = tmp_path / "recipe.toml"
     path.write_text(text)
     return path

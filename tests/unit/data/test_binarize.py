@@ -26,6 +26,7 @@ def write(prefix: Path, sentences: list[list[int]], dtype: str = "uint16", batch
 
 
 def hidden(folder: Path) -> list[str]:
+    """Dot files in ``folder``: the temporaries TokenWriter writes before committing."""
     return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
 
 

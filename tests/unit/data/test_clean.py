@@ -18,10 +18,13 @@ EMPTY, DUPLICATES = 2, 3  # training pairs empty after normalisation; exact dupl
 
 
 def lines(path: Path) -> list[str]:
-    return path.read_text(encoding="utf-8").split("\n")[:-1]  # keeps empty lines, unlike splitlines on a lone "\r"
+    """The lines of a file as nmt writes and reads them: split on "\n" only (splitlines would also split on
+    the separators "\x85", "\u2028", ... that a raw line may contain)."""
+    return path.read_text(encoding="utf-8").split("\n")[:-1]
 
 
 def config(tmp_path: Path, corpus: Path, **kw: object) -> PrepareConfig:
+    """``nmt prepare local`` options for ``corpus`` (train, dev, test), one worker, ``kw`` overriding."""
     options = dict(corpus="local", dest=tmp_path / "out", src="en", tgt="de", train=str(corpus / "train"),
                    valid=str(corpus / "dev"), test=str(corpus / "test"), workers=1)
     return PrepareConfig(**{**options, **kw})  # type: ignore[arg-type]
@@ -36,6 +39,7 @@ def run_clean(cfg: PrepareConfig, workers: int = 1) -> tuple[dict, Path, Path]:
 
 
 def normalised_pairs(corpus: Path, split: str) -> list[tuple[str, str]]:
+    """Every pair of a split of ``corpus``, normalised, none dropped."""
     return [(normalise(a, "en"), normalise(b, "de")) for a, b in zip(lines(corpus / f"{split}.en"), lines(corpus / f"{split}.de"))]
 
 

@@ -12,6 +12,7 @@ CORPORA = list(corpora.WMT.values())
 
 
 def parts(corpus: corpora.Corpus) -> list[corpora.Part]:
+    """Every part of every split of ``corpus``."""
     return [*corpus.train, *corpus.valid, *(p for ps in corpus.tests.values() for p in ps)]
 
 

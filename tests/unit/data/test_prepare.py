@@ -14,6 +14,7 @@ from nmt.errors import NmtError
 
 
 def local(fixture_dir: Path, dest: Path, **kw: object) -> PrepareConfig:
+    """``nmt prepare local`` of the fixture into ``dest`` (400 pieces, one worker), ``kw`` overriding."""
     options = dict(corpus="local", dest=dest, src="en", tgt="de", train=str(fixture_dir / "train"),
                    valid=str(fixture_dir / "dev"), test=str(fixture_dir / "test"), vocab_size=400, workers=1)
     return PrepareConfig(**{**options, **kw})  # type: ignore[arg-type]

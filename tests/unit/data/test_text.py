@@ -11,6 +11,7 @@ from nmt.errors import NmtError
 
 
 def lines(path: Path) -> list[str]:
+    """The lines of a UTF-8 file."""
     return path.read_text(encoding="utf-8").splitlines()
 
 
