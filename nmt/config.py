@@ -165,6 +165,13 @@ def check_table(cls: type, values: dict[str, Any], where: str, source: str, excl
     return dict(values)
 
 
+def _typed(value: Any, annotation: type, where: str, source: str) -> Any:
+    """``value`` if it fits ``annotation``, else an error naming the recipe and the key."""
+    if not _accepts(annotation, value):
+        raise NmtError(f"{source}: {where} = {value!r} is not of type {annotation.__name__}")
+    return value
+
+
 def load_recipe(path: Path) -> dict[str, Any]:
     """Read a recipe strictly: unknown keys (with the nearest known one suggested) and wrong types are errors.
 
@@ -181,19 +188,19 @@ def load_recipe(path: Path) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key in ("data", "save_dir"):
         if key in raw:
-            out[key] = Path(raw[key])
+            out[key] = Path(_typed(raw[key], str, key, source))
     if "arch" in raw:
-        if raw["arch"] not in PRESETS:
+        if _typed(raw["arch"], str, "arch", source) not in PRESETS:
             raise NmtError(f"{source}: arch '{raw['arch']}' is not one of {', '.join(PRESETS)}")
         out["arch"] = raw["arch"]
     if "gpus" in raw:
-        out["gpus"] = int(raw["gpus"])
+        out["gpus"] = _typed(raw["gpus"], int, "gpus", source)
     out["model"] = check_table(ModelConfig, raw.get("model", {}), "[model]", source, exclude=("vocab_size",))
     out["train"] = check_table(TrainConfig, raw.get("train", {}), "[train]", source)
     out["decode"] = check_table(DecodeConfig, raw.get("decode", {}), "[decode]", source)
     _check_keys(raw.get("average", {}), ["last"], "[average]", source)
     if "last" in raw.get("average", {}):
-        out["average_last"] = int(raw["average"]["last"])
+        out["average_last"] = _typed(raw["average"]["last"], int, "[average] last", source)
     try:  # validate the values themselves once, here, with the recipe named
         TrainConfig(**out["train"])
         DecodeConfig(**out["decode"])

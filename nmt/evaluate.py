@@ -139,9 +139,11 @@ def paired_bootstrap(hyps: list[str], baseline: list[str], refs: list[str], metr
     test = PairedTest([("baseline", baseline), ("system", hyps)], {m.upper(): METRICS[m]() for m in metrics},
                       [refs], test_type="bs", n_samples=samples)
     _, results = test()
+    # Results are keyed by sacreBLEU's names for the scores ("BLEU", "chrF2", "TER"), in the order given,
+    # after a "System" column; not by the keys passed in.
+    scored = [v for k, v in results.items() if k != "System"]
     out = []
-    for name in metrics:
-        base, ours = results[name.upper()]
+    for name, (base, ours) in zip(metrics, scored):
         out.append({"metric": name, "baseline": base.score, "system": ours.score, "p_value": float(ours.p_value),
                     "mean": float(ours.mean), "ci": float(ours.ci)})
     return out

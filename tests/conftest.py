@@ -35,3 +35,44 @@ def small_data(tmp_path_factory: pytest.TempPathFactory, small_corpus: Path) -> 
     prepare(PrepareConfig(corpus="local", dest=dest, src="en", tgt="de", train=str(small_corpus / "train"),
                           valid=str(small_corpus / "dev"), test=str(small_corpus / "test"), vocab_size=1000, workers=1))
     return dest
+
+
+# ------------------------------------------------------------------ the committed fixture corpus (unit tests)
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+FIXTURE_VOCAB = 400  # byte fallback takes 256 pieces and the specials 4; the text supports up to ~4400
+
+
+@pytest.fixture(scope="session")
+def fixture_dir() -> Path:
+    """The hand-written EN-DE corpus of tests/fixtures: train (241 pairs), dev (30) and test (31), .en/.de."""
+    return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def fixture_spm(tmp_path_factory: pytest.TempPathFactory, fixture_dir: Path) -> Path:
+    """A joint 400-piece SentencePiece model trained with ``nmt.data.spm.train_spm`` on the fixture's
+    normalised training text (both sides), as ``nmt prepare`` would; returns the ``.model`` path."""
+    from nmt.data.spm import train_spm
+    from nmt.data.text import normalise
+
+    folder = tmp_path_factory.mktemp("spm")
+    sample = folder / "sample.txt"
+    lines = [normalise(line, lang) for lang in ("en", "de")
+             for line in (fixture_dir / f"train.{lang}").read_text(encoding="utf-8").splitlines()]
+    sample.write_text("".join(line + "\n" for line in lines if line), encoding="utf-8")
+    return train_spm(sample, folder / "fixture", FIXTURE_VOCAB, threads=1)
+
+
+@pytest.fixture(scope="session")
+def fixture_data(tmp_path_factory: pytest.TempPathFactory, fixture_dir: Path) -> Path:
+    """The fixture corpus prepared by ``nmt.data.prepare.prepare`` (local corpus, 400 pieces, one worker).
+
+    Shared by the whole session: tests must only read it.
+    """
+    from nmt.data.prepare import PrepareConfig, prepare
+
+    dest = tmp_path_factory.mktemp("fixture-data") / "data"
+    prepare(PrepareConfig(corpus="local", dest=dest, src="en", tgt="de", train=str(fixture_dir / "train"),
+                          valid=str(fixture_dir / "dev"), test=str(fixture_dir / "test"), vocab_size=FIXTURE_VOCAB, workers=1))
+    return dest

@@ -20,13 +20,18 @@ class IndexedTokens:
 
     def __init__(self, prefix: Path, dtype: str) -> None:
         self.prefix = prefix
-        self.offsets = np.fromfile(prefix.with_suffix(prefix.suffix + ".idx"), dtype=np.int64)
-        bin_path = prefix.with_suffix(prefix.suffix + ".bin")
-        if bin_path.stat().st_size == 0:
+        bin_path, idx_path = (prefix.with_suffix(prefix.suffix + ext) for ext in (".bin", ".idx"))
+        for path in (bin_path, idx_path):
+            if not path.exists():
+                raise NmtError(f"{path}: file not found; run nmt prepare again")
+        self.offsets = np.fromfile(idx_path, dtype=np.int64)
+        # A file cut inside an id is truncated too (np.memmap would raise a bare ValueError on it).
+        whole = bin_path.stat().st_size % np.dtype(dtype).itemsize == 0
+        if bin_path.stat().st_size == 0 or not whole:
             self.tokens = np.zeros(0, dtype=dtype)
         else:
             self.tokens = np.memmap(bin_path, dtype=dtype, mode="r")
-        if len(self.offsets) == 0 or self.offsets[-1] != len(self.tokens):
+        if not whole or len(self.offsets) == 0 or self.offsets[-1] != len(self.tokens):
             raise NmtError(f"{bin_path}: index and data disagree (truncated file?); run nmt prepare with --force")
         self.lengths = np.diff(self.offsets).astype(np.int32)
 

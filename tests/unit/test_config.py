@@ -1,0 +1,284 @@
+"""nmt.config: strict recipes, the layering of settings, derived settings, and the decode settings."""
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import pytest
+
+from nmt.config import (DecodeConfig, RunConfig, TrainConfig, decode_config, derive_update_freq, load_recipe, resolve,
+                        run_config, to_plain, world_size)
+from nmt.errors import NmtError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def recipe(tmp_path: Path, text: str) -> Path:
+    """A recipe file holding ``text``."""
+    path = tmp_path / "recipe.toml"
+    path.write_text(text)
+    return path
+
+
+def recipe_error(tmp_path: Path, text: str) -> str:
+    """The message ``load_recipe`` raises for a recipe of ``text``; it must name the recipe and be one line."""
+    path = recipe(tmp_path, text)
+    with pytest.raises(NmtError) as err:
+        load_recipe(path)
+    message = str(err.value)
+    assert message.startswith(f"{path}: ") and "\n" not in message
+    return message[len(f"{path}: "):]
+
+
+FULL = """
+description = "a test recipe"
+data = "data-bin/x"
+save_dir = "runs/x"
+arch = "tiny"
+gpus = 2
+
+[model]
+d_model = 64
+dropout = 0.2
+
+[train]
+max_tokens = 2048
+tokens_per_update = 8192
+lr_schedule = "inverse_sqrt"
+peak_lr = 5e-4
+warmup = 100
+
+[decode]
+beam = 5
+lenpen = 1  # an integer where a float is expected is fine
+
+[average]
+last = 3
+"""
+
+
+def test_a_full_recipe(tmp_path: Path) -> None:
+    r = load_recipe(recipe(tmp_path, FULL))
+    assert r == {
+        "data": Path("data-bin/x"), "save_dir": Path("runs/x"), "arch": "tiny", "gpus": 2,
+        "model": {"d_model": 64, "dropout": 0.2},
+        "train": {"max_tokens": 2048, "tokens_per_update": 8192, "lr_schedule": "inverse_sqrt", "peak_lr": 5e-4, "warmup": 100},
+        "decode": {"beam": 5, "lenpen": 1},
+        "average_last": 3,
+    }
+
+
+def test_an_empty_recipe(tmp_path: Path) -> None:
+    assert load_recipe(recipe(tmp_path, "")) == {"model": {}, "train": {}, "decode": {}}
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "recipes").glob("*.toml")), ids=lambda p: p.name)
+def test_the_shipped_recipes_load(path: Path) -> None:
+    r = load_recipe(path)
+    assert run_config(r, data=Path("d")).arch == r.get("arch", "base")
+
+
+@pytest.mark.parametrize("text, expected", [
+    ('datta = "x"', "unknown key 'datta' in the recipe; did you mean 'data'?"),
+    ("[train]\nmax_token = 1", "unknown key 'max_token' in [train]; did you mean 'max_tokens'?"),
+    ("[decode]\nbeam_size = 1", "unknown key 'beam_size' in [decode]; did you mean 'beam'?"),
+    ("[average]\nlst = 3", "unknown key 'lst' in [average]; did you mean 'last'?"),
+    ("[model]\nvocab_size = 100", "unknown key 'vocab_size' in [model]; known keys: "),  # it comes from the data
+    ("[train]\nzzz = 1", "unknown key 'zzz' in [train]; known keys: max_tokens, update_freq, "),
+])
+def test_unknown_keys_suggest_the_nearest(tmp_path: Path, text: str, expected: str) -> None:
+    assert recipe_error(tmp_path, text).startswith(expected)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ('[train]\nmax_tokens = "4096"', "[train] max_tokens = '4096' is not of type int"),
+    ("[train]\nmax_tokens = true", "[train] max_tokens = True is not of type int"),  # TOML booleans are not numbers
+    ("[train]\nlabel_smoothing = \"0.1\"", "[train] label_smoothing = '0.1' is not of type float"),
+    ("[train]\ntokens_per_update = 1.5", "[train] tokens_per_update = 1.5 is not of type"),
+    ("[train]\ncompile = 1", "[train] compile = 1 is not of type bool"),
+    ("[decode]\nbeam = 2.5", "[decode] beam = 2.5 is not of type int"),
+    ("[decode]\npenalty = 1", "[decode] penalty = 1 is not of type str"),
+    ("[model]\nd_model = 512.0", "[model] d_model = 512.0 is not of type int"),
+])
+def test_wrong_types(tmp_path: Path, text: str, expected: str) -> None:
+    assert recipe_error(tmp_path, text).startswith(expected)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ('gpus = "two"', "gpus = 'two' is not of type int"),
+    ("gpus = 2.5", "gpus = 2.5 is not of type int"),
+    ("data = 5", "data = 5 is not of type str"),
+    ('[average]\nlast = "x"', "[average] last = 'x' is not of type int"),
+    ("[average]\nlast = 2.5", "[average] last = 2.5 is not of type int"),
+    ('arch = ["base"]', "arch = ['base'] is not of type str"),
+])
+def test_wrong_types_outside_the_tables(tmp_path: Path, text: str, expected: str) -> None:
+    assert recipe_error(tmp_path, text) == expected
+
+
+@pytest.mark.parametrize("text, expected", [
+    ('[decode]\npenalty = "x"', "--penalty must be one of gnmt, fairseq, not 'x'"),
+    ("[decode]\nbeam = 0", "--beam must be at least 1, not 0"),
+    ("[decode]\nbeam = 2\nnbest = 3", "--nbest 3 must be between 1 and --beam 2"),
+    ('[train]\nlr_schedule = "cosine"', "lr_schedule must be 'noam' or 'inverse_sqrt', not 'cosine'"),
+    ('[train]\nprecision = "fp8"', "precision must be auto, fp32, bf16 or fp16, not 'fp8'"),
+    ("[train]\nwarmup = 0", "--warmup must be at least 1"),
+    ('arch = "huge"', "arch 'huge' is not one of base, big, tiny"),
+])
+def test_bad_values(tmp_path: Path, text: str, expected: str) -> None:
+    assert recipe_error(tmp_path, text) == expected
+
+
+def test_unreadable_recipes(tmp_path: Path) -> None:
+    assert recipe_error(tmp_path, "[train\nmax_tokens = 1").startswith("not valid TOML (")
+    with pytest.raises(NmtError, match=rf"^{tmp_path / 'none.toml'}: recipe not found$"):
+        load_recipe(tmp_path / "none.toml")
+
+
+# ------------------------------------------------------------------------------------------ layering
+
+
+def test_defaults_are_the_paper_settings() -> None:
+    cfg = run_config(data=Path("d"))
+    assert cfg == RunConfig(data=Path("d"), save_dir=Path("runs/base"))
+    assert (cfg.train.max_tokens, cfg.train.warmup, cfg.train.label_smoothing, cfg.train.lr_schedule) == (4096, 4000, 0.1, "noam")
+    assert (cfg.decode.beam, cfg.decode.lenpen, cfg.decode.penalty, cfg.decode.max_len_b) == (4, 0.6, "gnmt", 50)
+    assert (cfg.average_last, cfg.gpus, cfg.arch) == (5, 0, "base")
+
+
+def test_recipe_over_defaults_and_options_over_recipe(tmp_path: Path) -> None:
+    r = load_recipe(recipe(tmp_path, FULL))
+    cfg = run_config(r)
+    assert cfg.data == Path("data-bin/x") and cfg.save_dir == Path("runs/x") and cfg.arch == "tiny"
+    assert cfg.train.max_tokens == 2048 and cfg.train.warmup == 100 and cfg.train.adam_beta2 == 0.98  # untouched default
+    assert cfg.decode.beam == 5 and cfg.decode.lenpen == 1.0 and cfg.average_last == 3 and cfg.gpus == 2
+    assert cfg.model == {"d_model": 64, "dropout": 0.2}
+    over = run_config(r, data=Path("other"), arch="base", save_dir=Path("s"), model={"dropout": 0.3, "heads": None},
+                      train={"max_tokens": 1024, "warmup": None}, decode={"beam": 2, "lenpen": None}, gpus=1)
+    assert over.data == Path("other") and over.save_dir == Path("s") and over.arch == "base"
+    assert over.model == {"d_model": 64, "dropout": 0.3}  # merged key by key; None is an option left unset
+    assert over.train.max_tokens == 1024 and over.train.warmup == 100
+    assert over.decode.beam == 2 and over.decode.lenpen == 1.0
+    assert over.gpus == 1
+
+
+def test_cpu_forces_no_gpus(tmp_path: Path) -> None:
+    r = load_recipe(recipe(tmp_path, FULL))
+    assert run_config(r, cpu=True).gpus == 0 and run_config(r, gpus=4, cpu=True).gpus == 0
+    assert run_config(r, gpus=0).gpus == 0  # an explicit 0 is an option given, not left unset
+
+
+def test_save_dir_defaults_to_the_architecture() -> None:
+    assert run_config(data=Path("d"), arch="big").save_dir == Path("runs/big")
+    assert run_config({"arch": "tiny"}, data=Path("d")).save_dir == Path("runs/tiny")
+
+
+def test_run_config_errors() -> None:
+    with pytest.raises(NmtError, match="no data folder: give DATA or a --recipe that sets 'data'"):
+        run_config({})
+    with pytest.raises(NmtError, match="--arch must be one of base, big, tiny, not 'medium'"):
+        run_config(data=Path("d"), arch="medium")
+    with pytest.raises(NmtError, match="--max-tokens must be at least 1"):
+        run_config(data=Path("d"), train={"max_tokens": 0})
+
+
+# ------------------------------------------------------------------------------------------ derived
+
+
+@pytest.mark.parametrize("tokens, max_tokens, world, expected", [
+    (25000, 3125, 1, 8), (25000, 3125, 2, 4), (25000, 3125, 8, 1), (25000, 3125, 64, 1),
+    (25000, 4096, 1, 6),  # 6.10 rounds to 6
+    (25000, 4096, 3, 2),  # 2.03
+    (27000, 4000, 1, 7),  # 6.75 rounds up: the nearest count, not the floor
+    (10000, 4000, 1, 2),  # 2.5 rounds to even
+    (100, 4096, 1, 1),  # never 0
+])
+def test_derive_update_freq(tokens: int, max_tokens: int, world: int, expected: int) -> None:
+    assert derive_update_freq(tokens, max_tokens, world) == expected
+
+
+def test_resolve_derives_update_freq_only_when_asked() -> None:
+    cfg = run_config(data=Path("d"), train={"tokens_per_update": 25000, "max_tokens": 3125, "update_freq": 3})
+    assert resolve(cfg, 1).train.update_freq == 8 and resolve(cfg, 8).train.update_freq == 1
+    assert resolve(cfg, 1).train.max_tokens == 3125 and resolve(cfg, 1).decode == cfg.decode
+    plain = run_config(data=Path("d"), train={"update_freq": 3})
+    assert resolve(plain, 8) == plain and resolve(plain, 8).train.update_freq == 3
+
+
+def test_world_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    assert world_size(run_config(data=Path("d"))) == 1
+    assert world_size(run_config(data=Path("d"), gpus=4)) == 4
+    assert world_size(run_config(data=Path("d"), cpu=True, nproc=3)) == 3
+    assert world_size(run_config(data=Path("d"), nproc=3)) == 1  # --nproc is for CPU runs
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "16")
+    assert world_size(run_config(data=Path("d"), gpus=4)) == 4  # all three variables, or it is not torchrun
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert world_size(run_config(data=Path("d"), gpus=4)) == 16
+
+
+# ------------------------------------------------------------------------------------------ decoding
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"beam": 0}, "--beam must be at least 1, not 0"),
+    ({"nbest": 0}, "--nbest 0 must be between 1 and --beam 4"),
+    ({"beam": 2, "nbest": 3}, "--nbest 3 must be between 1 and --beam 2"),
+    ({"max_tokens": 0}, "--max-tokens must be at least 1, not 0"),
+    ({"max_len_a": -0.5}, "--max-len-a -0.5 and --max-len-b 50 leave no room for an output"),
+    ({"max_len_b": -1}, "--max-len-a 1.0 and --max-len-b -1 leave no room for an output"),
+    ({"max_len_a": 0.0, "max_len_b": 0}, "--max-len-a 0.0 and --max-len-b 0 leave no room for an output"),
+    ({"penalty": "wu"}, "--penalty must be one of gnmt, fairseq, not 'wu'"),
+])
+def test_decode_config_validation(kw: dict, message: str) -> None:
+    with pytest.raises(NmtError) as err:
+        DecodeConfig(**kw)
+    assert str(err.value) == message
+
+
+def test_decode_config_limits_that_are_allowed() -> None:
+    DecodeConfig(beam=1, nbest=1)
+    DecodeConfig(beam=3, nbest=3)
+    DecodeConfig(max_len_a=0.0, max_len_b=1)
+    DecodeConfig(max_len_a=1.0, max_len_b=0)
+    DecodeConfig(penalty="fairseq")
+
+
+@pytest.mark.parametrize("a, b, n_src, positions, expected", [
+    (1.0, 50, 10, 1024, 60),  # the paper: |source| + 50
+    (1.5, 5, 7, 1024, 15),  # 15.5 truncated
+    (1.0, 50, 2000, 1024, 1024),  # within the model's positions
+    (0.5, 0, 1, 1024, 1),  # at least one token (the EOS)
+    (0.0, 3, 100, 1024, 3),
+    (2.0, 0, 0, 1024, 1),
+])
+def test_max_output_len(a: float, b: int, n_src: int, positions: int, expected: int) -> None:
+    assert DecodeConfig(max_len_a=a, max_len_b=b).max_output_len(n_src, positions) == expected
+
+
+def test_decode_config_from_a_checkpoint_with_overrides() -> None:
+    plain = to_plain(run_config(data=Path("d"), decode={"beam": 8, "lenpen": 1.0, "penalty": "fairseq"}))
+    assert decode_config(plain) == DecodeConfig(beam=8, lenpen=1.0, penalty="fairseq")
+    assert decode_config(plain, beam=2, lenpen=None, nbest=None) == DecodeConfig(beam=2, lenpen=1.0, penalty="fairseq")
+    assert decode_config(None) == DecodeConfig() and decode_config({}, beam=6) == DecodeConfig(beam=6)
+    older = {"decode": {**plain["decode"], "removed_setting": 1}}  # a key this version no longer has is ignored
+    assert decode_config(older) == decode_config(plain)
+    with pytest.raises(NmtError, match="--nbest 5 must be between 1 and --beam 2"):
+        decode_config(plain, beam=2, nbest=5)
+
+
+# ------------------------------------------------------------------------------------------ plain data
+
+
+def test_to_plain_is_json_and_complete(tmp_path: Path) -> None:
+    cfg = run_config(load_recipe(recipe(tmp_path, FULL)), cpu=True, nproc=2)
+    plain = to_plain(cfg)
+    assert json.loads(json.dumps(plain)) == plain
+    assert plain["data"] == "data-bin/x" and plain["save_dir"] == "runs/x"
+    assert plain["train"] == asdict(cfg.train) and plain["decode"] == asdict(cfg.decode)
+    assert plain["average_last"] == 3 and plain["model"] == {"d_model": 64, "dropout": 0.2}
+    rebuilt = RunConfig(**{**plain, "data": Path(plain["data"]), "save_dir": Path(plain["save_dir"]),
+                           "train": TrainConfig(**plain["train"]), "decode": DecodeConfig(**plain["decode"])})
+    assert rebuilt == cfg
