@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from nmt.config import (DecodeConfig, RunConfig, TrainConfig, decode_config, derive_update_freq, load_recipe, resolve,
-                        run_config, to_plain, world_size)
+from nmt.config import (ARCH_DEFAULTS, DecodeConfig, RunConfig, TrainConfig, batch_plan, decode_config, derive_update_freq,
+                        find_data, load_recipe, pair_dropout, resolve, run_config, to_plain, world_size)
 from nmt.errors import NmtError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -140,7 +140,9 @@ def test_unreadable_recipes(tmp_path: Path) -> None:
 
 def test_defaults_are_the_paper_settings() -> None:
     cfg = run_config(data=Path("d"))
-    assert cfg == RunConfig(data=Path("d"), save_dir=Path("runs/base"))
+    # The base preset's schedule (§5.2, §6.1) over the dataclass defaults.
+    schedule = {"max_updates": 100_000, "save_every": 1500, "validate_every": 1500, "keep_last": 10}
+    assert cfg == RunConfig(data=Path("d"), save_dir=Path("runs/base"), train=TrainConfig(**schedule))
     assert (cfg.train.max_tokens, cfg.train.warmup, cfg.train.label_smoothing, cfg.train.lr_schedule) == (4096, 4000, 0.1, "noam")
     assert (cfg.decode.beam, cfg.decode.lenpen, cfg.decode.penalty, cfg.decode.max_len_b) == (4, 0.6, "gnmt", 50)
     assert (cfg.average_last, cfg.gpus, cfg.arch) == (5, 0, "base")
@@ -282,3 +284,57 @@ def test_to_plain_is_json_and_complete(tmp_path: Path) -> None:
     rebuilt = RunConfig(**{**plain, "data": Path(plain["data"]), "save_dir": Path(plain["save_dir"]),
                            "train": TrainConfig(**plain["train"]), "decode": DecodeConfig(**plain["decode"])})
     assert rebuilt == cfg
+
+
+@pytest.mark.parametrize("arch,updates,spacing,average,keep", [("base", 100_000, 1500, 5, 10), ("big", 300_000, 600, 20, 25)])
+def test_an_architecture_brings_the_papers_schedule(arch: str, updates: int, spacing: int, average: int, keep: int) -> None:
+    """`nmt train --arch big` without a recipe: 300k updates, a numbered checkpoint every ≈10 paper-minutes
+    counted in updates, the last 20 averaged, and only as many kept as averaging needs plus a margin."""
+    cfg = run_config(data=Path("d"), arch=arch)
+    t = cfg.train
+    assert (t.max_updates, t.save_every, t.validate_every, cfg.average_last, t.keep_last) == (updates, spacing, spacing, average, keep)
+    assert keep >= average
+    # A recipe or an option still wins over the preset.
+    assert run_config({"train": {"max_updates": 7}}, data=Path("d"), arch=arch).train.max_updates == 7
+    assert run_config(data=Path("d"), arch=arch, train={"keep_last": 0}).train.keep_last == 0  # 0 keeps all
+    assert set(ARCH_DEFAULTS) == {"base", "big", "tiny"}
+
+
+def test_keeping_fewer_checkpoints_than_averaged_is_refused() -> None:
+    with pytest.raises(NmtError, match=r"--keep-last 3 keeps fewer numbered checkpoints than the run averages \(\[average\] last = 5\)"):
+        run_config(data=Path("d"), train={"keep_last": 3})
+    assert run_config({"average_last": 3}, data=Path("d"), train={"keep_last": 3}).train.keep_last == 3
+
+
+def test_big_dropout_follows_the_language_pair() -> None:
+    big = run_config(data=Path("d"), arch="big")
+    fr, note = pair_dropout(big, "en", "fr")
+    assert fr.model["dropout"] == 0.1 and "0.1 for en-fr" in note  # §6.1
+    de, _ = pair_dropout(big, "de", "en")
+    assert de.model["dropout"] == 0.3  # Table 3's big EN-DE
+    other, note = pair_dropout(big, "en", "cs")
+    assert "dropout" not in other.model and "set --dropout" in note  # the preset's 0.3, with a warning
+    chosen = run_config(data=Path("d"), arch="big", model={"dropout": 0.2})
+    assert pair_dropout(chosen, "en", "fr") == (chosen, None)  # the user's choice stands
+    base = run_config(data=Path("d"))
+    assert pair_dropout(base, "en", "fr") == (base, None)
+
+
+def test_data_found_in_data_bin(tmp_path: Path) -> None:
+    root = tmp_path / "data-bin"
+    with pytest.raises(NmtError, match="no prepared corpus in .*; run 'nmt prepare CORPUS' first"):
+        find_data(root)
+    (root / "wmt14-en-de").mkdir(parents=True)
+    (root / "wmt14-en-de" / "manifest.json").write_text("{}")
+    (root / "not-prepared").mkdir()
+    assert find_data(root) == root / "wmt14-en-de"
+    (root / "gettext-en-de").mkdir()
+    (root / "gettext-en-de" / "manifest.json").write_text("{}")
+    with pytest.raises(NmtError, match=r"holds 2 prepared corpora \(.*gettext-en-de, .*wmt14-en-de\); name one"):
+        find_data(root)
+
+
+def test_batch_plan_names_what_cuts_the_batches() -> None:
+    cfg = run_config(data=Path("d"), train={"max_tokens": 2048})
+    assert batch_plan(cfg, 1000) == {"max_tokens": 2048, "pad_multiple": 8, "seed": 1, "train_pairs": 1000}
+    assert batch_plan(resolve(cfg, 8), 1000) == batch_plan(cfg, 1000)  # the device count is not part of it

@@ -1,4 +1,5 @@
-"""nmt.data.encode: subword length filters on training pairs and the token files of every split."""
+"""nmt.data.encode: length filters on training pairs (subwords for the limit, words for the ratio) and the
+token files of every split."""
 
 from pathlib import Path
 
@@ -18,18 +19,27 @@ from nmt.data.text import normalise
     (0, 5, "empty"), (5, 0, "empty"), (0, 0, "empty"), (300, 0, "empty"),  # empty is checked first
     (250, 250, None),  # exactly max_len: kept
     (251, 250, "too long"), (250, 251, "too long"), (251, 10, "too long"),  # too long before the ratio
+])
+def test_keep_pair_subword_limits(n_src: int, n_tgt: int, reason: str | None) -> None:
+    assert keep_pair(n_src, n_tgt, 3, 3, max_len=250, max_ratio=1.5, ratio_min_words=5) == reason
+
+
+@pytest.mark.parametrize("words_src, words_tgt, reason", [
     (10, 15, None), (15, 10, None),  # exactly max_ratio: kept, either way round
     (10, 16, "length ratio"), (16, 10, "length ratio"),
-    (1, 1, None), (2, 3, None), (1, 2, "length ratio"),
+    (1, 1, None), (1, 2, None), (1, 5, None), (5, 1, None),  # short segments: the ratio is not applied
+    (1, 6, "length ratio"), (6, 4, None), (4, 7, "length ratio"),
 ])
-def test_keep_pair(n_src: int, n_tgt: int, reason: str | None) -> None:
-    assert keep_pair(n_src, n_tgt, max_len=250, max_ratio=1.5) == reason
+def test_keep_pair_ratio_is_on_words(words_src: int, words_tgt: int, reason: str | None) -> None:
+    # Subword counts far apart never matter for the ratio: "File" -> "Datei" may be 1 against 3 pieces.
+    assert keep_pair(1, 3, words_src, words_tgt, max_len=250, max_ratio=1.5, ratio_min_words=5) == reason
 
 
 def test_keep_pair_ratio_boundary_is_not_rounded() -> None:
-    assert keep_pair(100, 150, 250, 1.5) is None
-    assert keep_pair(100, 151, 250, 1.5) == "length ratio"
-    assert keep_pair(3, 9, 250, 3.0) is None and keep_pair(3, 10, 250, 3.0) == "length ratio"
+    assert keep_pair(5, 5, 100, 150, 250, 1.5, 5) is None
+    assert keep_pair(5, 5, 100, 151, 250, 1.5, 5) == "length ratio"
+    assert keep_pair(5, 5, 3, 9, 250, 3.0, 5) is None and keep_pair(5, 5, 3, 10, 250, 3.0, 5) == "length ratio"
+    assert keep_pair(5, 5, 1, 10, 250, 3.0, 10) is None and keep_pair(5, 5, 1, 11, 250, 3.0, 10) == "length ratio"
 
 
 def encode_fixture(fixture_dir: Path, spm_path: Path, dest: Path, max_len: int, max_ratio: float) -> tuple[dict, PrepareConfig]:
@@ -46,7 +56,7 @@ def encode_fixture(fixture_dir: Path, spm_path: Path, dest: Path, max_len: int, 
 
 
 def test_ids_equal_sentencepiece_and_only_train_is_filtered(fixture_dir: Path, fixture_spm: Path, tmp_path: Path) -> None:
-    max_len, max_ratio = 12, 1.5
+    max_len, max_ratio = 60, 1.3
     stats, cfg = encode_fixture(fixture_dir, fixture_spm, tmp_path / "out", max_len, max_ratio)
     proc = spm.SentencePieceProcessor(model_file=str(fixture_spm))
     for split, name in (("train", "train"), ("valid", "dev"), ("test", "test")):
@@ -55,8 +65,9 @@ def test_ids_equal_sentencepiece_and_only_train_is_filtered(fixture_dir: Path, f
         if split == "train":
             text = [(a, b) for a, b in text if a and b]  # what cleaning leaves
         en, de = proc.encode([a for a, _ in text]), proc.encode([b for _, b in text])
+        words = [(len(a.split()), len(b.split())) for a, b in text]
         if split == "train":
-            reasons = [keep_pair(len(a), len(b), max_len, max_ratio) for a, b in zip(en, de)]
+            reasons = [keep_pair(len(a), len(b), ws, wt, max_len, max_ratio, 5) for (a, b), (ws, wt) in zip(zip(en, de), words)]
             kept = [(a, b) for (a, b), r in zip(zip(en, de), reasons) if r is None]
             expected_drops = {"empty": 2}  # from cleaning
             for r in filter(None, reasons):
@@ -66,7 +77,7 @@ def test_ids_equal_sentencepiece_and_only_train_is_filtered(fixture_dir: Path, f
         else:
             kept = list(zip(en, de))
             assert stats[split].dropped == {}
-            assert any(keep_pair(len(a), len(b), max_len, max_ratio) for a, b in kept)  # would have been dropped in train
+            assert any(keep_pair(len(a), len(b), ws, wt, max_len, max_ratio, 5) for (a, b), (ws, wt) in zip(kept, words))  # would have been dropped in train
         src = IndexedTokens(cfg.dest / f"{split}.en", "uint16")
         tgt = IndexedTokens(cfg.dest / f"{split}.de", "uint16")
         assert [src[i].tolist() for i in range(len(src))] == [a for a, _ in kept]

@@ -24,7 +24,7 @@ def test_manifest_describes_the_folder(fixture_data: Path) -> None:
     m = json.loads((fixture_data / "manifest.json").read_text())
     assert (m["format"], m["corpus"], m["src"], m["tgt"], m["dtype"]) == (1, "local", "en", "de", "uint16")
     assert m["vocab"] == {"model": "spm.model", "size": 400, "type": "bpe", "pad": 0, "unk": 1, "bos": 2, "eos": 3}
-    assert m["limits"] == {"max_len": 250, "max_ratio": 1.5, "dedup": False}
+    assert m["limits"] == {"max_len": 250, "max_ratio": 1.5, "ratio_min_words": 5, "dedup": False}
     assert list(m["splits"]) == ["train", "valid", "test"] and m["tests"] == ["test"]
     train = m["splits"]["train"]
     assert train["dropped"]["empty"] == 2 and train["pairs"] + sum(train["dropped"].values()) == 241

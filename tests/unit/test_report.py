@@ -1,0 +1,36 @@
+"""nmt.train.report: the figures of a log line from the summed statistics of a window of updates."""
+
+import math
+
+import numpy as np
+import pytest
+
+from nmt.train.report import STATS, window_record
+
+
+def window(**values: float) -> np.ndarray:
+    w = np.zeros(len(STATS))
+    for k, v in values.items():
+        w[STATS.index(k)] = v
+    return w
+
+
+def test_figures_of_a_window() -> None:
+    w = window(loss=2000.0, nll=1500.0, tgt_tokens=1000, src_tokens=900, slots=2500, skipped=1)
+    r = window_record(w, seconds=4.0, update=100, epoch=2, updates_in_window=10, remaining_updates=900, lr=1e-3,
+                      flops_per_token=1e9, peak=1e12, world=2)
+    assert r["loss"] == 2.0 and r["ppl"] == pytest.approx(math.exp(1.5)) and r["tgt_tok_s"] == 250.0
+    assert r["pad_efficiency"] == pytest.approx(1900 / 2500) and r["skipped"] == 1
+    assert r["mfu"] == pytest.approx(250 * 1e9 / 2e12) and r["tgt_tokens_per_update"] == 100.0
+    assert r["eta_min"] == pytest.approx(900 * 0.4 / 60)  # 0.4 s per update
+    assert "mfu" not in window_record(w, 4.0, 100, 2, 10, 900, 1e-3, 1e9, None, 2)
+
+
+def test_eta_takes_whichever_limit_comes_first() -> None:
+    """A 25-minute --max-time run with 100k updates left must not promise 3.3e4 minutes."""
+    w = window(tgt_tokens=1000)
+    slow = window_record(w, 10.0, 10, 1, 10, 100_000, 1e-3, 1e9, None, 1, seconds_left=600.0)
+    assert slow["eta_min"] == pytest.approx(10.0)
+    fast = window_record(w, 10.0, 10, 1, 10, 5, 1e-3, 1e9, None, 1, seconds_left=600.0)
+    assert fast["eta_min"] == pytest.approx(5 * 1.0 / 60)
+    assert window_record(w, 10.0, 10, 1, 10, 5, 1e-3, 1e9, None, 1, seconds_left=-3.0)["eta_min"] == 0.0
