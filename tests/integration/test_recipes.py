@@ -34,6 +34,10 @@ def test_all_recipes_parse_and_build() -> None:
             assert recipe["decode"]["beam"] == 4 and recipe["decode"]["lenpen"] == 0.6 and recipe["decode"]["max_len_b"] == 50
             assert recipe["average_last"] == (5 if "base" in path.stem else 20)
             assert recipe["model"]["dropout"] == (0.3 if path.stem == "wmt14-en-de-big" else 0.1)
+            # The averaging window by updates at the paper's 10-minute spacing, whatever the hardware.
+            assert recipe["train"]["save_every"] == (1500 if "base" in path.stem else 600)
+        keep = recipe["train"].get("keep_last", 0)
+        assert keep == 0 or keep >= recipe.get("average_last", 5), path
 
 
 def wmt_shaped(dest: Path, vocab: int, spm_from: Path) -> Path:
