@@ -92,8 +92,10 @@ class DecodeConfig:
             raise NmtError(f"--max-len-a {self.max_len_a} and --max-len-b {self.max_len_b} leave no room for an output")
 
     def max_output_len(self, n_src: int, max_positions: int) -> int:
-        """Most output tokens (EOS included) for a source of ``n_src`` ids (EOS excluded), within the model's positions."""
-        limit = int(self.max_len_a * n_src + self.max_len_b)
+        """Most output tokens, EOS included, for a source of ``n_src`` ids (EOS excluded): a·|source| + b with
+        both lengths counting their EOS, as tensor2tensor's decode_length = input length + 50 does, so
+        that the paper's rule lets through |source| + 50 real tokens; capped by the model's positions."""
+        limit = int(self.max_len_a * (n_src + 1) + self.max_len_b)
         return max(1, min(limit, max_positions))
 
 

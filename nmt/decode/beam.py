@@ -3,9 +3,13 @@
 Per step, each sentence's k live hypotheses are extended and the 2k best candidates kept: those of the
 top k that end in EOS join the sentence's finished list (scored with the length penalty), and the best k
 that do not stay alive. (Only the top k may finish, so that beam 1 is exactly greedy decoding.)
-A sentence stops when its best finished score can no longer be beaten: tensor2tensor's rule, comparing it
-with the best live log-probability under the penalty of the maximum length (log-probabilities only fall,
-and the penalty only grows). Finished sentences leave the batch, so no work is spent on them.
+A sentence stops when its n-th best finished score (n = ``nbest``) can no longer be beaten:
+tensor2tensor's rule, comparing it with the best live log-probability under the penalty of the maximum
+length (log-probabilities only fall, and the penalty only grows). Finished sentences leave the batch, so no
+work is spent on them.
+
+The bookkeeping stays on the device as tensors; only the few hypotheses that finish at a step are read back
+to the host, so the per-step cost does not grow with the number of sentences in Python.
 """
 
 from __future__ import annotations
@@ -16,9 +20,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from nmt.tokens import BOS, EOS, PAD
 from nmt.decode.penalty import length_penalty
 from nmt.model.transformer import DecoderState, EncoderOut, Transformer
+from nmt.tokens import BOS, EOS, PAD
 
 
 @dataclass
@@ -37,14 +41,9 @@ class Scorer:
     def __init__(self, models: list[Transformer]) -> None:
         self.models = models
 
-    def start(self, src: Tensor, rows: Tensor, max_len: int) -> list[DecoderState]:
-        """Encode ``src`` (B, S) once; decoder rows are ``rows`` (indices into the batch, e.g. repeated k times)."""
-        states = []
-        for model in self.models:
-            enc = model.encode(src)
-            enc = EncoderOut(enc.memory.index_select(0, rows), enc.src_mask.index_select(0, rows))
-            states.append(model.init_state(enc, max_len))
-        return states
+    def start(self, src: Tensor, beam: int, max_len: int) -> list[DecoderState]:
+        """Encode ``src`` (N, S) once; ``beam`` decoder rows per sentence, for up to ``max_len`` steps."""
+        return [model.init_state(model.encode(src), max_len, beam) for model in self.models]
 
     def step(self, tokens: Tensor, states: list[DecoderState]) -> Tensor:
         lprobs = [model.decode_step(tokens, state) for model, state in zip(self.models, states)]
@@ -53,8 +52,9 @@ class Scorer:
         return torch.logsumexp(torch.stack(lprobs), dim=0) - math.log(len(lprobs))
 
     @staticmethod
-    def select(states: list[DecoderState], rows: Tensor) -> list[DecoderState]:
-        return [s.select(rows) for s in states]
+    def reorder(states: list[DecoderState], rows: Tensor, sentences: Tensor | None) -> None:
+        for s in states:
+            s.reorder(rows, sentences)
 
 
 @torch.no_grad()
@@ -62,80 +62,91 @@ def beam_search(
     scorer: Scorer, src: Tensor, max_lens: list[int], beam: int = 4, alpha: float = 0.6,
     penalty: str = "gnmt", nbest: int = 1,
 ) -> list[list[Hypothesis]]:
-    """Translate a batch src (B, S); ``max_lens[i]`` counts output tokens including EOS.
+    """Translate a batch src (N, S); ``max_lens[i]`` counts output tokens including EOS.
 
     Returns, per sentence, its ``nbest`` best finished hypotheses, best first.
     """
     device = src.device
     n, k = src.size(0), beam
-    rows = torch.arange(n, device=device).repeat_interleave(k)
-    states = scorer.start(src, rows, max(max_lens))
-    active = list(range(n))  # original index of each active sentence
+    steps = max(max_lens)
+    states = scorer.start(src, k, steps)
+    active = torch.arange(n, device=device)  # original index of each sentence still searching
     limits = torch.tensor(max_lens, device=device)
+    # In float64, as the scores of finished hypotheses are: the stopping test compares the two.
+    bound_penalty = torch.tensor([length_penalty(m, alpha, penalty) for m in max_lens], dtype=torch.float64, device=device)
+    # The nbest-th best finished score of each sentence (-inf until it has nbest), what its search must beat.
+    nth_best = torch.full((n,), float("-inf"), dtype=torch.float64, device=device)
     scores = torch.full((n, k), float("-inf"), device=device)
     scores[:, 0] = 0.0  # only the first copy of each beam is live at the start
     history = torch.zeros(n * k, 0, dtype=torch.long, device=device)
     last = torch.full((n * k,), BOS, dtype=torch.long, device=device)
     finished: list[list[Hypothesis]] = [[] for _ in range(n)]
-    max_penalty = [length_penalty(m, alpha, penalty) for m in max_lens]
-    t = 0
-    while active:
-        m = len(active)
+    eos_only = torch.full((1, 1, scorer.models[0].cfg.vocab_size), float("-inf"), device=device)
+    eos_only[..., EOS] = 0.0
+    limit_steps = set(max_lens)  # known on the host: no device check at the steps where no sentence ends
+    for t in range(steps):
+        m = active.numel()
         lprobs = scorer.step(last, states).view(m, k, -1)
         vocab = lprobs.size(-1)
         lprobs[..., PAD] = float("-inf")
         lprobs[..., BOS] = float("-inf")
-        at_limit = limits == t + 1  # (m,) the last allowed position: only EOS may come
-        if at_limit.any():
-            forced = torch.full_like(lprobs[0], float("-inf"))
-            forced[:, EOS] = 0.0
-            lprobs = torch.where(at_limit[:, None, None], lprobs + forced, lprobs)
+        if t + 1 in limit_steps:  # the last allowed position of some sentences: only EOS may come there
+            lprobs = torch.where((limits == t + 1)[:, None, None], lprobs + eos_only, lprobs)
         candidates = (scores[:, :, None] + lprobs).view(m, k * vocab)
         top_scores, top_index = candidates.topk(min(2 * k, k * vocab), dim=1)
         top_beam, top_token = top_index // vocab, top_index % vocab
         is_eos = top_token == EOS
         # The best k candidates that do not end the hypothesis stay alive (stable: best first).
         order = torch.sort(is_eos.to(torch.int8), dim=1, stable=True).indices[:, :k]
-        alive_scores = top_scores.gather(1, order)
+        alive_scores = top_scores.gather(1, order).masked_fill(is_eos.gather(1, order), float("-inf"))
         alive_beam, alive_token = top_beam.gather(1, order), top_token.gather(1, order)
-        alive_scores = torch.where(is_eos.gather(1, order), torch.full_like(alive_scores, float("-inf")), alive_scores)
 
-        # Bookkeeping of finished hypotheses on the host: one transfer per step.
-        finishing = is_eos & (torch.arange(is_eos.size(1), device=device) < k)
-        eos_cpu, top_cpu, beam_cpu = finishing.cpu(), top_scores.cpu(), top_beam.cpu()
-        hist_cpu = history.cpu() if eos_cpu.any() else None
-        best_alive = alive_scores[:, 0].cpu()
-        keep: list[int] = []
-        for i in range(m):
-            sent = active[i]
-            for j in torch.nonzero(eos_cpu[i]).flatten().tolist():
-                logprob = top_cpu[i, j].item()
-                if math.isfinite(logprob):
-                    tokens = hist_cpu[i * k + beam_cpu[i, j].item()].tolist()
-                    finished[sent].append(Hypothesis(tokens, logprob / length_penalty(t + 1, alpha, penalty), logprob))
-            if finished[sent]:
-                finished[sent].sort(key=lambda h: -h.score)
-                del finished[sent][max(nbest, 1):]
-            bound = best_alive[i].item() / max_penalty[sent]
-            done = (
-                not math.isfinite(best_alive[i].item())
-                or max_lens[sent] <= t + 1
-                or (len(finished[sent]) >= nbest and finished[sent][0].score >= bound)
-            )
-            if not done:
-                keep.append(i)
-        if not keep:
+        finishing = is_eos[:, :k] & torch.isfinite(top_scores[:, :k])
+        if bool(finishing.any()):
+            nth_best = _finish(finishing, top_scores, top_beam, history, active, t + 1, alpha, penalty, nbest, finished, nth_best, k)
+        best_alive = alive_scores[:, 0]
+        done = ~torch.isfinite(best_alive) | (limits <= t + 1) | (nth_best >= best_alive.double() / bound_penalty)
+        if bool(done.all()):
             break
-        keep_t = torch.tensor(keep, device=device)
-        rows = (keep_t[:, None] * k + alive_beam.index_select(0, keep_t)).flatten()
-        history = torch.cat([history.index_select(0, rows), alive_token.index_select(0, keep_t).view(-1, 1)], dim=1)
-        states = scorer.select(states, rows)
-        last = alive_token.index_select(0, keep_t).flatten()
-        scores = alive_scores.index_select(0, keep_t)
-        limits = limits.index_select(0, keep_t)
-        active = [active[i] for i in keep]
-        t += 1
+        keep = None if not bool(done.any()) else torch.nonzero(~done).flatten()
+        if keep is not None:
+            alive_beam, alive_token, alive_scores = alive_beam[keep], alive_token[keep], alive_scores[keep]
+            active, limits, bound_penalty, nth_best = active[keep], limits[keep], bound_penalty[keep], nth_best[keep]
+            base = keep[:, None] * k
+        else:
+            base = torch.arange(m, device=device)[:, None] * k
+        rows = (base + alive_beam).flatten()
+        history = torch.cat([history.index_select(0, rows), alive_token.view(-1, 1)], dim=1)
+        scorer.reorder(states, rows, keep)
+        last = alive_token.flatten()
+        scores = alive_scores
+    for hyps in finished:
+        hyps.sort(key=lambda h: -h.score)
     return finished
+
+
+def _finish(finishing: Tensor, top_scores: Tensor, top_beam: Tensor, history: Tensor, active: Tensor, length: int,
+            alpha: float, penalty: str, nbest: int, finished: list[list[Hypothesis]], nth_best: Tensor, k: int) -> Tensor:
+    """Move the hypotheses that end with EOS at this step into their sentences' finished lists (only these
+    are read back to the host); returns the updated n-th best finished score of every active sentence."""
+    where = torch.nonzero(finishing)  # (F, 2): (active sentence, candidate)
+    i, j = where[:, 0], where[:, 1]
+    rows = i * k + top_beam[i, j]
+    logprobs = top_scores[i, j].tolist()
+    tokens = history.index_select(0, rows).tolist()
+    lp = length_penalty(length, alpha, penalty)
+    sentences = active[i].tolist()
+    touched: dict[int, int] = {}
+    for a, sent, toks, logprob in zip(i.tolist(), sentences, tokens, logprobs):
+        finished[sent].append(Hypothesis(toks, logprob / lp, logprob))
+        touched[a] = sent
+    nth_best = nth_best.clone()
+    for a, sent in touched.items():
+        hyps = sorted(finished[sent], key=lambda h: -h.score)[:nbest]
+        finished[sent] = hyps
+        if len(hyps) >= nbest:
+            nth_best[a] = hyps[-1].score
+    return nth_best
 
 
 @torch.no_grad()
@@ -143,7 +154,7 @@ def greedy_search(model: Transformer, src: Tensor, max_lens: list[int]) -> list[
     """Arg-max decoding, the reference that beam 1 must equal (with α = 0)."""
     n = src.size(0)
     scorer = Scorer([model])
-    states = scorer.start(src, torch.arange(n, device=src.device), max(max_lens))
+    states = scorer.start(src, 1, max(max_lens))
     last = torch.full((n,), BOS, dtype=torch.long, device=src.device)
     out: list[list[int]] = [[] for _ in range(n)]
     done = [False] * n

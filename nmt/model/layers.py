@@ -83,8 +83,10 @@ class DecoderLayer(nn.Module):
         y = self.cross_block(y, lambda h: self.cross_attn(h, memory, mask=src_mask))
         return self.ffn_block(y, self.ffn)
 
-    def step(self, y: Tensor, cache_k: Tensor, cache_v: Tensor, t: int, cross_k: Tensor, cross_v: Tensor, src_mask: Tensor) -> Tensor:
-        """One position (B, 1, d) at step ``t``: writes its keys/values into the caches at index t."""
+    def step(self, y: Tensor, cache_k: Tensor, cache_v: Tensor, t: int, cross_k: Tensor, cross_v: Tensor, src_mask: Tensor,
+             beam: int = 1) -> Tensor:
+        """One position y (R, 1, d) at step ``t``, R = sentences × ``beam``: writes its keys/values into the
+        caches (R, h, capacity, d_k) at index t; cross_k/v (N, h, S, d_k) hold one row per sentence."""
 
         def self_attention(h: Tensor) -> Tensor:
             q, k, v = self.self_attn.project_qkv(h)
@@ -92,6 +94,14 @@ class DecoderLayer(nn.Module):
             cache_v[:, :, t : t + 1] = v
             return self.self_attn.attend(q, cache_k[:, :, : t + 1], cache_v[:, :, : t + 1])
 
+        def cross_attention(h: Tensor) -> Tensor:
+            # The beam's queries of a sentence as one block: (R, h, 1, d_k) → (N, h, beam, d_k).
+            q = self.cross_attn.project_q(h)
+            r, heads, _, dk = q.shape
+            q = q.view(r // beam, beam, heads, dk).transpose(1, 2)
+            out = self.cross_attn.attend(q, cross_k, cross_v, src_mask)  # (N, beam, d)
+            return out.reshape(r, 1, -1)
+
         y = self.self_block(y, self_attention)
-        y = self.cross_block(y, lambda h: self.cross_attn.attend(self.cross_attn.project_q(h), cross_k, cross_v, src_mask))
+        y = self.cross_block(y, cross_attention)
         return self.ffn_block(y, self.ffn)

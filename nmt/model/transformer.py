@@ -28,20 +28,39 @@ class EncoderOut:
 
 @dataclass
 class DecoderState:
-    """Everything incremental decoding carries between steps, batch-first so it can be reordered."""
+    """Everything incremental decoding carries between steps.
 
-    self_k: list[Tensor]  # per layer (B, h, max_len, d_k), filled up to ``step``
+    Rows are hypotheses, ``beam`` consecutive rows per sentence. Self-attention keys/values have one row per
+    hypothesis, in storage preallocated for the longest output, filled up to ``step``. Cross-attention
+    keys/values have one row per *sentence*: the beams of a sentence attend to the same source, so
+    reordering hypotheses never copies them, and the beam's queries go through attention as one block.
+    """
+
+    self_k: list[Tensor]  # per layer (R, h, capacity, d_k), positions [0, step) filled
     self_v: list[Tensor]
-    cross_k: list[Tensor]  # per layer (B, h, S, d_k), computed once per sentence
+    cross_k: list[Tensor]  # per layer (N, h, S, d_k), computed once
     cross_v: list[Tensor]
-    src_mask: Tensor  # (B, 1, 1, S)
+    src_mask: Tensor  # (N, 1, 1, S)
+    beam: int = 1
     step: int = 0
 
-    def select(self, index: Tensor) -> "DecoderState":
-        """Keep/reorder batch rows (beam reordering, finished sentences leaving the batch)."""
-        pick = lambda ts: [t.index_select(0, index) for t in ts]  # noqa: E731
-        return DecoderState(pick(self.self_k), pick(self.self_v), pick(self.cross_k), pick(self.cross_v),
-                            self.src_mask.index_select(0, index), self.step)
+    def reorder(self, rows: Tensor, sentences: Tensor | None = None) -> None:
+        """Continue with the hypotheses ``rows`` (indices into the current rows, ``beam`` per sentence kept);
+        ``sentences`` (indices of the sentences kept) when some have left the batch."""
+        t = self.step
+        for caches in (self.self_k, self.self_v):
+            for i, cache in enumerate(caches):
+                # Only the filled positions move: the work is proportional to the output so far.
+                if sentences is None:
+                    cache[:, :, :t] = cache[:, :, :t].index_select(0, rows)
+                else:
+                    moved = cache.new_empty((rows.numel(), *cache.shape[1:]))
+                    moved[:, :, :t] = cache[:, :, :t].index_select(0, rows)
+                    caches[i] = moved
+        if sentences is not None:
+            self.cross_k = [c.index_select(0, sentences) for c in self.cross_k]
+            self.cross_v = [c.index_select(0, sentences) for c in self.cross_v]
+            self.src_mask = self.src_mask.index_select(0, sentences)
 
 
 class Transformer(nn.Module):
@@ -97,26 +116,27 @@ class Transformer(nn.Module):
     def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
         return self.decode(tgt_in, self.encode(src))
 
-    def init_state(self, enc: EncoderOut, max_len: int) -> DecoderState:
-        """Caches for up to ``max_len`` decoder steps; cross-attention keys/values computed here, once."""
-        b = enc.memory.size(0)
+    def init_state(self, enc: EncoderOut, max_len: int, beam: int = 1) -> DecoderState:
+        """Caches for ``beam`` hypotheses per sentence of ``enc`` and up to ``max_len`` steps; the
+        cross-attention keys and values are computed here, once per sentence."""
+        n = enc.memory.size(0)
         layer0 = self.decoder[0].self_attn if len(self.decoder) else None
         h, dk = (layer0.heads, layer0.d_k) if layer0 else (1, 1)
-        new = lambda: enc.memory.new_zeros(b, h, max_len, dk)  # noqa: E731
+        new = lambda: enc.memory.new_zeros(n * beam, h, max_len, dk)  # noqa: E731
         cross = [layer.cross_attn.project_kv(enc.memory) for layer in self.decoder]
         return DecoderState(
             self_k=[new() for _ in self.decoder], self_v=[new() for _ in self.decoder],
-            cross_k=[k for k, _ in cross], cross_v=[v for _, v in cross], src_mask=enc.src_mask,
+            cross_k=[k for k, _ in cross], cross_v=[v for _, v in cross], src_mask=enc.src_mask, beam=beam,
         )
 
     def decode_step(self, tokens: Tensor, state: DecoderState) -> Tensor:
-        """The last tokens (B,) at position ``state.step`` → next-token log-probabilities (B, V) in float32.
+        """The last tokens (R,) at position ``state.step`` → next-token log-probabilities (R, V) in float32.
 
         Advances ``state.step``; equal to the full decoder's output at that position.
         """
         t = state.step
         y = self.embed(self.tgt_embed, tokens[:, None], offset=t)
         for i, layer in enumerate(self.decoder):
-            y = layer.step(y, state.self_k[i], state.self_v[i], t, state.cross_k[i], state.cross_v[i], state.src_mask)
+            y = layer.step(y, state.self_k[i], state.self_v[i], t, state.cross_k[i], state.cross_v[i], state.src_mask, state.beam)
         state.step = t + 1
         return self.logits(self.decoder_norm(y))[:, 0].float().log_softmax(-1)

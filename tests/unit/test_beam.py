@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from nmt.tokens import BOS, EOS
+from nmt.config import DecodeConfig
 from nmt.decode.beam import Scorer, beam_search, greedy_search
 from nmt.decode.penalty import length_penalty
 from nmt.model.config import model_config
@@ -35,20 +36,23 @@ def scorer(seed: int = 3, shift: float = 2.0) -> EosShifted:
     return EosShifted(model, shift)
 
 
-def brute_force(s: Scorer, i: int, alpha: float, kind: str) -> tuple[float, list[int]]:
-    """Every output of at most MAX_LEN tokens (EOS included) over the vocabulary {UNK, 4}, scored exactly."""
-    best = (float("-inf"), [])
+def enumerate_outputs(s: Scorer, i: int, alpha: float, kind: str) -> list[tuple[float, list[int]]]:
+    """Every output of at most MAX_LEN tokens (EOS included) over the vocabulary {UNK, 4}, scored exactly,
+    best first."""
+    found = []
     for n in range(MAX_LEN):
         for seq in itertools.product([1, 4], repeat=n):
-            states = s.start(SRC[i : i + 1], torch.tensor([0]), MAX_LEN)
+            states = s.start(SRC[i : i + 1], 1, MAX_LEN)
             total, prev = 0.0, BOS
             for tok in [*seq, EOS]:
                 total += s.step(torch.tensor([prev]), states)[0, tok].item()
                 prev = tok
-            score = total / length_penalty(n + 1, alpha, kind)
-            if score > best[0]:
-                best = (score, list(seq))
-    return best
+            found.append((total / length_penalty(n + 1, alpha, kind), list(seq)))
+    return sorted(found, key=lambda f: -f[0])
+
+
+def brute_force(s: Scorer, i: int, alpha: float, kind: str) -> tuple[float, list[int]]:
+    return enumerate_outputs(s, i, alpha, kind)[0]
 
 
 @pytest.mark.parametrize("alpha,kind", [(0.6, "gnmt"), (0.0, "gnmt"), (1.0, "fairseq"), (2.0, "gnmt")])
@@ -60,6 +64,31 @@ def test_beam_covering_the_space_finds_the_exact_best(alpha: float, kind: str) -
             score, tokens = brute_force(s, i, alpha, kind)
             assert result[i][0].tokens == tokens
             assert result[i][0].score == pytest.approx(score, abs=1e-4)
+
+
+# (seed, EOS shift, α, penalty): the first two stop too early under a rule that only waits for the best
+# finished hypothesis to be safe (checked by breaking the rule); the others cover the penalties.
+@pytest.mark.parametrize("seed,shift,alpha,kind", [(0, -1.0, 0.0, "gnmt"), (4, 0.0, 0.0, "gnmt"), (5, 2.0, 0.6, "gnmt"), (5, 1.0, 1.0, "fairseq")])
+def test_nbest_equals_the_n_best_outputs(seed: int, shift: float, alpha: float, kind: str) -> None:
+    """The stopping rule must wait for the n-th best finished hypothesis to be safe, not the best one."""
+    s = scorer(seed=seed, shift=shift)
+    with torch.no_grad():
+        result = beam_search(s, SRC, [MAX_LEN, MAX_LEN], beam=3 * 2 ** (MAX_LEN - 1), alpha=alpha, penalty=kind, nbest=4)
+        for i in range(2):
+            expected = enumerate_outputs(s, i, alpha, kind)[:4]
+            assert [h.tokens for h in result[i]] == [tokens for _, tokens in expected]
+            assert [h.score for h in result[i]] == pytest.approx([score for score, _ in expected], abs=1e-4)
+
+
+def test_output_length_limit_is_the_papers() -> None:
+    """§6.1's maximum output length, input length + 50, as tensor2tensor counts it: a model that never
+    wants to stop writes exactly |source| + 50 tokens, then the forced EOS."""
+    s = scorer(shift=1e4)  # EOS is never chosen before it is forced
+    src = torch.tensor([[4, 4, 1, 3], [4, 3, 0, 0]])
+    limits = [DecodeConfig().max_output_len(n, 1024) for n in (3, 1)]
+    with torch.no_grad():
+        result = beam_search(s, src, limits, beam=2)
+    assert [len(h[0].tokens) for h in result] == [3 + 50, 1 + 50]
 
 
 def test_search_is_not_trivial_here() -> None:

@@ -249,12 +249,15 @@ def test_decode_config_limits_that_are_allowed() -> None:
 
 
 @pytest.mark.parametrize("a, b, n_src, positions, expected", [
-    (1.0, 50, 10, 1024, 60),  # the paper: |source| + 50
-    (1.5, 5, 7, 1024, 15),  # 15.5 truncated
+    # Both lengths count their EOS (tensor2tensor's decode_length): the paper's |source| + 50 lets 10 source
+    # tokens through as at most 60 output tokens plus EOS.
+    (1.0, 50, 10, 1024, 61),
+    (1.5, 5, 7, 1024, 17),  # 1.5 · 8 + 5 = 17
+    (1.5, 5, 6, 1024, 15),  # 15.5 truncated
     (1.0, 50, 2000, 1024, 1024),  # within the model's positions
     (0.5, 0, 1, 1024, 1),  # at least one token (the EOS)
     (0.0, 3, 100, 1024, 3),
-    (2.0, 0, 0, 1024, 1),
+    (2.0, 0, 0, 1024, 2),
 ])
 def test_max_output_len(a: float, b: int, n_src: int, positions: int, expected: int) -> None:
     assert DecodeConfig(max_len_a=a, max_len_b=b).max_output_len(n_src, positions) == expected

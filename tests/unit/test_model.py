@@ -1,3 +1,4 @@
+import copy
 import math
 
 import pytest
@@ -65,15 +66,25 @@ def test_incremental_decoding_equals_full_decoder(pre_norm: bool) -> None:
     torch.testing.assert_close(steps, full, atol=1e-5, rtol=1e-5)
 
 
-def test_state_select_reorders_batch() -> None:
+def test_state_reorders_hypotheses_and_drops_sentences() -> None:
     model = tiny()
     src = torch.tensor([[5, 6, 3], [9, 3, 0]])
-    state = model.init_state(model.encode(src), max_len=4)
-    model.decode_step(torch.tensor([2, 2]), state)
-    swapped = state.select(torch.tensor([1, 0]))
-    a = model.decode_step(torch.tensor([7, 8]), state)
-    b = model.decode_step(torch.tensor([8, 7]), swapped)
-    torch.testing.assert_close(a, b.flip(0), atol=1e-6, rtol=1e-6)
+    with torch.no_grad():  # states are copied below, which autograd's graph would forbid
+        # Two sentences, a beam of 2 each: rows (0, 1) belong to sentence 0, rows (2, 3) to sentence 1.
+        state = model.init_state(model.encode(src), max_len=4, beam=2)
+        model.decode_step(torch.tensor([2, 2, 2, 2]), state)
+        model.decode_step(torch.tensor([7, 8, 9, 10]), state)
+        swapped = copy.deepcopy(state)
+        swapped.reorder(torch.tensor([1, 0, 3, 2]))  # beams swap within each sentence
+        a = model.decode_step(torch.tensor([11, 12, 13, 14]), state)
+        b = model.decode_step(torch.tensor([12, 11, 14, 13]), swapped)
+        torch.testing.assert_close(a, b[[1, 0, 3, 2]], atol=1e-6, rtol=1e-6)
+        # Sentence 0 leaves the batch; sentence 1 goes on with its second hypothesis twice.
+        alone = copy.deepcopy(state)
+        alone.reorder(torch.tensor([3, 3]), sentences=torch.tensor([1]))
+        c = model.decode_step(torch.tensor([6, 6]), alone)
+        d = model.decode_step(torch.tensor([20, 5, 20, 6]), state)
+        torch.testing.assert_close(c, d[[3, 3]], atol=1e-6, rtol=1e-6)
 
 
 def test_decoder_is_causal() -> None:
