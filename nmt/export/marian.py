@@ -62,7 +62,8 @@ def marian_config(cfg: ModelConfig):  # noqa: ANN201 - a transformers MarianConf
         max_position_embeddings=cfg.max_positions, scale_embedding=True,
         share_encoder_decoder_embeddings=cfg.share_embeddings, tie_word_embeddings=cfg.share_embeddings,
         dropout=cfg.dropout, attention_dropout=cfg.attention_dropout, activation_dropout=cfg.relu_dropout,
-        pad_token_id=PAD, eos_token_id=EOS, bos_token_id=BOS, decoder_start_token_id=BOS, forced_eos_token_id=EOS,
+        pad_token_id=PAD, eos_token_id=EOS, bos_token_id=BOS, decoder_start_token_id=BOS,
+        forced_eos_token_id=None,  # (Marian's default is 0) generation settings live in the GenerationConfig
     )
 
 
@@ -152,6 +153,7 @@ def write(model: Transformer, vocab: list[str], meta: dict[str, Any], out: Path,
         source_spm=str(out / "source.spm"), target_spm=str(out / "target.spm"), vocab=str(out / "vocab.json"),
         source_lang=manifest.get("src"), target_lang=manifest.get("tgt"), unk_token=SPECIAL_PIECES[UNK],
         eos_token=SPECIAL_PIECES[EOS], pad_token=SPECIAL_PIECES[PAD], model_max_length=model.cfg.max_positions,
+        clean_up_tokenization_spaces=False,  # decode as SentencePiece does (older Transformers default to True)
     )
     tokenizer.save_pretrained(out)
     return {"transformers_version": transformers.__version__, "hidden_permutation": "even features, then odd (see nmt.export.marian)"}
