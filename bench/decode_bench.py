@@ -1,11 +1,23 @@
-"""Decoding speed at beam 4 on the test split of the shared gettext-en-de corpus, on CPU threads.
+"""Decoding speed at beam 4 on the test split of the shared gettext-en-de corpus: ours beside CTranslate2 and
+Hugging Face's ``MarianMTModel.generate``, all carrying *the same trained weights*.
 
-Ours (``Translator``, batched by tokens) beside Hugging Face's ``MarianMTModel.generate`` (``pip install
-transformers`` for that row) carrying *the same trained weights*: HF's Marian is also a post-norm
-Transformer with scaled, tied embeddings, so our Q/K/V are split into its q/k/v projections and our
-positional table copied into its own. Both then translate with the same model and beam, and the check that
-their greedy outputs agree is printed. Length penalties differ (HF divides by |Y|^α): we run ours with the
-fairseq convention, which is HF's.
+The checkpoint is exported once (``nmt.export``) to a temporary folder; then each system runs in its own
+process, so that its peak memory (``VmHWM``, the process's peak resident set) is its own:
+
+- nmt: ``Translator``, batched by tokens, for each ``--dtype`` the device supports (fp32 on a CPU);
+- CTranslate2, for each ``--ct2`` compute type (default float32 and int8, quantized at load time from the
+  same float32 export), through ``nmt.export.ct2.CT2Translator`` (same normalisation, limits and penalty);
+- MarianMTModel.generate from the exported folder (``pip install transformers`` for that row).
+
+The CTranslate2 processes do not import torch (``CT2Translator`` does not need it), so their memory is
+CTranslate2's own plus Python, SentencePiece and numpy.
+
+Every system searches with beam ``--beam``, α = 0.6 on |Y| counting EOS (``--penalty fairseq``, the
+convention of CTranslate2 and Transformers) and the same threads (``--threads``; CTranslate2 with
+``intra_threads`` = threads, ``inter_threads`` = 1). Printed: sentences/s, output tokens/s (SentencePiece
+tokens of the detokenised output, + 1 for EOS, counted the same way for everyone), peak RSS of the process
+and its RSS once the model was loaded (for GPU rows also torch's peak allocated memory), and the share of
+lines identical to the first nmt row. Translation time excludes loading.
 
     python bench/decode_bench.py runs/quickstart/averaged.pt --threads 2 [--lines 500]
 """
@@ -13,49 +25,124 @@ fairseq convention, which is HF's.
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
-
-import torch
-
-from nmt.config import DecodeConfig
-from nmt.decode.translate import TranslateConfig, Translator
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "gettext-en-de" / "test.en"
 
 
-def to_marian(model, config_cls, model_cls):  # noqa: ANN001, ANN201 - transformers is optional
-    """An HF MarianMTModel computing the same function as our post-norm ``model`` (up to LayerNorm ε)."""
-    cfg = model.cfg
-    marian = model_cls(config_cls(
-        vocab_size=cfg.vocab_size, d_model=cfg.d_model, encoder_layers=cfg.encoder_layers, decoder_layers=cfg.decoder_layers,
-        encoder_attention_heads=cfg.heads, decoder_attention_heads=cfg.heads, encoder_ffn_dim=cfg.d_ff, decoder_ffn_dim=cfg.d_ff,
-        activation_function="relu", scale_embedding=True, share_encoder_decoder_embeddings=True, dropout=0.0,
-        pad_token_id=0, eos_token_id=3, decoder_start_token_id=2, forced_eos_token_id=3, max_position_embeddings=cfg.max_positions)).eval()
-    ours = model.state_dict()
-    state = {"model.shared.weight": ours["src_embed.weight"], "lm_head.weight": ours["src_embed.weight"],
-             "model.encoder.embed_tokens.weight": ours["src_embed.weight"], "model.decoder.embed_tokens.weight": ours["src_embed.weight"],
-             "model.encoder.embed_positions.weight": model.positions, "model.decoder.embed_positions.weight": model.positions,
-             "final_logits_bias": torch.zeros(1, cfg.vocab_size)}
+def status_mib(field: str) -> float:
+    """A memory figure of this process from /proc/self/status (Linux), MiB: VmRSS now, VmHWM its peak."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
 
-    def attention(prefix: str, src: str) -> None:
-        for part, (w, b) in zip("qkv", zip(ours[f"{src}.in_proj_weight"].chunk(3), ours[f"{src}.in_proj_bias"].chunk(3))):
-            state[f"{prefix}.{part}_proj.weight"], state[f"{prefix}.{part}_proj.bias"] = w, b
-        state[f"{prefix}.out_proj.weight"], state[f"{prefix}.out_proj.bias"] = ours[f"{src}.out_proj.weight"], ours[f"{src}.out_proj.bias"]
 
-    blocks = {"encoder": [("self_attn", "self_attn", "attn_block")], "decoder": [("self_attn", "self_attn", "self_block"), ("encoder_attn", "cross_attn", "cross_block")]}
-    for stack, attns in blocks.items():
-        for i in range(cfg.encoder_layers if stack == "encoder" else cfg.decoder_layers):
-            hf, us = f"model.{stack}.layers.{i}", f"{stack}.{i}"
-            for hf_name, our_name, block in attns:
-                attention(f"{hf}.{hf_name}", f"{us}.{our_name}")
-                for p in ("weight", "bias"):
-                    state[f"{hf}.{hf_name}_layer_norm.{p}"] = ours[f"{us}.{block}.norm.{p}"]
-            for p in ("weight", "bias"):
-                state[f"{hf}.fc1.{p}"], state[f"{hf}.fc2.{p}"] = ours[f"{us}.ffn.fc1.{p}"], ours[f"{us}.ffn.fc2.{p}"]
-                state[f"{hf}.final_layer_norm.{p}"] = ours[f"{us}.ffn_block.norm.{p}"]
-    marian.load_state_dict(state, strict=True)
-    return marian
+def rss_mib() -> float:
+    return status_mib("VmRSS")
+
+
+def run_nmt(args: argparse.Namespace, dtype: str, lines: list[str]) -> tuple[list[str], float, float]:
+    from nmt.config import DecodeConfig
+    from nmt.decode.translate import TranslateConfig, Translator
+
+    decode = DecodeConfig(beam=args.beam, penalty="fairseq", lenpen=args.lenpen)
+    translator = Translator([args.checkpoint], TranslateConfig(decode=decode, device=args.device, dtype=dtype))
+    loaded = rss_mib()
+    start = time.perf_counter()
+    out = [o.rstrip("\n") for o in translator.translate_buffer(list(enumerate(lines, 1)))]
+    return out, time.perf_counter() - start, loaded
+
+
+def run_ct2(args: argparse.Namespace, compute_type: str, lines: list[str]) -> tuple[list[str], float, float]:
+    from nmt.config import DecodeConfig
+    from nmt.export.ct2 import CT2Translator
+
+    device = "cuda" if args.device.startswith("cuda") else "cpu"
+    translator = CT2Translator(args.export / "ctranslate2", device=device, compute_type=compute_type, threads=args.threads)
+    loaded = rss_mib()
+    start = time.perf_counter()
+    out = translator.translate(lines, DecodeConfig(beam=args.beam, penalty="fairseq", lenpen=args.lenpen))
+    return out, time.perf_counter() - start, loaded
+
+
+def run_hf(args: argparse.Namespace, lines: list[str]) -> tuple[list[str], float, float]:
+    """Batches of 64 sentences sorted by length; the output limit is the longest source's a·|x| + b (HF's
+    limit is per batch, ours per sentence); early_stopping="never" and EOS forced at the limit come from
+    the exported generation config."""
+    import sentencepiece as spm
+    import torch
+    from transformers import MarianMTModel
+
+    from nmt.config import DecodeConfig
+    from nmt.data.text import normalise
+    from nmt.tokens import BOS, EOS, PAD
+
+    folder = args.export / "huggingface"
+    info = json.loads((folder / "nmt_export.json").read_text())
+    proc = spm.SentencePieceProcessor(model_file=str(folder / info["sentencepiece"]))
+    device = torch.device(args.device)
+    model = MarianMTModel.from_pretrained(folder).to(device).eval()
+    decode = DecodeConfig(beam=args.beam, penalty="fairseq", lenpen=args.lenpen)
+    ids = [proc.encode(normalise(line, info["source_language"]))[: info["max_source_tokens"]] for line in lines]
+    order = sorted((i for i in range(len(ids)) if ids[i]), key=lambda i: len(ids[i]))
+    out = [""] * len(lines)
+    loaded = rss_mib()
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for b in range(0, len(order), 64):
+            chunk = order[b : b + 64]
+            width = max(len(ids[i]) for i in chunk) + 1
+            src = torch.tensor([ids[i] + [EOS] + [PAD] * (width - len(ids[i]) - 1) for i in chunk], device=device)
+            limit = decode.max_output_len(width - 1, info["max_positions"])
+            found = model.generate(src, attention_mask=(src != PAD).long(), num_beams=args.beam,
+                                   length_penalty=args.lenpen, max_length=limit + 1)  # + the decoder start
+            for i, row in zip(chunk, found.tolist()):
+                out[i] = proc.decode([t for t in row[1:] if t not in (PAD, BOS, EOS)])
+    return out, time.perf_counter() - start, loaded
+
+
+def worker(args: argparse.Namespace) -> None:
+    lines = args.input.read_text(encoding="utf-8").splitlines()[: args.lines or None]
+    system, variant = args.worker.split(":")
+    gpu = None
+    if system == "ct2":  # without torch in the process, so that its memory is CTranslate2's own
+        out, seconds, loaded = run_ct2(args, variant, lines)
+    else:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        out, seconds, loaded = run_nmt(args, variant, lines) if system == "nmt" else run_hf(args, lines)
+        if torch.cuda.is_initialized():
+            gpu = torch.cuda.max_memory_allocated() / 2**20
+    # VmHWM, not the parent's ru_maxrss of the child: Linux carries a process's peak RSS across exec, so a
+    # child forked from a parent holding torch and a model would report the parent's memory.
+    result = {"out": out, "seconds": seconds, "loaded_mib": loaded, "peak_mib": status_mib("VmHWM"), "gpu_mib": gpu}
+    args.result.write_text(json.dumps(result))
+
+
+def measure(args: argparse.Namespace, system: str) -> dict:
+    """Run one system in a child process of its own; what it reports."""
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
+        result = Path(f.name)
+    cmd = [sys.executable, __file__, str(args.checkpoint), "--worker", system, "--result", str(result), "--export", str(args.export),
+           "--input", str(args.input), "--threads", str(args.threads), "--beam", str(args.beam), "--lenpen", str(args.lenpen),
+           "--lines", str(args.lines), "--device", args.device]
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    status = subprocess.run(cmd, env=env).returncode
+    if status != 0:
+        result.unlink(missing_ok=True)
+        return {"failed": status}
+    data = json.loads(result.read_text())
+    result.unlink()
+    return data
 
 
 def main() -> None:
@@ -64,45 +151,62 @@ def main() -> None:
     parser.add_argument("--input", type=Path, default=SHARED)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--beam", type=int, default=4)
+    parser.add_argument("--lenpen", type=float, default=0.6, help="α of |Y|^α, |Y| counting EOS.")
     parser.add_argument("--lines", type=int, default=0, help="Only the first N lines (0: all).")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda for the GPU rows (nmt, CTranslate2 and HF on the GPU).")
+    parser.add_argument("--dtype", nargs="+", default=None, help="nmt dtypes [default: fp32 on a CPU; fp32 bf16 fp16 on a GPU].")
+    parser.add_argument("--ct2", nargs="+", default=["float32", "int8"], help="CTranslate2 compute types.")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--export", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    lines = args.input.read_text(encoding="utf-8").splitlines()
-    if args.lines:
-        lines = lines[: args.lines]
-    translator = Translator([args.checkpoint], TranslateConfig(decode=DecodeConfig(beam=args.beam, penalty="fairseq", lenpen=0.6)))
-    start = time.perf_counter()
-    out = translator.translate_buffer(list(enumerate(lines, 1)))
-    seconds = time.perf_counter() - start
-    out_tokens = sum(len(translator.spm.encode(o.rstrip("\n"))) + 1 for o in out)
-    print(f"nmt: {len(lines)} sentences in {seconds:.1f} s = {len(lines) / seconds:.1f} sent/s, {out_tokens / seconds:.0f} output tok/s "
-          f"(beam {args.beam}, {args.threads} threads)")
-    try:
-        from transformers import MarianConfig, MarianMTModel
-    except ImportError:
-        print("transformers is not installed: no MarianMTModel row (pip install transformers)")
+    if args.worker:
+        worker(args)
         return
-    marian = to_marian(translator.models[0], MarianConfig, MarianMTModel)
-    ids = [translator.spm.encode(line) + [3] for line in lines]
-    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-    generated, start = 0, time.perf_counter()
-    with torch.inference_mode():
-        for b in range(0, len(order), 64):
-            chunk = [ids[i] for i in order[b : b + 64]]
-            width = max(len(x) for x in chunk)
-            src = torch.tensor([x + [0] * (width - len(x)) for x in chunk])
-            result = marian.generate(src, attention_mask=src != 0, num_beams=args.beam, max_new_tokens=width + 50, length_penalty=0.6)
-            generated += int((result[:, 1:] != 0).sum())
-    seconds = time.perf_counter() - start
-    from nmt.decode.beam import greedy_search
 
-    probe = torch.tensor([ids[0] + [0] * 0])
-    with torch.inference_mode():
-        ours_greedy = greedy_search(translator.models[0], probe, [len(ids[0]) + 50])[0]
-        theirs = marian.generate(probe, num_beams=1, do_sample=False, max_new_tokens=len(ids[0]) + 50)[0, 1:].tolist()
-    theirs = [t for t in theirs if t not in (0, 3)]
-    print(f"greedy outputs of the two models on line 1 agree: {ours_greedy == theirs}")
-    print(f"MarianMTModel.generate (same weights): {len(lines) / seconds:.1f} sent/s, {generated / seconds:.0f} output tok/s")
+    import importlib.util
+
+    from nmt.export import export
+
+    dtypes = args.dtype or (["fp32"] if args.device == "cpu" else ["fp32", "bf16", "fp16"])
+    have_ct2 = importlib.util.find_spec("ctranslate2") is not None
+    have_hf = importlib.util.find_spec("transformers") is not None
+    with tempfile.TemporaryDirectory() as tmp:
+        args.export = Path(tmp)
+        systems = [f"nmt:{d}" for d in dtypes]
+        if have_ct2:
+            export(args.checkpoint, "ctranslate2", args.export / "ctranslate2")
+            systems += [f"ct2:{c}" for c in args.ct2]
+        else:
+            print("ctranslate2 is not installed: no CTranslate2 rows (pip install 'nmt[ctranslate2]')")
+        if have_hf:
+            export(args.checkpoint, "huggingface", args.export / "huggingface")
+            systems.append("hf:fp32")
+        else:
+            print("transformers is not installed: no MarianMTModel row (pip install 'nmt[huggingface]')")
+        results = {s: measure(args, s) for s in systems}
+
+    import sentencepiece as spm
+    import torch
+
+    from nmt import checkpoint
+
+    proc = spm.SentencePieceProcessor(model_proto=checkpoint.load(args.checkpoint)["vocab"].numpy().tobytes())
+    n = len(args.input.read_text(encoding="utf-8").splitlines()[: args.lines or None])
+    reference = results[systems[0]].get("out")
+    print(f"\n{n} sentences from {args.input}, beam {args.beam}, α {args.lenpen} (|Y|^α), {args.threads} threads, "
+          f"device {args.device}, torch {torch.__version__}")
+    print(f"{'system':<22}{'sent/s':>9}{'out tok/s':>11}{'peak RSS MiB':>14}{'loaded MiB':>12}{'GPU MiB':>9}{'identical':>11}")
+    for system in systems:
+        r = results[system]
+        if "failed" in r:
+            print(f"{system:<22} failed (exit status {r['failed']})")
+            continue
+        tokens = sum(len(proc.encode(o)) + 1 for o in r["out"])
+        same = sum(a == b for a, b in zip(r["out"], reference)) / max(n, 1) if reference else float("nan")
+        gpu = f"{r['gpu_mib']:.0f}" if r.get("gpu_mib") else "-"
+        name = {"nmt": "nmt", "ct2": "CTranslate2", "hf": "MarianMTModel"}[system.split(":")[0]] + " " + system.split(":")[1]
+        print(f"{name:<22}{n / r['seconds']:>9.1f}{tokens / r['seconds']:>11.0f}{r['peak_mib']:>14.0f}{r['loaded_mib']:>12.0f}{gpu:>9}{100 * same:>10.1f}%")
 
 
 if __name__ == "__main__":

@@ -64,6 +64,28 @@ def atomic_path(path: Path, durable: bool = False) -> Iterator[Path]:
 
 
 @contextmanager
+def atomic_dir(path: Path) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``path`` to fill; when the block ends normally it takes the
+    place of ``path`` (an existing folder there, empty or not, is replaced: the caller decides whether it
+    may be), when the block raises it is removed. Readers see the old folder or the complete new one; while
+    an old non-empty folder is swapped out, ``path`` is absent for the moment between two renames."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp, old = temporary(path), path.with_name(f".{path.name}.old")
+    discard(tmp)  # left over by a killed run
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        discard(tmp)
+        raise
+    if path.is_dir() and not path.is_symlink() and any(path.iterdir()):
+        discard(old)
+        os.replace(path, old)
+    os.replace(tmp, path)
+    discard(old)
+
+
+@contextmanager
 def atomic_open(path: Path, mode: str = "w", durable: bool = False, **kwargs: Any) -> Iterator[IO]:
     """``open(path, mode)`` that only replaces ``path`` once the block has written everything."""
     if "b" not in mode:

@@ -281,3 +281,19 @@ def score(
         print(f"{r.text}\n  {r.kind}; signature: {r.signature}")
     for s in significance:
         print(f"paired bootstrap {s['metric']}: system {s['system']:.2f} (mean {s['mean']:.2f} ± {s['ci']:.2f}) vs baseline {s['baseline']:.2f}, p = {s['p_value']:.4f}")
+
+
+@app.command()
+def export(
+    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint, e.g. an averaged one.")],
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write; it must be absent or empty unless --force.")],
+    to: Annotated[str, typer.Option("--to", help="ctranslate2 (pip install 'nmt[ctranslate2]') or huggingface, a MarianMTModel folder (pip install 'nmt[huggingface]').")],
+    quantization: Annotated[Optional[str], typer.Option(help="ctranslate2 only: weights as int8, int8_float32, int8_float16, int8_bfloat16, bfloat16 or float16 [default: float32].")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace OUT_DIR if it is not empty.")] = False,
+) -> None:
+    """Export a checkpoint for CTranslate2 or Hugging Face Transformers, with its SentencePiece model (docs/export.md)."""
+    from nmt.export import export as run
+
+    info = run(checkpoint, to, out_dir, quantization, force)
+    weights = f", {info['quantization']} weights" if info.get("quantization") else ""
+    console.print(f"exported {checkpoint} → {out_dir} ({to}{weights})")
