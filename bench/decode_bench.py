@@ -4,7 +4,8 @@ Hugging Face's ``MarianMTModel.generate``, all carrying *the same trained weight
 The checkpoint is exported once (``nmt.export``) to a temporary folder; then each system runs in its own
 process, so that its peak memory (``VmHWM``, the process's peak resident set) is its own:
 
-- nmt: ``Translator``, batched by tokens, for each ``--dtype`` the device supports (fp32 on a CPU);
+- nmt: ``Translator``, batched by tokens, for each ``--dtype`` the device supports (fp32 on a CPU) and each
+  stopping rule (``--stop bound``, exact, nmt's default; ``--stop beam``, the rule CTranslate2 uses);
 - CTranslate2, for each ``--ct2`` compute type (default float32 and int8, quantized at load time from the
   same float32 export), through ``nmt.export.ct2.CT2Translator`` (same normalisation, limits and penalty);
 - MarianMTModel.generate from the exported folder (``pip install transformers`` for that row).
@@ -49,11 +50,11 @@ def rss_mib() -> float:
     return status_mib("VmRSS")
 
 
-def run_nmt(args: argparse.Namespace, dtype: str, lines: list[str]) -> tuple[list[str], float, float]:
+def run_nmt(args: argparse.Namespace, dtype: str, stop: str, lines: list[str]) -> tuple[list[str], float, float]:
     from nmt.config import DecodeConfig
     from nmt.decode.translate import TranslateConfig, Translator
 
-    decode = DecodeConfig(beam=args.beam, penalty="fairseq", lenpen=args.lenpen)
+    decode = DecodeConfig(beam=args.beam, penalty="fairseq", lenpen=args.lenpen, stop=stop)
     translator = Translator([args.checkpoint], TranslateConfig(decode=decode, device=args.device, dtype=dtype))
     loaded = rss_mib()
     start = time.perf_counter()
@@ -111,7 +112,7 @@ def run_hf(args: argparse.Namespace, lines: list[str]) -> tuple[list[str], float
 
 def worker(args: argparse.Namespace) -> None:
     lines = args.input.read_text(encoding="utf-8").splitlines()[: args.lines or None]
-    system, variant = args.worker.split(":")
+    system, variant, *stop = args.worker.split(":")
     gpu = None
     if system == "ct2":  # without torch in the process, so that its memory is CTranslate2's own
         out, seconds, loaded = run_ct2(args, variant, lines)
@@ -119,7 +120,7 @@ def worker(args: argparse.Namespace) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-        out, seconds, loaded = run_nmt(args, variant, lines) if system == "nmt" else run_hf(args, lines)
+        out, seconds, loaded = run_nmt(args, variant, stop[0], lines) if system == "nmt" else run_hf(args, lines)
         if torch.cuda.is_initialized():
             gpu = torch.cuda.max_memory_allocated() / 2**20
     # VmHWM, not the parent's ru_maxrss of the child: Linux carries a process's peak RSS across exec, so a
@@ -156,6 +157,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu, or cuda for the GPU rows (nmt, CTranslate2 and HF on the GPU).")
     parser.add_argument("--dtype", nargs="+", default=None, help="nmt dtypes [default: fp32 on a CPU; fp32 bf16 fp16 on a GPU].")
     parser.add_argument("--ct2", nargs="+", default=["float32", "int8"], help="CTranslate2 compute types.")
+    parser.add_argument("--stop", nargs="+", default=["bound", "beam"],
+                        help="nmt's stopping rules: bound (exact, the default of nmt translate) and beam (CTranslate2's rule).")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--export", type=Path, help=argparse.SUPPRESS)
@@ -173,7 +176,7 @@ def main() -> None:
     have_hf = importlib.util.find_spec("transformers") is not None
     with tempfile.TemporaryDirectory() as tmp:
         args.export = Path(tmp)
-        systems = [f"nmt:{d}" for d in dtypes]
+        systems = [f"nmt:{d}:{stop}" for d in dtypes for stop in args.stop]
         if have_ct2:
             export(args.checkpoint, "ctranslate2", args.export / "ctranslate2")
             systems += [f"ct2:{c}" for c in args.ct2]
@@ -205,7 +208,7 @@ def main() -> None:
         tokens = sum(len(proc.encode(o)) + 1 for o in r["out"])
         same = sum(a == b for a, b in zip(r["out"], reference)) / max(n, 1) if reference else float("nan")
         gpu = f"{r['gpu_mib']:.0f}" if r.get("gpu_mib") else "-"
-        name = {"nmt": "nmt", "ct2": "CTranslate2", "hf": "MarianMTModel"}[system.split(":")[0]] + " " + system.split(":")[1]
+        name = {"nmt": "nmt", "ct2": "CTranslate2", "hf": "MarianMTModel"}[system.split(":")[0]] + " " + " --stop ".join(system.split(":")[1:])
         print(f"{name:<22}{n / r['seconds']:>9.1f}{tokens / r['seconds']:>11.0f}{r['peak_mib']:>14.0f}{r['loaded_mib']:>12.0f}{gpu:>9}{100 * same:>10.1f}%")
 
 

@@ -5,8 +5,9 @@ top k that end in EOS join the sentence's finished list (scored with the length 
 that do not stay alive. (Only the top k may finish, so that beam 1 is exactly greedy decoding.)
 A sentence stops when its n-th best finished score (n = ``nbest``) can no longer be beaten:
 tensor2tensor's rule, comparing it with the best live log-probability under the penalty of the maximum
-length (log-probabilities only fall, and the penalty only grows). Finished sentences leave the batch, so no
-work is spent on them.
+length (log-probabilities only fall, and the penalty only grows). That search is exact; ``stop="beam"``
+instead ends it once ``beam`` hypotheses have finished, as fairseq, Marian and CTranslate2 do. Finished
+sentences leave the batch, so no work is spent on them.
 
 The bookkeeping stays on the device as tensors; only the few hypotheses that finish at a step are read back
 to the host, so the per-step cost does not grow with the number of sentences in Python.
@@ -41,26 +42,31 @@ class Scorer:
     def __init__(self, models: list[Transformer]) -> None:
         self.models = models
 
-    def start(self, src: Tensor, beam: int, max_len: int) -> list[DecoderState]:
-        """Encode ``src`` (N, S) once; ``beam`` decoder rows per sentence, for up to ``max_len`` steps."""
-        return [model.init_state(model.encode(src), max_len, beam) for model in self.models]
+    def start(self, src: Tensor, beam: int) -> list[DecoderState]:
+        """Encode ``src`` (N, S) once; ``beam`` decoder rows per sentence."""
+        return [model.init_state(model.encode(src), beam) for model in self.models]
 
-    def step(self, tokens: Tensor, states: list[DecoderState]) -> Tensor:
+    def step(self, tokens: Tensor, states: list[DecoderState]) -> tuple[Tensor, Tensor]:
+        """Next-token log-probabilities of the prefixes ending in ``tokens`` (R,), as (scores (R, V), norm (R,)):
+        log p = scores - norm. One model gives its logits and their log-sum-exp, so that the search can
+        normalise only the few candidates it keeps; an ensemble gives its log-probabilities and zeros."""
+        if len(self.models) == 1:
+            logits = self.models[0].decode_step(tokens, states[0], normalize=False)
+            return logits, torch.logsumexp(logits, -1)
         lprobs = [model.decode_step(tokens, state) for model, state in zip(self.models, states)]
-        if len(lprobs) == 1:
-            return lprobs[0]
-        return torch.logsumexp(torch.stack(lprobs), dim=0) - math.log(len(lprobs))
+        mixed = torch.logsumexp(torch.stack(lprobs), dim=0) - math.log(len(lprobs))
+        return mixed, mixed.new_zeros(mixed.size(0))
 
     @staticmethod
-    def reorder(states: list[DecoderState], rows: Tensor, sentences: Tensor | None) -> None:
+    def reorder(states: list[DecoderState], rows: Tensor, sentences: Tensor | None, beam: int) -> None:
         for s in states:
-            s.reorder(rows, sentences)
+            s.reorder(rows, sentences, beam)
 
 
 @torch.no_grad()
 def beam_search(
     scorer: Scorer, src: Tensor, max_lens: list[int], beam: int = 4, alpha: float = 0.6,
-    penalty: str = "gnmt", nbest: int = 1,
+    penalty: str = "gnmt", nbest: int = 1, stop: str = "bound",
 ) -> list[list[Hypothesis]]:
     """Translate a batch src (N, S); ``max_lens[i]`` counts output tokens including EOS.
 
@@ -69,32 +75,43 @@ def beam_search(
     device = src.device
     n, k = src.size(0), beam
     steps = max(max_lens)
-    states = scorer.start(src, k, steps)
+    # The k hypotheses of a sentence are all BOS at first: the first step decodes one row per sentence
+    # (r = 1), and the beam opens to k rows after it.
+    states = scorer.start(src, 1)
     active = torch.arange(n, device=device)  # original index of each sentence still searching
     limits = torch.tensor(max_lens, device=device)
     # In float64, as the scores of finished hypotheses are: the stopping test compares the two.
     bound_penalty = torch.tensor([length_penalty(m, alpha, penalty) for m in max_lens], dtype=torch.float64, device=device)
     # The nbest-th best finished score of each sentence (-inf until it has nbest), what its search must beat.
     nth_best = torch.full((n,), float("-inf"), dtype=torch.float64, device=device)
-    scores = torch.full((n, k), float("-inf"), device=device)
-    scores[:, 0] = 0.0  # only the first copy of each beam is live at the start
-    history = torch.zeros(n * k, 0, dtype=torch.long, device=device)
-    last = torch.full((n * k,), BOS, dtype=torch.long, device=device)
+    count = torch.zeros(n, dtype=torch.long, device=device)  # hypotheses finished so far, per sentence
+    scores = torch.zeros(n, 1, device=device)  # (sentences, rows per sentence r)
+    history = torch.zeros(n, 0, dtype=torch.long, device=device)
+    last = torch.full((n,), BOS, dtype=torch.long, device=device)
     finished: list[list[Hypothesis]] = [[] for _ in range(n)]
     eos_only = torch.full((1, 1, scorer.models[0].cfg.vocab_size), float("-inf"), device=device)
     eos_only[..., EOS] = 0.0
     limit_steps = set(max_lens)  # known on the host: no device check at the steps where no sentence ends
+    never = torch.tensor([PAD, BOS], device=device)  # tokens no output contains
     for t in range(steps):
-        m = active.numel()
-        lprobs = scorer.step(last, states).view(m, k, -1)
-        vocab = lprobs.size(-1)
-        lprobs[..., PAD] = float("-inf")
-        lprobs[..., BOS] = float("-inf")
+        m, r = scores.shape
+        logits, norm = scorer.step(last, states)  # fresh tensors, changed in place below
+        vocab = logits.size(-1)
+        logits.index_fill_(1, never, float("-inf"))
         if t + 1 in limit_steps:  # the last allowed position of some sentences: only EOS may come there
-            lprobs = torch.where((limits == t + 1)[:, None, None], lprobs + eos_only, lprobs)
-        candidates = (scores[:, :, None] + lprobs).view(m, k * vocab)
-        top_scores, top_index = candidates.topk(min(2 * k, k * vocab), dim=1)
-        top_beam, top_token = top_index // vocab, top_index % vocab
+            at_limit = (limits == t + 1).repeat_interleave(r)
+            logits = torch.where(at_limit[:, None], logits + eos_only[0], logits)
+        # The best 2k extensions of a sentence are among the best 2k of each of its k rows, and within a row
+        # the order of logits is that of log-probabilities: normalise only those.
+        width = min(2 * k, vocab)
+        row_top, row_token = logits.topk(width, dim=1)  # (m·r, 2k)
+        candidates = (scores - norm.view(m, r))[:, :, None] + row_top.view(m, r, width)
+        top_scores, flat = candidates.view(m, r * width).topk(min(2 * k, r * width), dim=1)
+        if flat.size(1) < 2 * k:  # fewer candidates than 2k (a tiny vocabulary): the rest are dead ends
+            missing = 2 * k - flat.size(1)
+            top_scores = torch.cat([top_scores, top_scores.new_full((m, missing), float("-inf"))], 1)
+            flat = torch.cat([flat, flat.new_zeros(m, missing)], 1)
+        top_beam, top_token = flat // width, row_token.view(m, r * width).gather(1, flat)
         is_eos = top_token == EOS
         # The best k candidates that do not end the hypothesis stay alive (stable: best first).
         order = torch.sort(is_eos.to(torch.int8), dim=1, stable=True).indices[:, :k]
@@ -103,21 +120,23 @@ def beam_search(
 
         finishing = is_eos[:, :k] & torch.isfinite(top_scores[:, :k])
         if bool(finishing.any()):
-            nth_best = _finish(finishing, top_scores, top_beam, history, active, t + 1, alpha, penalty, nbest, finished, nth_best, k)
+            nth_best = _finish(finishing, top_scores, top_beam, history, active, t + 1, alpha, penalty, nbest, finished, nth_best, r)
+            count = count + finishing.sum(1)
         best_alive = alive_scores[:, 0]
-        done = ~torch.isfinite(best_alive) | (limits <= t + 1) | (nth_best >= best_alive.double() / bound_penalty)
+        done = ~torch.isfinite(best_alive) | (limits <= t + 1)
+        done |= (count >= k) if stop == "beam" else (nth_best >= best_alive.double() / bound_penalty)
         if bool(done.all()):
             break
         keep = None if not bool(done.any()) else torch.nonzero(~done).flatten()
         if keep is not None:
             alive_beam, alive_token, alive_scores = alive_beam[keep], alive_token[keep], alive_scores[keep]
-            active, limits, bound_penalty, nth_best = active[keep], limits[keep], bound_penalty[keep], nth_best[keep]
-            base = keep[:, None] * k
+            active, limits, bound_penalty, nth_best, count = active[keep], limits[keep], bound_penalty[keep], nth_best[keep], count[keep]
+            base = keep[:, None] * r
         else:
-            base = torch.arange(m, device=device)[:, None] * k
+            base = torch.arange(m, device=device)[:, None] * r
         rows = (base + alive_beam).flatten()
         history = torch.cat([history.index_select(0, rows), alive_token.view(-1, 1)], dim=1)
-        scorer.reorder(states, rows, keep)
+        scorer.reorder(states, rows, keep, k)
         last = alive_token.flatten()
         scores = alive_scores
     for hyps in finished:
@@ -126,12 +145,12 @@ def beam_search(
 
 
 def _finish(finishing: Tensor, top_scores: Tensor, top_beam: Tensor, history: Tensor, active: Tensor, length: int,
-            alpha: float, penalty: str, nbest: int, finished: list[list[Hypothesis]], nth_best: Tensor, k: int) -> Tensor:
+            alpha: float, penalty: str, nbest: int, finished: list[list[Hypothesis]], nth_best: Tensor, r: int) -> Tensor:
     """Move the hypotheses that end with EOS at this step into their sentences' finished lists (only these
     are read back to the host); returns the updated n-th best finished score of every active sentence."""
     where = torch.nonzero(finishing)  # (F, 2): (active sentence, candidate)
     i, j = where[:, 0], where[:, 1]
-    rows = i * k + top_beam[i, j]
+    rows = i * r + top_beam[i, j]  # r rows per sentence
     logprobs = top_scores[i, j].tolist()
     tokens = history.index_select(0, rows).tolist()
     lp = length_penalty(length, alpha, penalty)
@@ -154,12 +173,13 @@ def greedy_search(model: Transformer, src: Tensor, max_lens: list[int]) -> list[
     """Arg-max decoding, the reference that beam 1 must equal (with α = 0)."""
     n = src.size(0)
     scorer = Scorer([model])
-    states = scorer.start(src, 1, max(max_lens))
+    states = scorer.start(src, 1)
     last = torch.full((n,), BOS, dtype=torch.long, device=src.device)
     out: list[list[int]] = [[] for _ in range(n)]
     done = [False] * n
     for t in range(max(max_lens)):
-        lprobs = scorer.step(last, states)
+        scores, norm = scorer.step(last, states)
+        lprobs = scores - norm[:, None]
         lprobs[:, PAD] = lprobs[:, BOS] = float("-inf")
         for i in range(n):
             if max_lens[i] == t + 1:

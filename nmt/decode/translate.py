@@ -109,7 +109,7 @@ class Translator:
                 src[row, len(sources[i])] = EOS
             d = self.decode
             hyps = beam_search(self.scorer, src.to(self.device), [self.max_len(len(sources[i])) for i in chunk],
-                               beam=d.beam, alpha=d.lenpen, penalty=d.penalty, nbest=d.nbest)
+                               beam=d.beam, alpha=d.lenpen, penalty=d.penalty, nbest=d.nbest, stop=d.stop)
             for i, h in zip(chunk, hyps):
                 results[i] = h
         return results
@@ -185,7 +185,8 @@ def bleu_of_pairs(model: Transformer, vocab: torch.Tensor, pairs: list[tuple[np.
             src[row, : len(ids)] = torch.as_tensor(ids.astype(np.int64))
             src[row, len(ids)] = EOS
         limits = [decode.max_output_len(len(ids), model.cfg.max_positions) for ids, _ in chunk]
-        found = beam_search(Scorer([model]), src.to(device), limits, beam=decode.beam, alpha=decode.lenpen, penalty=decode.penalty)
+        found = beam_search(Scorer([model]), src.to(device), limits, beam=decode.beam, alpha=decode.lenpen, penalty=decode.penalty,
+                            stop=decode.stop)
         hyps += [proc.decode(h[0].tokens if h else []) for h in found]
         refs += [proc.decode(tgt.tolist()) for _, tgt in chunk]
     model.train(was_training)

@@ -76,6 +76,21 @@ class MultiHeadAttention(nn.Module):
         b, _, t, _ = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, t, self.heads * self.d_k))
 
+    def attend_step(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = None) -> Tensor:
+        """Incremental decoding's attention, equal to ``attend`` in evaluation mode: a few queries (B, h, Tq, d_k)
+        against contiguous cached keys/values (B, h, Tk, d_k) → (B, Tq, d_model) after W^O.
+
+        Two batched matrix products: for so few queries they beat the fused kernel on a CPU, and nothing
+        is copied. ``bias`` (broadcast to the scores) is 0 where a key may be attended and -inf elsewhere.
+        """
+        scores = torch.matmul(q, k.transpose(-1, -2)).mul_(self.d_k**-0.5)  # (B, h, Tq, Tk)
+        if bias is not None:
+            scores.add_(bias)
+        weights = scores.softmax(-1) if scores.dtype == torch.float32 else scores.float().softmax(-1).to(v.dtype)
+        out = torch.matmul(weights, v)
+        b, _, t, _ = out.shape
+        return F.linear(out.transpose(1, 2).reshape(b, t, self.heads * self.d_k), self.out_proj.weight, self.out_proj.bias)
+
     def forward(self, x: Tensor, memory: Tensor | None = None, mask: Tensor | None = None, causal: bool = False) -> Tensor:
         """Self-attention when ``memory`` is None, else attention from ``x`` to ``memory``."""
         if memory is None:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from nmt.model.attention import MultiHeadAttention
 from nmt.model.config import ModelConfig
+
+if TYPE_CHECKING:
+    from nmt.model.transformer import DecoderState
 
 
 def sinusoidal_positions(length: int, d_model: int) -> Tensor:
@@ -83,25 +87,39 @@ class DecoderLayer(nn.Module):
         y = self.cross_block(y, lambda h: self.cross_attn(h, memory, mask=src_mask))
         return self.ffn_block(y, self.ffn)
 
-    def step(self, y: Tensor, cache_k: Tensor, cache_v: Tensor, t: int, cross_k: Tensor, cross_v: Tensor, src_mask: Tensor,
-             beam: int = 1) -> Tensor:
-        """One position y (R, 1, d) at step ``t``, R = sentences × ``beam``: writes its keys/values into the
-        caches (R, h, capacity, d_k) at index t; cross_k/v (N, h, S, d_k) hold one row per sentence."""
+    def step(self, y: Tensor, state: "DecoderState", i: int) -> Tensor:
+        """One position y (R, 1, d), R = sentences × beam, with this layer's (``i``) part of ``state``: appends
+        its keys and values to the self-attention cache. Decoding only (no dropout): the same function as
+        ``forward`` in evaluation mode, called op by op because a step is small and runs thousands of times."""
 
         def self_attention(h: Tensor) -> Tensor:
-            q, k, v = self.self_attn.project_qkv(h)
-            cache_k[:, :, t : t + 1] = k
-            cache_v[:, :, t : t + 1] = v
-            return self.self_attn.attend(q, cache_k[:, :, : t + 1], cache_v[:, :, : t + 1])
+            a = self.self_attn
+            qkv = F.linear(h, a.in_proj_weight, a.in_proj_bias)  # (R, 1, 3d)
+            qkv = qkv.view(qkv.size(0), 1, 3, a.heads, a.d_k).permute(2, 0, 3, 1, 4)  # (3, R, h, 1, d_k)
+            kv = state.self_kv[i] = torch.cat([state.self_kv[i], qkv[1:]], dim=3)
+            return a.attend_step(qkv[0], kv[0], kv[1])
 
         def cross_attention(h: Tensor) -> Tensor:
             # The beam's queries of a sentence as one block: (R, h, 1, d_k) → (N, h, beam, d_k).
             q = self.cross_attn.project_q(h)
             r, heads, _, dk = q.shape
-            q = q.view(r // beam, beam, heads, dk).transpose(1, 2)
-            out = self.cross_attn.attend(q, cross_k, cross_v, src_mask)  # (N, beam, d)
+            q = q.view(r // state.beam, state.beam, heads, dk).transpose(1, 2)
+            out = self.cross_attn.attend_step(q, state.cross_k[i], state.cross_v[i], state.cross_bias)  # (N, beam, d)
             return out.reshape(r, 1, -1)
 
-        y = self.self_block(y, self_attention)
-        y = self.cross_block(y, cross_attention)
-        return self.ffn_block(y, self.ffn)
+        def feed_forward(h: Tensor) -> Tensor:
+            ffn = self.ffn
+            return F.linear(torch.relu_(F.linear(h, ffn.fc1.weight, ffn.fc1.bias)), ffn.fc2.weight, ffn.fc2.bias)
+
+        y = _residual_step(self.self_block, y, self_attention)
+        y = _residual_step(self.cross_block, y, cross_attention)
+        return _residual_step(self.ffn_block, y, feed_forward)
+
+
+def _residual_step(block: Residual, x: Tensor, sublayer: Callable[[Tensor], Tensor]) -> Tensor:
+    """``block(x, sublayer)`` without dropout, its layer norm called as a function (decoding steps)."""
+    n = block.norm
+    norm = lambda z: F.layer_norm(z, n.normalized_shape, n.weight, n.bias, n.eps)  # noqa: E731
+    if block.pre_norm:
+        return x + sublayer(norm(x))
+    return norm(x + sublayer(x))

@@ -31,36 +31,29 @@ class DecoderState:
     """Everything incremental decoding carries between steps.
 
     Rows are hypotheses, ``beam`` consecutive rows per sentence. Self-attention keys/values have one row per
-    hypothesis, in storage preallocated for the longest output, filled up to ``step``. Cross-attention
-    keys/values have one row per *sentence*: the beams of a sentence attend to the same source, so
-    reordering hypotheses never copies them, and the beam's queries go through attention as one block.
+    hypothesis and hold exactly the positions decoded so far, contiguous, so attention reads them as they
+    are; a step appends one position, and reordering copies only what exists. Cross-attention keys/values
+    have one row per *sentence*: the beams of a sentence attend to the same source, so reordering
+    hypotheses never copies them, and the beam's queries go through attention as one block.
     """
 
-    self_k: list[Tensor]  # per layer (R, h, capacity, d_k), positions [0, step) filled
-    self_v: list[Tensor]
+    self_kv: list[Tensor]  # per layer (2, R, h, step, d_k): keys and values, one tensor so each step is one copy
     cross_k: list[Tensor]  # per layer (N, h, S, d_k), computed once
     cross_v: list[Tensor]
-    src_mask: Tensor  # (N, 1, 1, S)
+    cross_bias: Tensor  # (N, 1, 1, S): 0 for source tokens, -inf for padding
     beam: int = 1
     step: int = 0
 
-    def reorder(self, rows: Tensor, sentences: Tensor | None = None) -> None:
-        """Continue with the hypotheses ``rows`` (indices into the current rows, ``beam`` per sentence kept);
-        ``sentences`` (indices of the sentences kept) when some have left the batch."""
-        t = self.step
-        for caches in (self.self_k, self.self_v):
-            for i, cache in enumerate(caches):
-                # Only the filled positions move: the work is proportional to the output so far.
-                if sentences is None:
-                    cache[:, :, :t] = cache[:, :, :t].index_select(0, rows)
-                else:
-                    moved = cache.new_empty((rows.numel(), *cache.shape[1:]))
-                    moved[:, :, :t] = cache[:, :, :t].index_select(0, rows)
-                    caches[i] = moved
+    def reorder(self, rows: Tensor, sentences: Tensor | None = None, beam: int | None = None) -> None:
+        """Continue with the hypotheses ``rows`` (indices into the current rows; ``beam`` per sentence kept, if
+        it changes); ``sentences`` (indices of the sentences kept) when some have left the batch."""
+        if beam is not None:
+            self.beam = beam
+        self.self_kv = [c.index_select(1, rows) for c in self.self_kv]
         if sentences is not None:
             self.cross_k = [c.index_select(0, sentences) for c in self.cross_k]
             self.cross_v = [c.index_select(0, sentences) for c in self.cross_v]
-            self.src_mask = self.src_mask.index_select(0, sentences)
+            self.cross_bias = self.cross_bias.index_select(0, sentences)
 
 
 class Transformer(nn.Module):
@@ -116,27 +109,30 @@ class Transformer(nn.Module):
     def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
         return self.decode(tgt_in, self.encode(src))
 
-    def init_state(self, enc: EncoderOut, max_len: int, beam: int = 1) -> DecoderState:
-        """Caches for ``beam`` hypotheses per sentence of ``enc`` and up to ``max_len`` steps; the
-        cross-attention keys and values are computed here, once per sentence."""
+    def init_state(self, enc: EncoderOut, beam: int = 1) -> DecoderState:
+        """Decoding state for ``beam`` hypotheses per sentence of ``enc``; the cross-attention keys and values
+        are computed here, once per sentence."""
         n = enc.memory.size(0)
         layer0 = self.decoder[0].self_attn if len(self.decoder) else None
         h, dk = (layer0.heads, layer0.d_k) if layer0 else (1, 1)
-        new = lambda: enc.memory.new_zeros(n * beam, h, max_len, dk)  # noqa: E731
+        empty = lambda: enc.memory.new_empty(2, n * beam, h, 0, dk)  # noqa: E731
         cross = [layer.cross_attn.project_kv(enc.memory) for layer in self.decoder]
+        bias = torch.zeros(enc.src_mask.shape, dtype=enc.memory.dtype, device=enc.memory.device).masked_fill_(~enc.src_mask, float("-inf"))
         return DecoderState(
-            self_k=[new() for _ in self.decoder], self_v=[new() for _ in self.decoder],
-            cross_k=[k for k, _ in cross], cross_v=[v for _, v in cross], src_mask=enc.src_mask, beam=beam,
+            self_kv=[empty() for _ in self.decoder],
+            cross_k=[k.contiguous() for k, _ in cross], cross_v=[v.contiguous() for _, v in cross], cross_bias=bias, beam=beam,
         )
 
-    def decode_step(self, tokens: Tensor, state: DecoderState) -> Tensor:
-        """The last tokens (R,) at position ``state.step`` → next-token log-probabilities (R, V) in float32.
+    def decode_step(self, tokens: Tensor, state: DecoderState, normalize: bool = True) -> Tensor:
+        """The last tokens (R,) at position ``state.step`` → next-token log-probabilities (R, V) in float32
+        (the logits, with ``normalize`` False).
 
         Advances ``state.step``; equal to the full decoder's output at that position.
         """
         t = state.step
         y = self.embed(self.tgt_embed, tokens[:, None], offset=t)
         for i, layer in enumerate(self.decoder):
-            y = layer.step(y, state.self_k[i], state.self_v[i], t, state.cross_k[i], state.cross_v[i], state.src_mask, state.beam)
+            y = layer.step(y, state, i)
         state.step = t + 1
-        return self.logits(self.decoder_norm(y))[:, 0].float().log_softmax(-1)
+        logits = self.logits(self.decoder_norm(y))[:, 0].float()
+        return logits.log_softmax(-1) if normalize else logits

@@ -25,9 +25,11 @@ class EosShifted(Scorer):
         self.shift = shift
 
     def step(self, tokens, states):  # noqa: ANN001, ANN201
-        lprobs = super().step(tokens, states).clone()
+        scores, norm = super().step(tokens, states)
+        lprobs = scores - norm[:, None]
         lprobs[:, EOS] -= self.shift
-        return lprobs.log_softmax(-1)
+        lprobs = lprobs.log_softmax(-1)
+        return lprobs, torch.zeros_like(norm)
 
 
 def scorer(seed: int = 3, shift: float = 2.0) -> EosShifted:
@@ -42,10 +44,11 @@ def enumerate_outputs(s: Scorer, i: int, alpha: float, kind: str) -> list[tuple[
     found = []
     for n in range(MAX_LEN):
         for seq in itertools.product([1, 4], repeat=n):
-            states = s.start(SRC[i : i + 1], 1, MAX_LEN)
+            states = s.start(SRC[i : i + 1], 1)
             total, prev = 0.0, BOS
             for tok in [*seq, EOS]:
-                total += s.step(torch.tensor([prev]), states)[0, tok].item()
+                scores, norm = s.step(torch.tensor([prev]), states)
+                total += (scores[0, tok] - norm[0]).item()
                 prev = tok
             found.append((total / length_penalty(n + 1, alpha, kind), list(seq)))
     return sorted(found, key=lambda f: -f[0])

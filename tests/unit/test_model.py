@@ -61,7 +61,7 @@ def test_incremental_decoding_equals_full_decoder(pre_norm: bool) -> None:
     src = torch.tensor([[5, 6, 7, 8, 3], [9, 10, 3, 0, 0]])
     tgt = torch.tensor([[2, 11, 12, 13, 14, 15], [2, 16, 17, 18, 19, 20]])
     full = model(src, tgt).log_softmax(-1)
-    state = model.init_state(model.encode(src), max_len=8)
+    state = model.init_state(model.encode(src))
     steps = torch.stack([model.decode_step(tgt[:, i], state) for i in range(tgt.size(1))], 1)
     torch.testing.assert_close(steps, full, atol=1e-5, rtol=1e-5)
 
@@ -71,7 +71,7 @@ def test_state_reorders_hypotheses_and_drops_sentences() -> None:
     src = torch.tensor([[5, 6, 3], [9, 3, 0]])
     with torch.no_grad():  # states are copied below, which autograd's graph would forbid
         # Two sentences, a beam of 2 each: rows (0, 1) belong to sentence 0, rows (2, 3) to sentence 1.
-        state = model.init_state(model.encode(src), max_len=4, beam=2)
+        state = model.init_state(model.encode(src), beam=2)
         model.decode_step(torch.tensor([2, 2, 2, 2]), state)
         model.decode_step(torch.tensor([7, 8, 9, 10]), state)
         swapped = copy.deepcopy(state)
