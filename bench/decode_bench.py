@@ -159,6 +159,7 @@ def main() -> None:
     parser.add_argument("--ct2", nargs="+", default=["float32", "int8"], help="CTranslate2 compute types.")
     parser.add_argument("--stop", nargs="+", default=["bound", "beam"],
                         help="nmt's stopping rules: bound (exact, the default of nmt translate) and beam (CTranslate2's rule).")
+    parser.add_argument("--repeat", type=int, default=2, help="Rounds over all systems; each keeps its fastest.")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--export", type=Path, help=argparse.SUPPRESS)
@@ -187,7 +188,14 @@ def main() -> None:
             systems.append("hf:fp32")
         else:
             print("transformers is not installed: no MarianMTModel row (pip install 'nmt[huggingface]')")
-        results = {s: measure(args, s) for s in systems}
+        # Rounds over all systems, each keeping its fastest round: the machines are shared, and a slow
+        # moment should not land on one system only.
+        results: dict[str, dict] = {}
+        for _ in range(args.repeat):
+            for system in systems:
+                r = measure(args, system)
+                if system not in results or ("failed" not in r and r["seconds"] < results[system].get("seconds", float("inf"))):
+                    results[system] = r
 
     import sentencepiece as spm
     import torch
@@ -198,8 +206,9 @@ def main() -> None:
     n = len(args.input.read_text(encoding="utf-8").splitlines()[: args.lines or None])
     reference = results[systems[0]].get("out")
     print(f"\n{n} sentences from {args.input}, beam {args.beam}, α {args.lenpen} (|Y|^α), {args.threads} threads, "
-          f"device {args.device}, torch {torch.__version__}")
-    print(f"{'system':<22}{'sent/s':>9}{'out tok/s':>11}{'peak RSS MiB':>14}{'loaded MiB':>12}{'GPU MiB':>9}{'identical':>11}")
+          f"device {args.device}, torch {torch.__version__}, best of {args.repeat} rounds")
+    ct2 = results.get("ct2:float32", {}).get("seconds")
+    print(f"{'system':<22}{'sent/s':>9}{'× CT2 fp32':>11}{'out tok/s':>11}{'peak RSS MiB':>14}{'loaded MiB':>12}{'GPU MiB':>9}{'identical':>11}")
     for system in systems:
         r = results[system]
         if "failed" in r:
@@ -209,7 +218,8 @@ def main() -> None:
         same = sum(a == b for a, b in zip(r["out"], reference)) / max(n, 1) if reference else float("nan")
         gpu = f"{r['gpu_mib']:.0f}" if r.get("gpu_mib") else "-"
         name = {"nmt": "nmt", "ct2": "CTranslate2", "hf": "MarianMTModel"}[system.split(":")[0]] + " " + " --stop ".join(system.split(":")[1:])
-        print(f"{name:<22}{n / r['seconds']:>9.1f}{tokens / r['seconds']:>11.0f}{r['peak_mib']:>14.0f}{r['loaded_mib']:>12.0f}{gpu:>9}{100 * same:>10.1f}%")
+        ratio = f"{ct2 / r['seconds']:.2f}" if ct2 else "-"
+        print(f"{name:<22}{n / r['seconds']:>9.1f}{ratio:>11}{tokens / r['seconds']:>11.0f}{r['peak_mib']:>14.0f}{r['loaded_mib']:>12.0f}{gpu:>9}{100 * same:>10.1f}%")
 
 
 if __name__ == "__main__":

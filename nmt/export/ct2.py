@@ -48,10 +48,11 @@ def require():  # noqa: ANN201 - returns the optional module
 
 
 def check(cfg: ModelConfig, path: Path) -> None:
-    """Everything our ``ModelConfig`` can say, CTranslate2's TransformerSpec can express; kept as the place
-    to refuse what a future option would make unfaithful."""
-    if cfg.d_model % cfg.heads:
-        raise NmtError(f"{path}: d_model {cfg.d_model} is not divisible by heads {cfg.heads}")
+    """Refuse what CTranslate2's TransformerSpec cannot express faithfully: heads whose d_k or d_v is not
+    d_model / h (Table 3's rows A and B), since it derives the head size from d_model. Learned positions
+    are a table like ours, and are exported."""
+    if cfg.d_model % cfg.heads or cfg.key_dim != cfg.d_model // cfg.heads or cfg.value_dim != cfg.d_model // cfg.heads:
+        raise NmtError(f"{path}: d_k {cfg.key_dim} and d_v {cfg.value_dim} must both be d_model / heads = {cfg.d_model / cfg.heads:g} for CTranslate2")
 
 
 def _np(t: "torch.Tensor") -> np.ndarray:
@@ -82,7 +83,7 @@ def build_spec(model: "Transformer", vocab: list[str]):  # noqa: ANN201 - a ctra
     spec.config.decoder_start_token = SPECIAL_PIECES[BOS]
     spec.config.add_source_bos, spec.config.add_source_eos = False, True
 
-    positions = _np(model.positions)
+    positions = _np(model.positions if model.position_embed is None else model.position_embed.weight)
     for stack, table in ((spec.encoder, model.src_embed), (spec.decoder, model.tgt_embed)):
         stack.scale_embeddings = True
         stack.position_encodings.encodings = positions

@@ -44,6 +44,10 @@ def check(cfg: ModelConfig, path: Path) -> None:
         raise NmtError(f"{path}: a pre-norm model cannot be a MarianMTModel (Marian is post-norm only); use --to ctranslate2")
     if cfg.d_model % 2:
         raise NmtError(f"{path}: d_model {cfg.d_model} is odd; Marian's positional table needs an even width")
+    if cfg.positions != "sinusoidal":
+        raise NmtError(f"{path}: Marian's positions are sinusoidal; a model with learned positions cannot be a MarianMTModel; use --to ctranslate2")
+    if cfg.d_model % cfg.heads or cfg.key_dim != cfg.d_model // cfg.heads or cfg.value_dim != cfg.d_model // cfg.heads:
+        raise NmtError(f"{path}: Marian's heads have d_model / heads dimensions; d_k {cfg.key_dim}, d_v {cfg.value_dim} cannot be exported")
 
 
 def hidden_permutation(d_model: int) -> torch.Tensor:

@@ -32,16 +32,19 @@ def naive_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None,
 class MultiHeadAttention(nn.Module):
     """MultiHead(Q, K, V) = Concat(head_1..head_h) W^O (§3.2.2).
 
-    The Q, K and V projections are one (3d, d) matrix, laid out as ``nn.MultiheadAttention``'s
-    ``in_proj_weight``: self-attention does one matmul, cross-attention splits it into Q and KV.
+    The Q, K and V projections are one (h·(2d_k + d_v), d) matrix, laid out as ``nn.MultiheadAttention``'s
+    ``in_proj_weight``: self-attention does one matmul, cross-attention splits it into Q and KV. d_k and d_v
+    are d_model / h unless given (Table 3 varies them).
     """
 
-    def __init__(self, d_model: int, heads: int, dropout: float = 0.0) -> None:
+    def __init__(self, d_model: int, heads: int, dropout: float = 0.0, d_k: int | None = None, d_v: int | None = None) -> None:
         super().__init__()
-        self.heads, self.d_k, self.dropout = heads, d_model // heads, dropout
-        self.in_proj_weight = nn.Parameter(torch.empty(3 * d_model, d_model))
-        self.in_proj_bias = nn.Parameter(torch.zeros(3 * d_model))
-        self.out_proj = nn.Linear(d_model, d_model)
+        self.heads, self.dropout = heads, dropout
+        self.d_k, self.d_v = d_k or d_model // heads, d_v or d_model // heads
+        self.sizes = [heads * self.d_k, heads * self.d_k, heads * self.d_v]  # rows of Q, K and V in in_proj
+        self.in_proj_weight = nn.Parameter(torch.empty(sum(self.sizes), d_model))
+        self.in_proj_bias = nn.Parameter(torch.zeros(sum(self.sizes)))
+        self.out_proj = nn.Linear(heads * self.d_v, d_model)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -52,29 +55,29 @@ class MultiHeadAttention(nn.Module):
         nn.init.zeros_(self.out_proj.bias)
 
     def split_heads(self, x: Tensor) -> Tensor:
-        b, t, _ = x.shape
-        return x.view(b, t, self.heads, self.d_k).transpose(1, 2)  # (B, h, T, d_k)
+        b, t, width = x.shape
+        return x.view(b, t, self.heads, width // self.heads).transpose(1, 2)  # (B, h, T, d_k or d_v)
 
     def project_q(self, x: Tensor) -> Tensor:
-        d = x.size(-1)
-        return self.split_heads(F.linear(x, self.in_proj_weight[:d], self.in_proj_bias[:d]))
+        q = self.sizes[0]
+        return self.split_heads(F.linear(x, self.in_proj_weight[:q], self.in_proj_bias[:q]))
 
     def project_kv(self, memory: Tensor) -> tuple[Tensor, Tensor]:
-        d = memory.size(-1)
-        k, v = F.linear(memory, self.in_proj_weight[d:], self.in_proj_bias[d:]).chunk(2, dim=-1)
+        q = self.sizes[0]
+        k, v = F.linear(memory, self.in_proj_weight[q:], self.in_proj_bias[q:]).split(self.sizes[1:], dim=-1)
         return self.split_heads(k), self.split_heads(v)
 
     def project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        q, k, v = F.linear(x, self.in_proj_weight, self.in_proj_bias).chunk(3, dim=-1)
+        q, k, v = F.linear(x, self.in_proj_weight, self.in_proj_bias).split(self.sizes, dim=-1)
         return self.split_heads(q), self.split_heads(k), self.split_heads(v)
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, causal: bool = False) -> Tensor:
-        """Heads (B, h, Tq, d_k) against keys/values (B, h, Tk, d_k) → (B, Tq, d_model) after W^O."""
+        """Heads (B, h, Tq, d_k) against keys (B, h, Tk, d_k) and values (B, h, Tk, d_v) → (B, Tq, d_model) after W^O."""
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, is_causal=causal, dropout_p=self.dropout if self.training else 0.0
         )
         b, _, t, _ = out.shape
-        return self.out_proj(out.transpose(1, 2).reshape(b, t, self.heads * self.d_k))
+        return self.out_proj(out.transpose(1, 2).reshape(b, t, self.heads * self.d_v))
 
     def attend_step(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = None) -> Tensor:
         """Incremental decoding's attention, equal to ``attend`` in evaluation mode: a few queries (B, h, Tq, d_k)
@@ -89,7 +92,7 @@ class MultiHeadAttention(nn.Module):
         weights = scores.softmax(-1) if scores.dtype == torch.float32 else scores.float().softmax(-1).to(v.dtype)
         out = torch.matmul(weights, v)
         b, _, t, _ = out.shape
-        return F.linear(out.transpose(1, 2).reshape(b, t, self.heads * self.d_k), self.out_proj.weight, self.out_proj.bias)
+        return F.linear(out.transpose(1, 2).reshape(b, t, self.heads * self.d_v), self.out_proj.weight, self.out_proj.bias)
 
     def forward(self, x: Tensor, memory: Tensor | None = None, mask: Tensor | None = None, causal: bool = False) -> Tensor:
         """Self-attention when ``memory`` is None, else attention from ``x`` to ``memory``."""

@@ -15,6 +15,8 @@ class ModelConfig:
     d_model: int = 512
     d_ff: int = 2048
     heads: int = 8
+    d_k: int | None = None  # queries and keys per head; None: d_model / heads (Table 3, rows A and B vary it)
+    d_v: int | None = None  # values per head; None: d_model / heads
     encoder_layers: int = 6
     decoder_layers: int = 6
     dropout: float = 0.1  # P_drop (§5.4): embeddings+PE and every sub-layer output before the residual add
@@ -24,10 +26,21 @@ class ModelConfig:
     share_embeddings: bool = True  # one matrix for source, target and pre-softmax (§3.4); needs a joint vocabulary
     layer_norm_eps: float = 1e-6  # tensor2tensor's value
     max_positions: int = 1024
+    positions: str = "sinusoidal"  # or "learned": Table 3, row E (embeddings per position, trained)
 
     def __post_init__(self) -> None:
-        if self.d_model % self.heads:
-            raise ValueError(f"d_model {self.d_model} is not divisible by heads {self.heads}")
+        if (self.d_k is None or self.d_v is None) and self.d_model % self.heads:
+            raise ValueError(f"d_model {self.d_model} is not divisible by heads {self.heads}; give d_k and d_v")
+        if self.positions not in ("sinusoidal", "learned"):
+            raise ValueError(f"positions must be 'sinusoidal' or 'learned', not '{self.positions}'")
+
+    @property
+    def key_dim(self) -> int:
+        return self.d_k or self.d_model // self.heads
+
+    @property
+    def value_dim(self) -> int:
+        return self.d_v or self.d_model // self.heads
 
 
 PRESETS: dict[str, ModelConfig] = {
@@ -64,11 +77,14 @@ def model_config(arch: str, **overrides: object) -> ModelConfig:
 def body_parameters(cfg: ModelConfig) -> int:
     """Closed-form parameter count outside the embedding (with biases), as derived in docs/architecture.md.
 
-    Attention 4d²+4d, feed-forward 2·d·d_ff+d_ff+d, layer norm 2d; the encoder layer has one attention and
-    two norms, the decoder layer two attentions and three norms; pre-norm adds one final norm per stack.
+    Attention 4d²+4d (with d_k = d_v = d/h; generally d·h·(2d_k+d_v) + h·(2d_k+d_v) + h·d_v·d + d), feed-forward
+    2·d·d_ff+d_ff+d, layer norm 2d; the encoder layer has one attention and two norms, the decoder layer two
+    attentions and three norms; pre-norm adds one final norm per stack.
     """
     d, f = cfg.d_model, cfg.d_ff
-    attention, ffn, norm = 4 * d * d + 4 * d, 2 * d * f + f + d, 2 * d
+    qkv = cfg.heads * (2 * cfg.key_dim + cfg.value_dim)  # projections' outputs: 3d when d_k = d_v = d/h
+    attention = d * qkv + qkv + cfg.heads * cfg.value_dim * d + d
+    ffn, norm = 2 * d * f + f + d, 2 * d
     encoder = cfg.encoder_layers * (attention + ffn + 2 * norm)
     decoder = cfg.decoder_layers * (2 * attention + ffn + 3 * norm)
     return encoder + decoder + (2 * norm if cfg.pre_norm else 0)
@@ -76,7 +92,8 @@ def body_parameters(cfg: ModelConfig) -> int:
 
 def total_parameters(cfg: ModelConfig) -> int:
     embeddings = cfg.vocab_size * cfg.d_model * (1 if cfg.share_embeddings else 3)
-    return body_parameters(cfg) + embeddings
+    positions = cfg.max_positions * cfg.d_model if cfg.positions == "learned" else 0
+    return body_parameters(cfg) + embeddings + positions
 
 
 def train_flops_per_target_token(cfg: ModelConfig, src_len: float, tgt_len: float) -> float:
@@ -87,8 +104,10 @@ def train_flops_per_target_token(cfg: ModelConfig, src_len: float, tgt_len: floa
     and the attention score and value products.
     """
     d, f, V = cfg.d_model, cfg.d_ff, cfg.vocab_size
+    a, b = cfg.heads * cfg.key_dim, cfg.heads * cfg.value_dim  # both d unless d_k, d_v are set
     ratio = src_len / max(tgt_len, 1e-9)
-    enc = cfg.encoder_layers * (4 * d * d + 2 * d * f + 2 * src_len * d) * ratio
-    dec = cfg.decoder_layers * (4 * d * d + 2 * d * f + 2 * d * d + tgt_len * d + 2 * src_len * d)
-    cross_kv = cfg.decoder_layers * 2 * d * d * ratio
+    self_projections = d * (2 * a + b) + b * d  # 4d²
+    enc = cfg.encoder_layers * (self_projections + 2 * d * f + src_len * (a + b)) * ratio
+    dec = cfg.decoder_layers * (self_projections + 2 * d * f + (d * a + b * d) + tgt_len * (a + b) / 2 + src_len * (a + b))
+    cross_kv = cfg.decoder_layers * d * (a + b) * ratio
     return 6.0 * (enc + dec + cross_kv + d * V)

@@ -62,7 +62,7 @@ class Residual(nn.Module):
 class EncoderLayer(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.heads, cfg.attention_dropout)
+        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.heads, cfg.attention_dropout, cfg.d_k, cfg.d_v)
         self.ffn = FeedForward(cfg.d_model, cfg.d_ff, cfg.relu_dropout)
         self.attn_block, self.ffn_block = Residual(cfg), Residual(cfg)
 
@@ -75,8 +75,8 @@ class EncoderLayer(nn.Module):
 class DecoderLayer(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.heads, cfg.attention_dropout)
-        self.cross_attn = MultiHeadAttention(cfg.d_model, cfg.heads, cfg.attention_dropout)
+        self.self_attn = MultiHeadAttention(cfg.d_model, cfg.heads, cfg.attention_dropout, cfg.d_k, cfg.d_v)
+        self.cross_attn = MultiHeadAttention(cfg.d_model, cfg.heads, cfg.attention_dropout, cfg.d_k, cfg.d_v)
         self.ffn = FeedForward(cfg.d_model, cfg.d_ff, cfg.relu_dropout)
         self.self_block, self.cross_block, self.ffn_block = Residual(cfg), Residual(cfg), Residual(cfg)
 
@@ -93,11 +93,10 @@ class DecoderLayer(nn.Module):
         ``forward`` in evaluation mode, called op by op because a step is small and runs thousands of times."""
 
         def self_attention(h: Tensor) -> Tensor:
-            a = self.self_attn
-            qkv = F.linear(h, a.in_proj_weight, a.in_proj_bias)  # (R, 1, 3d)
-            qkv = qkv.view(qkv.size(0), 1, 3, a.heads, a.d_k).permute(2, 0, 3, 1, 4)  # (3, R, h, 1, d_k)
-            kv = state.self_kv[i] = torch.cat([state.self_kv[i], qkv[1:]], dim=3)
-            return a.attend_step(qkv[0], kv[0], kv[1])
+            q, k, v = self.self_attn.project_qkv(h)  # (R, h, 1, d_k or d_v)
+            state.self_k[i] = torch.cat([state.self_k[i], k], dim=2)
+            state.self_v[i] = torch.cat([state.self_v[i], v], dim=2)
+            return self.self_attn.attend_step(q, state.self_k[i], state.self_v[i])
 
         def cross_attention(h: Tensor) -> Tensor:
             # The beam's queries of a sentence as one block: (R, h, 1, d_k) → (N, h, beam, d_k).

@@ -37,7 +37,8 @@ class DecoderState:
     hypotheses never copies them, and the beam's queries go through attention as one block.
     """
 
-    self_kv: list[Tensor]  # per layer (2, R, h, step, d_k): keys and values, one tensor so each step is one copy
+    self_k: list[Tensor]  # per layer (R, h, step, d_k)
+    self_v: list[Tensor]  # per layer (R, h, step, d_v)
     cross_k: list[Tensor]  # per layer (N, h, S, d_k), computed once
     cross_v: list[Tensor]
     cross_bias: Tensor  # (N, 1, 1, S): 0 for source tokens, -inf for padding
@@ -49,7 +50,8 @@ class DecoderState:
         it changes); ``sentences`` (indices of the sentences kept) when some have left the batch."""
         if beam is not None:
             self.beam = beam
-        self.self_kv = [c.index_select(1, rows) for c in self.self_kv]
+        self.self_k = [c.index_select(0, rows) for c in self.self_k]
+        self.self_v = [c.index_select(0, rows) for c in self.self_v]
         if sentences is not None:
             self.cross_k = [c.index_select(0, sentences) for c in self.cross_k]
             self.cross_v = [c.index_select(0, sentences) for c in self.cross_v]
@@ -70,7 +72,11 @@ class Transformer(nn.Module):
         self.output_proj = None if cfg.share_embeddings else nn.Linear(d, cfg.vocab_size, bias=False)
         if self.output_proj is not None:
             nn.init.normal_(self.output_proj.weight, 0.0, d**-0.5)
+        # §3.5's sinusoids, or (Table 3, row E) a learned embedding per position.
         self.register_buffer("positions", sinusoidal_positions(cfg.max_positions, d), persistent=False)
+        self.position_embed = nn.Embedding(cfg.max_positions, d) if cfg.positions == "learned" else None
+        if self.position_embed is not None:
+            nn.init.normal_(self.position_embed.weight, 0.0, d**-0.5)
         self.embed_scale = math.sqrt(d)
         self.dropout = nn.Dropout(cfg.dropout)
         self.encoder = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.encoder_layers))
@@ -84,7 +90,8 @@ class Transformer(nn.Module):
         t = tokens.size(1)
         if offset + t > self.cfg.max_positions:
             raise ValueError(f"sequence of {offset + t} positions exceeds max_positions {self.cfg.max_positions}")
-        x = table(tokens) * self.embed_scale + self.positions[offset : offset + t].to(dtype=table.weight.dtype)
+        table_pos = self.positions if self.position_embed is None else self.position_embed.weight
+        x = table(tokens) * self.embed_scale + table_pos[offset : offset + t].to(dtype=table.weight.dtype)
         return self.dropout(x)
 
     def logits(self, h: Tensor) -> Tensor:
@@ -112,14 +119,12 @@ class Transformer(nn.Module):
     def init_state(self, enc: EncoderOut, beam: int = 1) -> DecoderState:
         """Decoding state for ``beam`` hypotheses per sentence of ``enc``; the cross-attention keys and values
         are computed here, once per sentence."""
-        n = enc.memory.size(0)
-        layer0 = self.decoder[0].self_attn if len(self.decoder) else None
-        h, dk = (layer0.heads, layer0.d_k) if layer0 else (1, 1)
-        empty = lambda: enc.memory.new_empty(2, n * beam, h, 0, dk)  # noqa: E731
+        rows, cfg = enc.memory.size(0) * beam, self.cfg
+        empty = lambda width: enc.memory.new_empty(rows, cfg.heads, 0, width)  # noqa: E731
         cross = [layer.cross_attn.project_kv(enc.memory) for layer in self.decoder]
         bias = torch.zeros(enc.src_mask.shape, dtype=enc.memory.dtype, device=enc.memory.device).masked_fill_(~enc.src_mask, float("-inf"))
         return DecoderState(
-            self_kv=[empty() for _ in self.decoder],
+            self_k=[empty(cfg.key_dim) for _ in self.decoder], self_v=[empty(cfg.value_dim) for _ in self.decoder],
             cross_k=[k.contiguous() for k, _ in cross], cross_v=[v.contiguous() for _, v in cross], cross_bias=bias, beam=beam,
         )
 

@@ -95,7 +95,8 @@ def nmt(*args: str) -> subprocess.CompletedProcess:
 # ----------------------------------------------------------------------------------------- CTranslate2
 
 
-@pytest.mark.parametrize("variant", [{}, {"pre_norm": True}, {"share_embeddings": False}], ids=["post-norm", "pre-norm", "untied"])
+@pytest.mark.parametrize("variant", [{}, {"pre_norm": True}, {"share_embeddings": False}, {"positions": "learned"}],
+                         ids=["post-norm", "pre-norm", "untied", "learned-positions"])
 def test_ct2_scores_every_token_as_our_model(variant: dict, small_data: Path, small_corpus: Path, tmp_path: Path) -> None:
     """CTranslate2's log-probability of each reference token equals ours: every weight in its place (ε 1e-5
     instead of our 1e-6 would move them by about 1.5e-5; here they differ by about 2e-6)."""
@@ -254,6 +255,18 @@ def test_hf_refuses_pre_norm(small_data: Path, tmp_path: Path) -> None:
     with pytest.raises(NmtError, match="pre-norm model cannot be a MarianMTModel"):
         export(path, "huggingface", tmp_path / "hf")
     assert not (tmp_path / "hf").exists()
+
+
+def test_what_an_engine_cannot_express_is_refused(small_data: Path, tmp_path: Path) -> None:
+    """Table 3's variants: heads of other sizes fit neither engine; learned positions do not fit Marian."""
+    heads = random_checkpoint(small_data, tmp_path / "heads.pt", d_k=8, d_v=24)
+    for to in ("ctranslate2", "huggingface"):
+        with pytest.raises(NmtError, match="d_k 8.*d_v 24|d_k 8 and d_v 24"):
+            export(heads, to, tmp_path / to)
+        assert not (tmp_path / to).exists()
+    learned = random_checkpoint(small_data, tmp_path / "learned.pt", positions="learned")
+    with pytest.raises(NmtError, match="learned positions cannot be a MarianMTModel"):
+        export(learned, "huggingface", tmp_path / "hf")
 
 
 # ----------------------------------------------------------------------------------------- the command

@@ -55,9 +55,9 @@ def test_positional_encoding_is_the_paper_formula() -> None:
             assert pe[pos, 2 * i + 1].item() == pytest.approx(math.cos(angle), abs=1e-6)
 
 
-@pytest.mark.parametrize("pre_norm", [False, True])
-def test_incremental_decoding_equals_full_decoder(pre_norm: bool) -> None:
-    model = tiny(pre_norm=pre_norm)
+@pytest.mark.parametrize("variant", [{}, {"pre_norm": True}, {"d_k": 16, "d_v": 48}, {"positions": "learned"}])
+def test_incremental_decoding_equals_full_decoder(variant: dict) -> None:
+    model = tiny(**variant)
     src = torch.tensor([[5, 6, 7, 8, 3], [9, 10, 3, 0, 0]])
     tgt = torch.tensor([[2, 11, 12, 13, 14, 15], [2, 16, 17, 18, 19, 20]])
     full = model(src, tgt).log_softmax(-1)
@@ -113,7 +113,10 @@ def test_parameter_counts_base_and_big() -> None:
     assert round(total_parameters(big) / 1e6, 1) == 214.2
     # The paper's "65M" matches tensor2tensor's padded vocabulary of 40960.
     assert round(total_parameters(model_config("base", vocab_size=40960)) / 1e6, 1) == 65.1
-    for cfg in (base, model_config("tiny", vocab_size=100, pre_norm=True), model_config("tiny", vocab_size=100, share_embeddings=False)):
+    variants = [model_config("tiny", vocab_size=100, **kw) for kw in ({"pre_norm": True}, {"share_embeddings": False},
+                                                                      {"d_k": 16, "d_v": 64}, {"heads": 1, "d_k": 128, "d_v": 128},
+                                                                      {"positions": "learned"})]
+    for cfg in (base, *variants):
         if cfg.d_model > 256:
             with torch.device("meta"):
                 model = Transformer(cfg)
@@ -159,3 +162,26 @@ def test_bad_config_is_rejected() -> None:
         ModelConfig(d_model=100, heads=3)
     with pytest.raises(ValueError, match="unknown architecture"):
         model_config("huge")
+
+
+def test_table3_variants_change_what_they_should() -> None:
+    """Rows (A)/(B) of Table 3 vary heads, d_k and d_v; row (E) learns the positions (§3.5, [9])."""
+    torch.manual_seed(0)
+    a = MultiHeadAttention(64, 4, d_k=8, d_v=24)
+    assert a.in_proj_weight.shape == (4 * (8 + 8 + 24), 64) and a.out_proj.weight.shape == (64, 4 * 24)
+    x, mem = torch.randn(2, 5, 64), torch.randn(2, 7, 64)
+    q = a.project_q(x)
+    k, v = a.project_kv(mem)
+    assert q.shape == (2, 4, 5, 8) and k.shape == (2, 4, 7, 8) and v.shape == (2, 4, 7, 24)
+    expected = a.out_proj(naive_attention(q, k, v).transpose(1, 2).reshape(2, 5, 96))
+    torch.testing.assert_close(a(x, mem), expected, atol=1e-5, rtol=1e-5)  # the scale is 1/√d_k
+    learned = tiny(positions="learned")
+    assert learned.position_embed.weight.shape == (learned.cfg.max_positions, 128)
+    tokens = torch.tensor([[5, 9, 3]])
+    expected = learned.src_embed.weight[tokens[0]] * math.sqrt(128) + learned.position_embed.weight[:3]
+    torch.testing.assert_close(learned.embed(learned.src_embed, tokens)[0], expected)
+    with pytest.raises(ValueError, match="positions must be"):
+        ModelConfig(positions="rotary")
+    with pytest.raises(ValueError, match="give d_k and d_v"):
+        ModelConfig(d_model=100, heads=3)
+    assert ModelConfig(d_model=100, heads=3, d_k=20, d_v=20).key_dim == 20
