@@ -21,6 +21,7 @@ from nmt.config import DecodeConfig, decode_config
 from nmt.console import console
 from nmt.data.text import normalise
 from nmt.decode.beam import Hypothesis, Scorer, beam_search
+from nmt.device import DTYPES, pick_device, slow_precision_warning
 from nmt.errors import NmtError
 from nmt.model.transformer import Transformer
 from nmt.tokens import EOS, PAD
@@ -51,19 +52,6 @@ def load_models(paths: list[Path], device: torch.device, dtype: torch.dtype) -> 
     return models, first
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise NmtError(f"--device {name}: not a device (cpu, cuda, cuda:1, auto)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise NmtError(f"--device {name}: no GPU is present")
-    return device
-
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class Translator:
@@ -72,8 +60,8 @@ class Translator:
         if cfg.dtype not in DTYPES:
             raise NmtError(f"--dtype must be fp32, bf16 or fp16, not '{cfg.dtype}'")
         self.device = pick_device(cfg.device)
-        if self.device.type == "cpu" and cfg.dtype != "fp32":
-            raise NmtError(f"--dtype {cfg.dtype} needs a GPU; use fp32 on the CPU")
+        if warning := slow_precision_warning(cfg.dtype, self.device):
+            console.print(f"[yellow]--dtype {warning}")
         self.models, meta = load_models(checkpoints, self.device, DTYPES[cfg.dtype])
         self.cfg = cfg
         self.decode = cfg.decode or decode_config(meta.get("config"), **decode_overrides)

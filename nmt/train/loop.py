@@ -23,13 +23,14 @@ from nmt import __version__, atomic, checkpoint
 from nmt.config import RunConfig, batch_plan, derive_update_freq, to_plain
 from nmt.data.batching import collate, token_batches
 from nmt.data.dataset import ParallelDataset, read_manifest
+from nmt.device import slow_precision_warning
 from nmt.errors import NmtError
 from nmt.model.config import model_config, total_parameters, train_flops_per_target_token
 from nmt.model.transformer import Transformer
 from nmt.tokens import PAD
 from nmt.train import distributed as D
 from nmt.train.loss import label_smoothed_nll
-from nmt.train.report import STATS, Reporter, cpu_has_native, peak_flops, window_record
+from nmt.train.report import STATS, Reporter, peak_flops, window_record
 from nmt.train.schedule import learning_rate
 
 
@@ -107,9 +108,8 @@ class Trainer:
         cuda = self.dist.device.type == "cuda"
         if p == "auto":
             return "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
-        if p in ("bf16", "fp16") and not cuda and not cpu_has_native(p):
-            self.report.say(f"[yellow]--precision {p} on a CPU without native {p} instructions (AVX512-BF16 or AMX): "
-                            "correct, but slower than fp32 here")
+        if warning := slow_precision_warning(p, self.dist.device):
+            self.report.say(f"[yellow]--precision {warning}")
         return p
 
     def _fitting(self, data: ParallelDataset, split: str) -> np.ndarray:

@@ -28,15 +28,6 @@ def peak_flops(device: torch.device, precision: str) -> float | None:
     return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
 
 
-def cpu_has_native(precision: str) -> bool:
-    """Whether this CPU computes ``precision`` natively (AVX512-BF16 or AMX for bf16, AMX-FP16 for fp16)."""
-    if precision == "bf16":
-        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    if precision == "fp16":
-        return torch.cpu._is_amx_fp16_supported()
-    return True
-
-
 def window_record(window: np.ndarray, seconds: float, update: int, epoch: int, updates_in_window: int, remaining_updates: int,
                   lr: float, flops_per_token: float, peak: float | None, world: int, seconds_left: float | None = None) -> dict[str, Any]:
     """The log line for a window of updates, from the summed ``STATS`` of its updates.

@@ -1,0 +1,42 @@
+"""Devices and number formats: which device a command runs on, and what this CPU computes natively."""
+
+from __future__ import annotations
+
+import torch
+
+from nmt.errors import NmtError
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto`` (a GPU when there is one), ``cpu``, ``cuda`` or ``cuda:N``; one-line errors otherwise."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise NmtError(f"--device {name}: not a device (cpu, cuda, cuda:1, auto)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise NmtError(f"--device {name}: no GPU is present")
+    return device
+
+
+def cpu_has_native(precision: str) -> bool:
+    """Whether this CPU computes ``precision`` natively (AVX512-BF16 or AMX for bf16, AMX-FP16 for fp16).
+
+    Without them torch emulates the format and matrix products run several times slower than in fp32.
+    """
+    if precision == "bf16":
+        return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    if precision == "fp16":
+        return torch.cpu._is_amx_fp16_supported()
+    return True
+
+
+def slow_precision_warning(precision: str, device: torch.device) -> str | None:
+    """A one-line warning when ``precision`` will be slower than fp32 on ``device``, else None."""
+    if device.type == "cpu" and precision in ("bf16", "fp16") and not cpu_has_native(precision):
+        return (f"{precision} on a CPU without native {precision} instructions (AVX512-BF16 or AMX): "
+                "correct, but slower than fp32 here")
+    return None
