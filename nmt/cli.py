@@ -92,6 +92,7 @@ def train(
     arch: Annotated[Optional[str], typer.Option(help="base, big or tiny.")] = None,
     save_dir: Annotated[Optional[Path], typer.Option(help="Run folder for checkpoints and logs [default: runs/ARCH].")] = None,
     max_tokens: Annotated[Optional[int], typer.Option(help="Padded token slots per batch and device (fairseq's convention) [default: 4096].")] = None,
+    pad_multiple: Annotated[Optional[int], typer.Option(help="Pad batches to a multiple of this [default: 8 on GPUs, for tensor cores; 1 on CPUs].")] = None,
     update_freq: Annotated[Optional[int], typer.Option(help="Batches accumulated per device and update.")] = None,
     tokens_per_update: Annotated[Optional[int], typer.Option(help="Target token slots per update (paper: 25000); sets --update-freq from the device count.")] = None,
     max_updates: Annotated[Optional[int], typer.Option(help="Stop after this many updates [default: the architecture's, the paper's 100k base, 300k big].")] = None,
@@ -132,7 +133,7 @@ def train(
     cfg = run_config(
         loaded, data=data, arch=arch, save_dir=save_dir,
         model={"dropout": dropout, "pre_norm": pre_norm},
-        train=dict(max_tokens=max_tokens, update_freq=update_freq, tokens_per_update=tokens_per_update,
+        train=dict(max_tokens=max_tokens, pad_multiple=pad_multiple, update_freq=update_freq, tokens_per_update=tokens_per_update,
                    max_updates=max_updates, max_epochs=max_epochs, max_time=max_time, lr_schedule=lr_schedule, lr_scale=lr_scale,
                    peak_lr=peak_lr, warmup=warmup, label_smoothing=label_smoothing, clip_norm=clip_norm, validate_every=validate_every,
                    save_every=save_every, save_minutes=save_minutes, keep_last=keep_last, log_every=log_every, seed=seed,

@@ -54,7 +54,7 @@ class TrainConfig:
     compile: bool = False
     ema_decay: float = 0.0
     max_nonfinite: int = 10  # consecutive skipped updates before the run stops
-    pad_multiple: int = 8
+    pad_multiple: int | None = None  # pad batches to a multiple of this; None: 8 on GPUs (tensor cores), 1 on CPUs
     valid_bleu: int = 0  # at each validation, beam-search this many dev sentences and report sacreBLEU
 
     def __post_init__(self) -> None:
@@ -296,12 +296,15 @@ def derive_update_freq(tokens_per_update: int, max_tokens: int, world: int) -> i
     return max(1, round(tokens_per_update / (max_tokens * world)))
 
 
-def resolve(cfg: RunConfig, world: int) -> RunConfig:
-    """Settings derived from others for a run of ``world`` processes: ``update_freq`` from ``tokens_per_update``."""
+def resolve(cfg: RunConfig, world: int, cuda: bool = False) -> RunConfig:
+    """Settings derived from others for a run of ``world`` processes, on GPUs when ``cuda``: ``update_freq``
+    from ``tokens_per_update``, and the padding multiple (8 for tensor cores; on a CPU padding is only waste)."""
     t = cfg.train
     if t.tokens_per_update:
-        return replace(cfg, train=replace(t, update_freq=derive_update_freq(t.tokens_per_update, t.max_tokens, world)))
-    return cfg
+        t = replace(t, update_freq=derive_update_freq(t.tokens_per_update, t.max_tokens, world))
+    if t.pad_multiple is None:
+        t = replace(t, pad_multiple=8 if cuda else 1)
+    return replace(cfg, train=t)
 
 
 def batch_plan(cfg: RunConfig, train_pairs: int) -> dict[str, int]:

@@ -38,7 +38,7 @@ def run(cfg: RunConfig, dry_run: bool = False, reset: bool = False) -> dict[str,
         console.print(note)
     use_cuda = not cfg.cpu and (cfg.gpus > 0 or torch.cuda.is_available())
     world = world_size(cfg)
-    cfg = resolve(cfg, world)
+    cfg = resolve(cfg, world, use_cuda)
     if launched_by_torchrun():
         return _worker(int(os.environ["RANK"]), world, int(os.environ["LOCAL_RANK"]), cfg, use_cuda, None, dry_run, reset)
     if world == 1:

@@ -203,7 +203,7 @@ def test_resolve_derives_update_freq_only_when_asked() -> None:
     cfg = run_config(data=Path("d"), train={"tokens_per_update": 25000, "max_tokens": 3125, "update_freq": 3})
     assert resolve(cfg, 1).train.update_freq == 8 and resolve(cfg, 8).train.update_freq == 1
     assert resolve(cfg, 1).train.max_tokens == 3125 and resolve(cfg, 1).decode == cfg.decode
-    plain = run_config(data=Path("d"), train={"update_freq": 3})
+    plain = run_config(data=Path("d"), train={"update_freq": 3, "pad_multiple": 8})
     assert resolve(plain, 8) == plain and resolve(plain, 8).train.update_freq == 3
 
 
@@ -338,6 +338,14 @@ def test_data_found_in_data_bin(tmp_path: Path) -> None:
 
 
 def test_batch_plan_names_what_cuts_the_batches() -> None:
-    cfg = run_config(data=Path("d"), train={"max_tokens": 2048})
-    assert batch_plan(cfg, 1000) == {"max_tokens": 2048, "pad_multiple": 8, "seed": 1, "train_pairs": 1000}
+    cfg = resolve(run_config(data=Path("d"), train={"max_tokens": 2048}), 1)
+    assert batch_plan(cfg, 1000) == {"max_tokens": 2048, "pad_multiple": 1, "seed": 1, "train_pairs": 1000}
     assert batch_plan(resolve(cfg, 8), 1000) == batch_plan(cfg, 1000)  # the device count is not part of it
+
+
+def test_padding_multiple_follows_the_device() -> None:
+    """Multiples of 8 feed tensor cores on GPUs; on a CPU the extra padding would only be extra work."""
+    cfg = run_config(data=Path("d"))
+    assert cfg.train.pad_multiple is None
+    assert resolve(cfg, 1).train.pad_multiple == 1 and resolve(cfg, 1, cuda=True).train.pad_multiple == 8
+    assert resolve(run_config(data=Path("d"), train={"pad_multiple": 16}), 1).train.pad_multiple == 16
