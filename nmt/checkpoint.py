@@ -140,7 +140,7 @@ def average(paths: list[Path], out: Path) -> dict[str, Any]:
             dtypes = {k: v.dtype for k, v in ckpt["model"].items()}
             first = last = meta
             continue
-        if ckpt["model_config"] != first["model_config"]:
+        if model_config(ckpt, path) != model_config(first, paths[0]):
             raise NmtError(f"{path}: architecture differs from {paths[0]}; cannot average")
         if vocab_digest(ckpt) != vocab_digest(first):
             raise NmtError(f"{path}: vocabulary differs from {paths[0]}; cannot average")

@@ -164,8 +164,9 @@ class Trainer:
     def _check_resumable(self, ckpt: dict[str, Any], path: Path) -> None:
         """Refuse, in one line, a run folder whose checkpoint cannot continue this run exactly."""
         where = self.cfg.save_dir
-        if ckpt["model_config"] != asdict(self.model_cfg):
-            diff = [k for k, v in asdict(self.model_cfg).items() if ckpt["model_config"].get(k) != v]
+        saved = checkpoint.model_config(ckpt, path)  # with the defaults of fields added since it was written
+        if saved != self.model_cfg:
+            diff = [k for k, v in asdict(self.model_cfg).items() if getattr(saved, k) != v]
             raise NmtError(f"{where} holds a run of another architecture (differs in {', '.join(diff)}); use another --save-dir or --reset")
         ours, theirs = checkpoint.digest(self.vocab), checkpoint.vocab_digest(ckpt)
         if ours != theirs:
