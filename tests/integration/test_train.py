@@ -1,4 +1,5 @@
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from nmt.data.prepare import PrepareConfig, prepare
 from nmt.decode.translate import TranslateConfig, Translator
 from nmt.errors import NmtError
 from nmt.tokens import PAD
-from nmt.train.distributed import Dist
+from nmt.train.distributed import Dist, free_port
 from nmt.train.launch import run
 from nmt.train.loop import Trainer
 from nmt.train.loss import label_smoothed_nll
@@ -259,3 +260,29 @@ def test_non_finite_updates_are_skipped_then_stop_the_run(small_data: Path, tmp_
     cfg = config(small_data, tmp_path / "nan", max_updates=50, lr_scale=1e30, max_nonfinite=4)
     with pytest.raises(NmtError, match="4 updates in a row were skipped"):
         run(cfg)
+
+
+def test_two_torchrun_nodes_equal_one_process_accumulating(small_data: Path, tmp_path: Path) -> None:
+    """Two `torchrun --nnodes 2` launches meeting at a c10d rendezvous on 127.0.0.1 (gloo, one process
+    each), as on two machines, give the parameters of one process with --update-freq 2."""
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text("[model]\n" + "".join(f"{k} = {v}\n" for k, v in {**TINY, "dropout": 0.0}.items()))
+    common = [str(small_data), "--arch", "tiny", "--recipe", str(recipe), "--cpu", "--max-tokens", "512", "--warmup", "20",
+              "--max-updates", "3", "--validate-every", "1000", "--save-minutes", "1e9"]
+    port = free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launches = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(rank),
+                                  "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}",
+                                  "--rdzv-id", "nmt-test", "-m", "nmt", "train", *common, "--save-dir", str(tmp_path / "nodes")],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+                for rank in (0, 1)]
+    for proc in launches:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-2000:]
+    one = subprocess.run([sys.executable, "-m", "nmt", "train", *common, "--update-freq", "2", "--save-dir", str(tmp_path / "one")],
+                         capture_output=True, text=True, env=env)
+    assert one.returncode == 0, one.stderr[-2000:]
+    nodes, single = params(tmp_path / "nodes"), params(tmp_path / "one")
+    assert checkpoint.load(tmp_path / "nodes" / "checkpoint_last.pt")["config"]["train"]["update_freq"] == 1
+    for k in single:
+        torch.testing.assert_close(nodes[k], single[k], atol=1e-5, rtol=1e-4)
