@@ -286,3 +286,15 @@ def test_two_torchrun_nodes_equal_one_process_accumulating(small_data: Path, tmp
     assert checkpoint.load(tmp_path / "nodes" / "checkpoint_last.pt")["config"]["train"]["update_freq"] == 1
     for k in single:
         torch.testing.assert_close(nodes[k], single[k], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_compiled_model_trains_like_the_eager_one(small_data: Path, tmp_path: Path) -> None:
+    """--compile (torch.compile, inductor) runs on the CPU too, and computes the same updates."""
+    cfg = config(small_data, tmp_path / "eager", max_updates=2)
+    cfg = replace(cfg, model={**TINY, "dropout": 0.0})
+    run(cfg)
+    run(replace(cfg, save_dir=tmp_path / "compiled", train=replace(cfg.train, compile=True)))
+    eager, compiled = params(tmp_path / "eager"), params(tmp_path / "compiled")
+    for k in eager:
+        torch.testing.assert_close(compiled[k], eager[k], atol=1e-5, rtol=1e-4)
