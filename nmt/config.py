@@ -139,7 +139,7 @@ BIG_DROPOUT = {frozenset(("en", "de")): 0.3, frozenset(("en", "fr")): 0.1}
 
 # ------------------------------------------------------------------------------------------ recipes
 
-RECIPE_KEYS = ["data", "save_dir", "arch", "model", "train", "decode", "average", "gpus", "description"]
+RECIPE_KEYS = ["extends", "data", "save_dir", "arch", "model", "train", "decode", "average", "gpus", "description"]
 
 
 def _check_keys(table: dict, allowed: list[str], where: str, source: str) -> None:
@@ -183,10 +183,12 @@ def _typed(value: Any, annotation: type, where: str, source: str) -> Any:
     return value
 
 
-def load_recipe(path: Path) -> dict[str, Any]:
+def load_recipe(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Read a recipe strictly: unknown keys (with the nearest known one suggested) and wrong types are errors.
 
-    Returns the recipe's values as plain tables; ``run_config`` layers them over the defaults.
+    ``extends = "other.toml"`` (a path relative to the recipe) starts from that recipe: this one's keys
+    replace its keys, table by table (Table 3's rows are the base recipe and a change or two). Returns the
+    recipe's values as plain tables; ``run_config`` layers them over the defaults.
     """
     try:
         raw = tomllib.loads(path.read_text())
@@ -196,7 +198,12 @@ def load_recipe(path: Path) -> dict[str, Any]:
         raise NmtError(f"{path}: not valid TOML ({err})") from None
     source = str(path)
     _check_keys(raw, RECIPE_KEYS, "the recipe", source)
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {"model": {}, "train": {}, "decode": {}}
+    if "extends" in raw:
+        parent = (path.parent / _typed(raw["extends"], str, "extends", source)).resolve()
+        if parent in _seen or parent == path.resolve():
+            raise NmtError(f"{source}: extends {raw['extends']}, which extends it back")
+        out = load_recipe(parent, (*_seen, path.resolve()))
     for key in ("data", "save_dir"):
         if key in raw:
             out[key] = Path(_typed(raw[key], str, key, source))
@@ -206,9 +213,9 @@ def load_recipe(path: Path) -> dict[str, Any]:
         out["arch"] = raw["arch"]
     if "gpus" in raw:
         out["gpus"] = _typed(raw["gpus"], int, "gpus", source)
-    out["model"] = check_table(ModelConfig, raw.get("model", {}), "[model]", source, exclude=("vocab_size",))
-    out["train"] = check_table(TrainConfig, raw.get("train", {}), "[train]", source)
-    out["decode"] = check_table(DecodeConfig, raw.get("decode", {}), "[decode]", source)
+    out["model"] = {**out["model"], **check_table(ModelConfig, raw.get("model", {}), "[model]", source, exclude=("vocab_size",))}
+    out["train"] = {**out["train"], **check_table(TrainConfig, raw.get("train", {}), "[train]", source)}
+    out["decode"] = {**out["decode"], **check_table(DecodeConfig, raw.get("decode", {}), "[decode]", source)}
     _check_keys(raw.get("average", {}), ["last"], "[average]", source)
     if "last" in raw.get("average", {}):
         out["average_last"] = _typed(raw["average"]["last"], int, "[average] last", source)

@@ -84,3 +84,48 @@ def test_scripts_are_valid_bash_and_check_usage() -> None:
     assert r.returncode == 2 and "usage:" in r.stderr
     r = subprocess.run(["bash", str(ROOT / "recipes" / "wmt14-en-de.sh"), "huge"], capture_output=True, text=True)
     assert r.returncode == 2 and "usage:" in r.stderr
+
+
+def table3_rows() -> dict:
+    sys.path.insert(0, str(ROOT / "recipes" / "table3"))
+    from table import PAPER
+
+    return PAPER
+
+
+def test_table3_recipes_are_the_papers_rows() -> None:
+    """Every row of Table 3 has a recipe and a tiny counterpart; each recipe is the base one changed where the
+    row says, so its parameter count is the paper's: at tensor2tensor's padded vocabulary of 40,960 for the
+    base family, at about 36,000 for big (see docs/architecture.md on what each count implies)."""
+    paper = table3_rows()
+    folder = ROOT / "recipes" / "table3"
+    assert {p.stem for p in folder.glob("*.toml")} == set(paper) == {p.stem for p in (folder / "tiny").glob("*.toml")}
+    base = load_recipe(folder / "base.toml")
+    for stem, (_, _, _, params) in paper.items():
+        recipe = load_recipe(folder / f"{stem}.toml")
+        cfg = model_config(recipe["arch"], vocab_size=36000 if stem == "big" else 40960, **recipe["model"])
+        if params is not None:
+            assert round(total_parameters(cfg) / 1e6) == params, stem
+        changed = {k for k, v in recipe["model"].items() if base["model"].get(k) != v}
+        changed |= {k for k, v in recipe["train"].items() if base["train"].get(k) != v}
+        assert stem in ("base", "big") or 1 <= len(changed) <= 3, (stem, changed)  # one change (h with d_k, d_v)
+        assert recipe["save_dir"] == Path(f"runs/table3/{stem}")
+        tiny = load_recipe(folder / "tiny" / f"{stem}.toml")
+        model_config(tiny["arch"], vocab_size=4000, **tiny["model"])  # builds
+        assert tiny["train"]["max_updates"] == load_recipe(folder / "tiny" / "base.toml")["train"]["max_updates"]
+
+
+def test_table3_printer(tmp_path: Path) -> None:
+    """The table printer reads runs' summaries and configurations and prints every row beside the paper's."""
+    run = tmp_path / "C-layers-2"
+    run.mkdir()
+    (run / "summary.json").write_text(json.dumps({"updates": 1000, "valid_ppl": 12.345, "valid_bleu": 7.89}))
+    cfg = model_config("tiny", vocab_size=4000, encoder_layers=1, decoder_layers=1)
+    (run / "config.json").write_text(json.dumps({"model": cfg.__dict__}))
+    r = subprocess.run([sys.executable, str(ROOT / "recipes" / "table3" / "table.py"), str(tmp_path)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    line = next(line for line in r.stdout.splitlines() if line.startswith("(C) N=2"))
+    assert line.split()[2:6] == ["12.35", "7.9", f"{total_parameters(cfg) / 1e6:.2f}", "1,000"]
+    assert line.split()[-3:] == ["6.11", "23.7", "36M"]
+    rows = [line for line in r.stdout.splitlines() if any(line.startswith(change[:51]) for change, *_ in table3_rows().values())]
+    assert len(rows) == len(table3_rows()) and sum(" - " in row for row in rows) == len(rows) - 1  # only one row has run
