@@ -349,3 +349,18 @@ def test_padding_multiple_follows_the_device() -> None:
     assert cfg.train.pad_multiple is None
     assert resolve(cfg, 1).train.pad_multiple == 1 and resolve(cfg, 1, cuda=True).train.pad_multiple == 8
     assert resolve(run_config(data=Path("d"), train={"pad_multiple": 16}), 1).train.pad_multiple == 16
+
+
+def test_a_recipe_extends_another(tmp_path: Path) -> None:
+    (tmp_path / "base.toml").write_text('data = "d"\narch = "tiny"\n[model]\nheads = 4\ndropout = 0.1\n[train]\nwarmup = 100\n[average]\nlast = 3\n')
+    (tmp_path / "row.toml").write_text('extends = "base.toml"\nsave_dir = "runs/row"\n[model]\nheads = 2\n[train]\nlabel_smoothing = 0.0\n')
+    row = load_recipe(tmp_path / "row.toml")
+    assert row["model"] == {"heads": 2, "dropout": 0.1} and row["train"] == {"warmup": 100, "label_smoothing": 0.0}
+    assert row["data"] == Path("d") and row["save_dir"] == Path("runs/row") and row["arch"] == "tiny" and row["average_last"] == 3
+    (tmp_path / "loop.toml").write_text('extends = "loop2.toml"\n')
+    (tmp_path / "loop2.toml").write_text('extends = "loop.toml"\n')
+    with pytest.raises(NmtError, match="extends loop.toml, which extends it back"):
+        load_recipe(tmp_path / "loop.toml")
+    (tmp_path / "bad.toml").write_text('extends = "missing.toml"\n')
+    with pytest.raises(NmtError, match="missing.toml: recipe not found"):
+        load_recipe(tmp_path / "bad.toml")
