@@ -88,24 +88,25 @@ def terminal(m: Heatmap, width: int = 80) -> Group:
         cols = range(start, min(start + per_block, len(m.cols)))
         if len(cols) < len(m.cols):
             lines.append(Text(f"columns {start + 1}–{cols[-1] + 1} of {len(m.cols)}", style="dim"))
-        header = Text(" " * (row_w + 1), no_wrap=True)
+        header = Text(" " * row_w, no_wrap=True)
         for j in cols:
-            header.append(shorten(m.cols[j], cell).rjust(cell) + " ", style="bold")
+            header.append(" " + shorten(m.cols[j], cell).rjust(cell), style="bold")
         lines.append(header)
         for i, label in enumerate(m.rows):
-            line = Text(shorten(label, row_w).ljust(row_w) + " ", style="bold", no_wrap=True)
+            line = Text(shorten(label, row_w).ljust(row_w), style="bold", no_wrap=True)
             for j in cols:
+                line.append(" ")
                 if m.masked[i, j]:
-                    line.append("·".rjust(cell) + " ", style="dim")
+                    line.append("·".rjust(cell), style="dim")
                     continue
                 bg = colour(m.weights[i, j], VIRIDIS)
                 line.append(percent(m.weights[i, j]).rjust(cell), style=Style(color=Color.from_rgb(*ink(bg)), bgcolor=Color.from_rgb(*bg)))
-                line.append(" ")
             lines.append(line)
-    legend = Text("cell = weight × 100, · = masked; scale ", style="dim")
+    legend = Text("scale ", style="dim")
     for w in (0.0, 0.1, 0.25, 0.5, 0.75, 1.0):
         bg = colour(w, VIRIDIS)
         legend.append(f" {percent(w)} ", style=Style(color=Color.from_rgb(*ink(bg)), bgcolor=Color.from_rgb(*bg)))
+    legend.append(" cell = weight × 100, · = masked", style="dim")
     lines.append(legend)
     return Group(*lines)
 
@@ -219,36 +220,38 @@ def svg(m: Heatmap, cell: int = 24, font: int = 12) -> str:
     char = 0.62 * font  # the advance of a monospace character
     slant = 0.7071  # labels at 45°
     top_len = max((len(c) for c in m.cols), default=1) * char
-    left = 8 + max((len(r) for r in m.rows), default=1) * char + 6
-    top = 8 + font + 12 + top_len * slant + 8
+    left = round(8 + max((len(r) for r in m.rows), default=1) * char + 6)
+    top = round(8 + font + 12 + top_len * slant + 8)
     grid_w, grid_h = len(m.cols) * cell, len(m.rows) * cell
     legend_w = 11 * 14 + 12 + len("1 (numbers: weight × 100)") * char
-    width = int(max(left + grid_w + top_len * slant + 10, 16 + len(m.title) * char, left + legend_w + 8))
-    height = int(top + grid_h + 2 * font + 14)
+    width = round(max(left + grid_w + top_len * slant + 10, 16 + len(m.title) * char, left + legend_w + 8))
+    height = top + grid_h + 2 * font + 14
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" '
            f'font-family="DejaVu Sans Mono, Menlo, Consolas, monospace" font-size="{font}">',
            f"<title>{e(m.title)}</title>", f'<rect width="{width}" height="{height}" fill="#fff"/>',
            f'<text x="8" y="{8 + font}" font-weight="bold">{e(m.title)}</text>']
     for j, label in enumerate(m.cols):
-        x, y = left + j * cell + cell / 2, top - 6
-        out.append(f'<text transform="translate({x:.1f},{y:.1f}) rotate(-45)">{e(label)}</text>')
+        out.append(f'<text transform="translate({left + j * cell + cell // 2},{top - 6}) rotate(-45)">{e(label)}</text>')
+    out.append('<g text-anchor="end">')
     for i, label in enumerate(m.rows):
-        out.append(f'<text x="{left - 6:.1f}" y="{top + i * cell + cell / 2 + font / 3:.1f}" text-anchor="end">{e(label)}</text>')
+        out.append(f'<text x="{left - 6}" y="{top + i * cell + cell // 2 + font // 3}">{e(label)}</text>')
+    out.append("</g>")
+    numbers = []
     small = max(font - 3, 7)
     for i, row in enumerate(m.rows):
         for j, col in enumerate(m.cols):
             x, y, w = left + j * cell, top + i * cell, float(m.weights[i, j])
             tip = e(f"{row} → {col}: {w:.3f}" + (" (masked)" if m.masked[i, j] else ""))
             fill = "#f4f4f4" if m.masked[i, j] else hex_colour(colour(w, BLUES))
-            out.append(f'<rect x="{x:.1f}" y="{y:.1f}" width="{cell - 1}" height="{cell - 1}" fill="{fill}"><title>{tip}</title></rect>')
+            out.append(f'<rect x="{x}" y="{y}" width="{cell - 1}" height="{cell - 1}" fill="{fill}"><title>{tip}</title></rect>')
             if not m.masked[i, j] and w >= 0.1:
-                out.append(f'<text x="{x + (cell - 1) / 2:.1f}" y="{y + cell / 2 + small / 3:.1f}" font-size="{small}" text-anchor="middle" '
-                           f'fill="{hex_colour(ink(colour(w, BLUES)))}" pointer-events="none">{percent(w)}</text>')
+                numbers.append(f'<text x="{x + cell // 2}" y="{y + cell // 2 + small // 3}" fill="{hex_colour(ink(colour(w, BLUES)))}">{percent(w)}</text>')
+    out += [f'<g font-size="{small}" text-anchor="middle" pointer-events="none">', *numbers, "</g>"]
     y = top + grid_h + 10
     steps = 10
     for k in range(steps + 1):
-        out.append(f'<rect x="{left + k * 14:.1f}" y="{y:.1f}" width="14" height="{font}" fill="{hex_colour(colour(k / steps, BLUES))}"/>')
-    out.append(f'<text x="{left - 6:.1f}" y="{y + font - 2:.1f}" text-anchor="end">0</text>')
-    out.append(f'<text x="{left + (steps + 1) * 14 + 6:.1f}" y="{y + font - 2:.1f}">1 (numbers: weight × 100)</text>')
+        out.append(f'<rect x="{left + k * 14}" y="{y}" width="14" height="{font}" fill="{hex_colour(colour(k / steps, BLUES))}"/>')
+    out.append(f'<text x="{left - 6}" y="{y + font - 2}" text-anchor="end">0</text>')
+    out.append(f'<text x="{left + (steps + 1) * 14 + 6}" y="{y + font - 2}">1 (numbers: weight × 100)</text>')
     out.append("</svg>")
     return "\n".join(out) + "\n"
