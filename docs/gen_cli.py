@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-COMMANDS = ["", "prepare", "train", "average", "translate", "score", "export"]
+COMMANDS = ["", "prepare", "train", "average", "translate", "score", "export", "attend"]
 
 
 def help_text(command: str) -> str:

@@ -300,3 +300,36 @@ def export(
     info = run(checkpoint, to, out_dir, quantization, force)
     weights = f", {info['quantization']} weights" if info.get("quantization") else ""
     console.print(f"exported {checkpoint} → {out_dir} ({to}{weights})")
+
+
+@app.command()
+def attend(
+    checkpoint: Annotated[Path, typer.Argument(help="A checkpoint, e.g. an averaged one.")],
+    sentence: Annotated[Optional[str], typer.Argument(help="The source sentence [or --input FILE --line N].")] = None,
+    input: Annotated[Optional[Path], typer.Option("--input", "-i", help="Take the source sentence from this file.")] = None,
+    line: Annotated[int, typer.Option(help="With --input: the line to take, from 1.")] = 1,
+    reference: Annotated[Optional[str], typer.Option(help="Force-decode this translation instead of searching for one.")] = None,
+    kind: Annotated[str, typer.Option(help="The map drawn on the terminal and in --svg: cross (decoder attending to the encoder), encoder or decoder (self-attention).")] = "cross",
+    layer: Annotated[Optional[int], typer.Option(help="Layer, from 1 [default: the last].")] = None,
+    head: Annotated[Optional[int], typer.Option(help="Head, from 1 [default: the average of the heads].")] = None,
+    html: Annotated[Optional[Path], typer.Option(help="Also write one self-contained HTML page with every layer and head of the three attentions, a picker, and the tokens and weight of a cell on hover.")] = None,
+    svg: Annotated[Optional[Path], typer.Option(help="Also write the terminal's map as a standalone SVG. (No PNG: it would need an image library.)")] = None,
+    beam: Annotated[Optional[int], typer.Option(help="Beam size [default: the checkpoint's [decode] settings, as nmt translate].")] = None,
+    lenpen: Annotated[Optional[float], typer.Option(help="Length penalty α (see nmt translate).")] = None,
+    penalty: Annotated[Optional[str], typer.Option(help="gnmt (paper, tensor2tensor) or fairseq.")] = None,
+    max_len_a: Annotated[Optional[float], typer.Option(help="Output length limit a·source length + b (paper: source + 50).")] = None,
+    max_len_b: Annotated[Optional[int], typer.Option(help="See --max-len-a.")] = None,
+    stop: Annotated[Optional[str], typer.Option(help="bound or beam (see nmt translate).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+) -> None:
+    """Translate one sentence with beam search (or force-decode --reference) and show its attention: the
+    decoder's attention to the source as a heatmap on the terminal (plain numbers when not a terminal), for
+    one --layer and the average of the heads or one --head; every map in --html, one in --svg.
+
+    The weights come from one teacher-forced forward pass of the model over the source and the translation.
+    """
+    from nmt.inspect.attend import AttendConfig, run
+
+    decode = dict(beam=beam, lenpen=lenpen, penalty=penalty, max_len_a=max_len_a, max_len_b=max_len_b, stop=stop)
+    run(AttendConfig(checkpoint=checkpoint, sentence=sentence, input=input, line=line, reference=reference, kind=kind, layer=layer,
+                     head=head, html=html, svg=svg, device=device, decode=decode))

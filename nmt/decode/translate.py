@@ -68,6 +68,7 @@ class Translator:
         self.scorer = Scorer(self.models)
         self.spm = spm.SentencePieceProcessor(model_proto=meta["vocab"].numpy().tobytes())
         self.src_lang = meta["manifest"].get("src", "en")
+        self.tgt_lang = meta["manifest"].get("tgt", "de")
         self.max_src = min(m.cfg.max_positions for m in self.models) - 1  # room for EOS
 
     def encode(self, line_no: int, text: str) -> list[int]:

@@ -2,11 +2,16 @@
 
 Mask convention, everywhere in nmt: a boolean tensor where **True means 'may attend'** (the convention of
 ``scaled_dot_product_attention``; ``nn.MultiheadAttention`` uses the opposite, see ``padding_mask``).
+
+The fused kernel never materialises the attention weights. When they are wanted (``nmt attend``), a forward
+pass is given an ``AttentionMaps`` to fill: only then does attention compute softmax(QKᵀ/√d_k) explicitly,
+through ``attend_explicitly``, and keep it; without one, every path is the fused kernel, as before.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +32,34 @@ def naive_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None,
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
     return scores.softmax(-1) @ v
+
+
+@dataclass
+class AttentionMaps:
+    """The attention weights of one forward pass, filled layer by layer when a model is asked to record them.
+
+    Each entry is (B, h, Tq, Tk): row i is query position i, column j key position j; a row sums to 1 over
+    the positions it may attend, and masked positions are exactly 0.
+    """
+
+    encoder: list[Tensor] = field(default_factory=list)  # encoder self-attention, (B, h, S, S)
+    decoder: list[Tensor] = field(default_factory=list)  # decoder (causal) self-attention, (B, h, T, T)
+    cross: list[Tensor] = field(default_factory=list)  # decoder-to-encoder attention, (B, h, T, S)
+
+
+def attention_weights(q: Tensor, k: Tensor, mask: Tensor | None = None, causal: bool = False) -> Tensor:
+    """softmax(QKᵀ/√d_k) (§3.2.1) for heads (B, h, Tq, d_k) and keys (B, h, Tk, d_k) → (B, h, Tq, Tk), with the
+    masks of ``scaled_dot_product_attention``: ``mask`` True = may attend, ``causal`` the top-left aligned lower
+    triangle (query i sees keys 0..i). Masked positions are exactly 0."""
+    scores = torch.matmul(q, k.transpose(-2, -1)) * q.size(-1) ** -0.5
+    allowed = torch.ones(scores.shape[-2:], dtype=torch.bool, device=q.device).tril() if causal else None
+    if mask is not None:
+        allowed = mask if allowed is None else allowed & mask
+    if allowed is not None:
+        scores = scores.masked_fill(~allowed, float("-inf"))
+    half = scores.dtype in (torch.float16, torch.bfloat16)
+    weights = scores.float().softmax(-1).to(q.dtype) if half else scores.softmax(-1)  # half precision: softmax in float32
+    return weights if allowed is None else weights.masked_fill(~allowed, 0.0)  # a fully masked row: 0, not NaN
 
 
 class MultiHeadAttention(nn.Module):
@@ -79,6 +112,18 @@ class MultiHeadAttention(nn.Module):
         b, _, t, _ = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, t, self.heads * self.d_v))
 
+    def attend_explicitly(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, causal: bool = False) -> tuple[Tensor, Tensor]:
+        """``attend`` in evaluation mode, with the weights (B, h, Tq, Tk) computed explicitly and returned too.
+
+        For recording attention only: slower than the fused kernel, and it drops no attention weights
+        (the model must be in evaluation mode)."""
+        if self.training and self.dropout > 0:
+            raise RuntimeError("attention weights are recorded in evaluation mode only")
+        weights = attention_weights(q, k, mask, causal)
+        out = torch.matmul(weights, v)
+        b, _, t, _ = out.shape
+        return self.out_proj(out.transpose(1, 2).reshape(b, t, self.heads * self.d_v)), weights
+
     def attend_step(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = None) -> Tensor:
         """Incremental decoding's attention, equal to ``attend`` in evaluation mode: a few queries (B, h, Tq, d_k)
         against contiguous cached keys/values (B, h, Tk, d_k) → (B, Tq, d_model) after W^O.
@@ -94,11 +139,18 @@ class MultiHeadAttention(nn.Module):
         b, _, t, _ = out.shape
         return F.linear(out.transpose(1, 2).reshape(b, t, self.heads * self.d_v), self.out_proj.weight, self.out_proj.bias)
 
-    def forward(self, x: Tensor, memory: Tensor | None = None, mask: Tensor | None = None, causal: bool = False) -> Tensor:
-        """Self-attention when ``memory`` is None, else attention from ``x`` to ``memory``."""
+    def forward(
+        self, x: Tensor, memory: Tensor | None = None, mask: Tensor | None = None, causal: bool = False, record: list[Tensor] | None = None
+    ) -> Tensor:
+        """Self-attention when ``memory`` is None, else attention from ``x`` to ``memory``. With ``record`` (a list),
+        the weights are computed explicitly and appended to it; without, the fused kernel runs."""
         if memory is None:
             q, k, v = self.project_qkv(x)
         else:
             q = self.project_q(x)
             k, v = self.project_kv(memory)
-        return self.attend(q, k, v, mask, causal)
+        if record is None:
+            return self.attend(q, k, v, mask, causal)
+        out, weights = self.attend_explicitly(q, k, v, mask, causal)
+        record.append(weights)
+        return out

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nmt.model.attention import MultiHeadAttention
+from nmt.model.attention import AttentionMaps, MultiHeadAttention
 from nmt.model.config import ModelConfig
 
 if TYPE_CHECKING:
@@ -66,9 +66,10 @@ class EncoderLayer(nn.Module):
         self.ffn = FeedForward(cfg.d_model, cfg.d_ff, cfg.relu_dropout)
         self.attn_block, self.ffn_block = Residual(cfg), Residual(cfg)
 
-    def forward(self, x: Tensor, src_mask: Tensor) -> Tensor:
-        """x: (B, S, d); src_mask: (B, 1, 1, S), True = real token."""
-        x = self.attn_block(x, lambda h: self.self_attn(h, mask=src_mask))
+    def forward(self, x: Tensor, src_mask: Tensor, maps: AttentionMaps | None = None) -> Tensor:
+        """x: (B, S, d); src_mask: (B, 1, 1, S), True = real token. ``maps``: record the weights there."""
+        record = None if maps is None else maps.encoder
+        x = self.attn_block(x, lambda h: self.self_attn(h, mask=src_mask, record=record))
         return self.ffn_block(x, self.ffn)
 
 
@@ -80,11 +81,12 @@ class DecoderLayer(nn.Module):
         self.ffn = FeedForward(cfg.d_model, cfg.d_ff, cfg.relu_dropout)
         self.self_block, self.cross_block, self.ffn_block = Residual(cfg), Residual(cfg), Residual(cfg)
 
-    def forward(self, y: Tensor, memory: Tensor, src_mask: Tensor) -> Tensor:
-        """Full-sequence decoding (training). y: (B, T, d); memory: (B, S, d)."""
+    def forward(self, y: Tensor, memory: Tensor, src_mask: Tensor, maps: AttentionMaps | None = None) -> Tensor:
+        """Full-sequence decoding (training). y: (B, T, d); memory: (B, S, d). ``maps``: record the weights there."""
+        own, cross = (None, None) if maps is None else (maps.decoder, maps.cross)
         # Targets are right-padded, so the causal mask alone keeps real positions off the padding.
-        y = self.self_block(y, lambda h: self.self_attn(h, causal=True))
-        y = self.cross_block(y, lambda h: self.cross_attn(h, memory, mask=src_mask))
+        y = self.self_block(y, lambda h: self.self_attn(h, causal=True, record=own))
+        y = self.cross_block(y, lambda h: self.cross_attn(h, memory, mask=src_mask, record=cross))
         return self.ffn_block(y, self.ffn)
 
     def step(self, y: Tensor, state: "DecoderState", i: int) -> Tensor:

@@ -1,5 +1,6 @@
 """The encoder–decoder Transformer (§3), with ``encode`` / ``decode`` for training and
-``init_state`` / ``decode_step`` for incremental decoding with cached keys and values.
+``init_state`` / ``decode_step`` for incremental decoding with cached keys and values, and
+``attention_maps`` for the attention weights of a teacher-forced pass (``nmt attend``).
 
 Initialisation (as in tensor2tensor and fairseq): embeddings N(0, d_model^-0.5) with the padding row
 zeroed, Xavier-uniform for every projection, zero biases.
@@ -14,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nmt.model.attention import padding_mask
+from nmt.model.attention import AttentionMaps, padding_mask
 from nmt.model.config import ModelConfig
 from nmt.model.layers import DecoderLayer, EncoderLayer, sinusoidal_positions
 from nmt.tokens import PAD
@@ -98,23 +99,37 @@ class Transformer(nn.Module):
         weight = self.tgt_embed.weight if self.output_proj is None else self.output_proj.weight
         return F.linear(h, weight)
 
-    def encode(self, src: Tensor) -> EncoderOut:
-        """src: (B, S) ids, right-padded → memory (B, S, d) and its key-padding mask."""
+    def encode(self, src: Tensor, maps: AttentionMaps | None = None) -> EncoderOut:
+        """src: (B, S) ids, right-padded → memory (B, S, d) and its key-padding mask. ``maps``: record the
+        self-attention weights there (explicitly computed; leave None for speed)."""
         mask = padding_mask(src, PAD)
         x = self.embed(self.src_embed, src)
         for layer in self.encoder:
-            x = layer(x, mask)
+            x = layer(x, mask, maps)
         return EncoderOut(self.encoder_norm(x), mask)
 
-    def decode(self, tgt_in: Tensor, enc: EncoderOut) -> Tensor:
-        """Teacher-forced decoder: tgt_in (B, T) (BOS + target) → logits (B, T, V)."""
+    def decode(self, tgt_in: Tensor, enc: EncoderOut, maps: AttentionMaps | None = None) -> Tensor:
+        """Teacher-forced decoder: tgt_in (B, T) (BOS + target) → logits (B, T, V). ``maps``: record the
+        self- and cross-attention weights there (explicitly computed; leave None for speed)."""
         y = self.embed(self.tgt_embed, tgt_in)
         for layer in self.decoder:
-            y = layer(y, enc.memory, enc.src_mask)
+            y = layer(y, enc.memory, enc.src_mask, maps)
         return self.logits(self.decoder_norm(y))
 
     def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
         return self.decode(tgt_in, self.encode(src))
+
+    @torch.no_grad()
+    def attention_maps(self, src: Tensor, tgt_in: Tensor) -> tuple[Tensor, AttentionMaps]:
+        """``forward(src, tgt_in)`` (evaluation mode) with every layer's attention weights: the logits
+        (B, T, V) and the maps, per layer (B, h, Tq, Tk) for the encoder's self-attention, the decoder's
+        masked self-attention and its attention to the encoder. The same layers run, in the same order; only
+        the attention weights are computed explicitly instead of inside the fused kernel."""
+        if self.training:
+            raise RuntimeError("attention_maps needs evaluation mode (model.eval()): dropout would change the maps")
+        maps = AttentionMaps()
+        logits = self.decode(tgt_in, self.encode(src, maps), maps)
+        return logits, maps
 
     def init_state(self, enc: EncoderOut, beam: int = 1) -> DecoderState:
         """Decoding state for ``beam`` hypotheses per sentence of ``enc``; the cross-attention keys and values

@@ -1,0 +1,1 @@
+"""Looking inside a trained model: ``nmt attend`` (attention maps and their rendering)."""

@@ -1,0 +1,206 @@
+"""``nmt attend``: the attention of one sentence and its translation, from the model's own forward pass.
+
+The sentence is translated by the real beam search (``Translator``: the checkpoint's [decode] settings,
+with any override), or its translation is given (``--reference``: forced decoding, no search). Then ONE
+teacher-forced pass over (source + EOS, BOS + target) runs with the weights recorded
+(``Transformer.attention_maps``), so the maps are those of the computation that scores the target; the
+target's log-probability comes from the same pass.
+
+Positions: the encoder has one per source piece plus EOS. The decoder's position t reads ``target_in[t]``
+(BOS, then the target pieces) and predicts ``target_out[t]`` (the target pieces, then EOS); its rows are
+labelled by what they predict, so the cross-attention row of a word is where the decoder looked to write it,
+and its self-attention row reaches only the tokens written before that word.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.text import Text
+
+from nmt import atomic
+from nmt.console import console
+from nmt.data.text import normalise
+from nmt.decode.translate import TranslateConfig, Translator
+from nmt.errors import NmtError
+from nmt.inspect.render import Heatmap, html_page, svg, terminal
+from nmt.tokens import BOS, EOS, SPECIAL_PIECES
+
+KINDS = {"cross": "decoder–encoder attention", "encoder": "encoder self-attention", "decoder": "decoder self-attention (masked)"}
+
+
+@dataclass(frozen=True)
+class AttendConfig:
+    """What ``nmt attend`` draws: which sentence, which map, and where."""
+
+    checkpoint: Path
+    sentence: str | None = None  # the source text, or ``input`` and ``line``
+    input: Path | None = None
+    line: int = 1  # from 1
+    reference: str | None = None  # force-decode this translation instead of searching
+    kind: str = "cross"  # the map drawn on the terminal and in the SVG
+    layer: int | None = None  # from 1; None: the last
+    head: int | None = None  # from 1; None: the average of the heads
+    html: Path | None = None
+    svg: Path | None = None
+    device: str = "auto"
+    decode: dict = field(default_factory=dict)  # overrides of the checkpoint's [decode] settings (None: unset)
+
+
+@dataclass
+class SentenceAttention:
+    """One sentence pair's attention maps, every layer and head, and what they are maps of."""
+
+    source: list[str]  # the source pieces, then </s>: the encoder's positions
+    target_in: list[str]  # <s>, then the target pieces: what the decoder's positions read
+    target_out: list[str]  # the target pieces, then </s>: what they predict
+    translation: str
+    logprob: float  # log-probability of target_out, from the recorded pass
+    score: float | None  # the search's length-penalised score; None when forced
+    encoder: np.ndarray  # (layers, heads, S, S)
+    decoder: np.ndarray  # (layers, heads, T, T)
+    cross: np.ndarray  # (layers, heads, T, S)
+
+    @property
+    def forced(self) -> bool:
+        return self.score is None
+
+    def maps(self, kind: str) -> np.ndarray:
+        return {"encoder": self.encoder, "decoder": self.decoder, "cross": self.cross}[kind]
+
+    def labels(self, kind: str) -> tuple[list[str], list[str]]:
+        """(row labels, column labels): queries down, keys across."""
+        return {"encoder": (self.source, self.source), "decoder": (self.target_out, self.target_in),
+                "cross": (self.target_out, self.source)}[kind]
+
+    def heatmap(self, kind: str, layer: int | None = None, head: int | None = None) -> Heatmap:
+        """The map of ``kind`` at ``layer`` (from 1; None: the last), for ``head`` (from 1) or the heads' average."""
+        if kind not in KINDS:
+            raise NmtError(f"--kind must be one of {', '.join(KINDS)}, not '{kind}'")
+        stack = self.maps(kind)
+        layers, heads = stack.shape[:2]
+        layer = layers if layer is None else layer
+        if not 1 <= layer <= layers:
+            raise NmtError(f"--layer {layer}: the {'encoder' if kind == 'encoder' else 'decoder'} has layers 1 to {layers}")
+        if head is not None and not 1 <= head <= heads:
+            raise NmtError(f"--head {head}: the model has heads 1 to {heads}")
+        weights = stack[layer - 1].mean(0) if head is None else stack[layer - 1, head - 1]
+        rows, cols = self.labels(kind)
+        masked = np.zeros(weights.shape, dtype=bool)
+        if kind == "decoder":  # a position never sees a later one (§3.2.3); no other mask applies to one sentence
+            masked = ~np.tril(np.ones(weights.shape, dtype=bool))
+        which = "average of the heads" if head is None else f"head {head} of {heads}"
+        return Heatmap(weights, rows, cols, masked, kind, layer, head, f"{KINDS[kind]}, layer {layer} of {layers}, {which}")
+
+    def heatmaps(self) -> list[Heatmap]:
+        """Every map: per kind and layer, the heads' average, then each head."""
+        out = []
+        for kind in KINDS:
+            layers, heads = self.maps(kind).shape[:2]
+            for layer in range(1, layers + 1):
+                out += [self.heatmap(kind, layer, head) for head in (None, *range(1, heads + 1))]
+        return out
+
+
+def read_sentence(cfg: AttendConfig) -> str:
+    """The source sentence: given, or line ``cfg.line`` of ``cfg.input``."""
+    if (cfg.sentence is None) == (cfg.input is None):
+        raise NmtError("give the source sentence, or --input FILE --line N (one of the two)")
+    if cfg.input is None:
+        text = cfg.sentence or ""
+    else:
+        if not cfg.input.is_file():
+            raise NmtError(f"{cfg.input}: file not found")
+        lines = cfg.input.read_text(encoding="utf-8", errors="replace").splitlines()
+        if not lines:
+            raise NmtError(f"{cfg.input}: the file is empty")
+        if not 1 <= cfg.line <= len(lines):
+            raise NmtError(f"--line {cfg.line}: {cfg.input} has lines 1 to {len(lines)}")
+        text = lines[cfg.line - 1]
+    if not text.strip():
+        raise NmtError("the source sentence is empty" + (f" ({cfg.input} line {cfg.line})" if cfg.input else ""))
+    return text
+
+
+def compute(checkpoint: Path, sentence: str, reference: str | None = None, device: str = "auto", **decode: object) -> SentenceAttention:
+    """Translate ``sentence`` (or take ``reference`` as its translation) and record every attention map of
+    the teacher-forced pass over the pair."""
+    translator = Translator([checkpoint], TranslateConfig(device=device), **decode)
+    model = translator.models[0]
+    src_ids = translator.encode(1, sentence)
+    if not src_ids:
+        raise NmtError("the source sentence is empty after normalisation")
+    if reference is None:
+        best = translator.translate_ids([src_ids])[0][0]
+        tgt_ids, score = best.tokens, best.score
+    else:
+        if not reference.strip():
+            raise NmtError("--reference is empty")
+        tgt_ids, score = translator.spm.encode(normalise(reference, translator.tgt_lang)), None
+        if len(tgt_ids) + 1 > model.cfg.max_positions:
+            raise NmtError(f"--reference has {len(tgt_ids)} pieces; the model takes at most {model.cfg.max_positions - 1}")
+    src = torch.tensor([src_ids + [EOS]], device=translator.device)
+    tgt_in = torch.tensor([[BOS] + tgt_ids], device=translator.device)
+    with torch.inference_mode():
+        logits, maps = model.attention_maps(src, tgt_in)
+    gold = torch.tensor(tgt_ids + [EOS], device=logits.device)
+    logprob = logits[0].float().log_softmax(-1).gather(1, gold[:, None]).sum().item()
+    stack = lambda layers: torch.stack([m[0] for m in layers]).float().cpu().numpy()  # noqa: E731  (layers, h, Tq, Tk)
+    piece = lambda i: SPECIAL_PIECES.get(i) or translator.spm.id_to_piece(i)  # noqa: E731
+    return SentenceAttention(
+        source=[piece(i) for i in src_ids] + [SPECIAL_PIECES[EOS]], target_in=[SPECIAL_PIECES[BOS]] + [piece(i) for i in tgt_ids],
+        target_out=[piece(i) for i in tgt_ids] + [SPECIAL_PIECES[EOS]], translation=translator.spm.decode(tgt_ids),
+        logprob=logprob, score=score, encoder=stack(maps.encoder), decoder=stack(maps.decoder), cross=stack(maps.cross),
+    )
+
+
+NOTES = """<p>Rows are queries, columns keys: a row shows how one position spread its attention, and sums to 1.
+Decoder rows are labelled by the token their position predicts; the position reads the token before it
+(<code>&lt;s&gt;</code> first), so in the masked self-attention a row reaches the tokens already written and no
+further. Weights are those of one teacher-forced forward pass over the source and the target shown.</p>"""
+
+
+def _write(path: Path, text: str) -> None:
+    try:
+        atomic.write_text(path, text)
+    except OSError as err:
+        raise NmtError(f"{path}: cannot write ({err.strerror or err})") from None
+
+
+def run(cfg: AttendConfig, out: TextIO | None = None) -> SentenceAttention:
+    """``nmt attend``: compute the maps, print the chosen one on ``out`` (stdout), write the HTML and SVG files."""
+    if cfg.kind not in KINDS:
+        raise NmtError(f"--kind must be one of {', '.join(KINDS)}, not '{cfg.kind}'")
+    sentence = read_sentence(cfg)
+    att = compute(cfg.checkpoint, sentence, cfg.reference, cfg.device, **cfg.decode)
+    chosen = att.heatmap(cfg.kind, cfg.layer, cfg.head)  # checks --layer and --head
+    screen = Console(file=out or sys.stdout, highlight=False)
+    scored = f"log-probability {att.logprob:.4f}" + ("" if att.score is None else f", search score {att.score:.4f} (length-penalised)")
+    for name, value in [("source", " ".join(att.source)),
+                        ("target", " ".join(att.target_out) + ("  (forced: --reference)" if att.forced else "")),
+                        ("translation", att.translation), ("score", scored)]:
+        screen.print(_fact(name, value), soft_wrap=True)
+    screen.print(terminal(chosen, screen.width), crop=False, soft_wrap=True)
+    if cfg.html is not None:
+        facts = [("checkpoint", str(cfg.checkpoint)), ("source", sentence), ("source pieces", " ".join(att.source)),
+                 ("translation" + (" (given)" if att.forced else ""), att.translation), ("target pieces", " ".join(att.target_out)),
+                 ("score", scored)]
+        page = html_page(att.heatmaps(), f"nmt attend: {sentence}", facts, KINDS, NOTES, show=chosen)
+        _write(cfg.html, page)
+        console.print(f"wrote {cfg.html}")
+    if cfg.svg is not None:
+        _write(cfg.svg, svg(chosen))
+        console.print(f"wrote {cfg.svg}")
+    return att
+
+
+def _fact(name: str, value: str) -> Text:
+    line = Text(f"{name}: ", style="bold")
+    line.append(value)
+    return line
