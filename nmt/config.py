@@ -314,6 +314,18 @@ def resolve(cfg: RunConfig, world: int, cuda: bool = False) -> RunConfig:
     return replace(cfg, train=t)
 
 
+def device_plan(tokens_per_update: int, max_tokens: int, counts: tuple[int, ...] = (1, 2, 4, 8, 64)) -> dict[str, str]:
+    """How ``tokens_per_update`` is reached on each device count: update_freq and token slots per update, and
+    the --max-tokens to use where one batch per device is already too many (what ``--dry-run`` prints)."""
+    plan = {}
+    for n in counts:
+        uf = derive_update_freq(tokens_per_update, max_tokens, n)
+        tokens = uf * n * max_tokens
+        note = "" if abs(tokens - tokens_per_update) <= 0.25 * tokens_per_update else f" (use --max-tokens {tokens_per_update // n})"
+        plan[f"{n} devices"] = f"update_freq {uf}, {tokens:,} tokens{note}"
+    return plan
+
+
 def batch_plan(cfg: RunConfig, train_pairs: int) -> dict[str, int]:
     """What an epoch's batch list depends on: a resumed run with another plan would skip or repeat data."""
     t = cfg.train

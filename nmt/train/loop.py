@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from nmt import __version__, atomic, checkpoint
-from nmt.config import RunConfig, batch_plan, derive_update_freq, resolve, to_plain
+from nmt.config import RunConfig, batch_plan, device_plan, resolve, to_plain
 from nmt.data.batching import collate, token_batches
 from nmt.data.dataset import ParallelDataset, read_manifest
 from nmt.device import slow_precision_warning
@@ -363,11 +363,7 @@ class Trainer:
         info["seconds_per_update"] = per_batch * t.update_freq
         info["estimated_hours"] = info["seconds_per_update"] * t.max_updates / 3600
         if t.tokens_per_update:
-            for n in (1, 2, 4, 8, 64):
-                uf = derive_update_freq(t.tokens_per_update, t.max_tokens, n)
-                tokens = uf * n * t.max_tokens
-                note = "" if abs(tokens - t.tokens_per_update) <= 0.25 * t.tokens_per_update else f" (use --max-tokens {t.tokens_per_update // n})"
-                info[f"{n} devices"] = f"update_freq {uf}, {tokens:,} tokens{note}"
+            info.update(device_plan(t.tokens_per_update, t.max_tokens))
         return info
 
     def fit(self) -> dict[str, Any]:

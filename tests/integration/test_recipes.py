@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nmt.config import load_recipe
+from nmt.config import device_plan, load_recipe
 from nmt.data.binarize import TokenWriter
 from nmt.model.config import model_config, total_parameters
 
@@ -58,9 +58,21 @@ def wmt_shaped(dest: Path, vocab: int, spm_from: Path) -> Path:
     return dest
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(PAPER))
+def test_every_paper_recipe_keeps_the_papers_batch_on_any_device_count(name: str) -> None:
+    """What the dry run prints about devices, for all four rows (the dry run itself is run for the base rows)."""
+    vocab, params = PAPER[name]
+    recipe = load_recipe(ROOT / "recipes" / f"{name}.toml")
+    assert total_parameters(model_config(recipe["arch"], vocab_size=vocab, **recipe["model"])) == params
+    plan = device_plan(recipe["train"]["tokens_per_update"], recipe["train"]["max_tokens"])
+    assert plan["1 devices"] == "update_freq 8, 32,768 tokens" and plan["8 devices"] == "update_freq 1, 32,768 tokens"
+    assert plan["64 devices"].endswith("(use --max-tokens 512)")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(n for n in PAPER if n.endswith("base")))
 def test_dry_run_reports_paper_sizes(name: str, small_data: Path, tmp_path: Path) -> None:
+    """A real dry run of the base rows (building and timing a big model on a CPU takes minutes)."""
     vocab, params = PAPER[name]
     assert total_parameters(model_config(name.rsplit("-", 1)[1], vocab_size=vocab)) == params
     data = wmt_shaped(tmp_path / "data", vocab, small_data)
