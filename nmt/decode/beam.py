@@ -46,16 +46,12 @@ class Scorer:
         """Encode ``src`` (N, S) once; ``beam`` decoder rows per sentence."""
         return [model.init_state(model.encode(src), beam) for model in self.models]
 
-    def step(self, tokens: Tensor, states: list[DecoderState]) -> tuple[Tensor, Tensor]:
-        """Next-token log-probabilities of the prefixes ending in ``tokens`` (R,), as (scores (R, V), norm (R,)):
-        log p = scores - norm. One model gives its logits and their log-sum-exp, so that the search can
-        normalise only the few candidates it keeps; an ensemble gives its log-probabilities and zeros."""
-        if len(self.models) == 1:
-            logits = self.models[0].decode_step(tokens, states[0], normalize=False)
-            return logits, torch.logsumexp(logits, -1)
+    def step(self, tokens: Tensor, states: list[DecoderState]) -> Tensor:
+        """Next-token log-probabilities (R, V) of the prefixes ending in ``tokens`` (R,): a fresh tensor."""
         lprobs = [model.decode_step(tokens, state) for model, state in zip(self.models, states)]
-        mixed = torch.logsumexp(torch.stack(lprobs), dim=0) - math.log(len(lprobs))
-        return mixed, mixed.new_zeros(mixed.size(0))
+        if len(lprobs) == 1:
+            return lprobs[0]
+        return torch.logsumexp(torch.stack(lprobs), dim=0) - math.log(len(lprobs))
 
     @staticmethod
     def reorder(states: list[DecoderState], rows: Tensor, sentences: Tensor | None, beam: int) -> None:
@@ -95,17 +91,17 @@ def beam_search(
     never = torch.tensor([PAD, BOS], device=device)  # tokens no output contains
     for t in range(steps):
         m, r = scores.shape
-        logits, norm = scorer.step(last, states)  # fresh tensors, changed in place below
-        vocab = logits.size(-1)
-        logits.index_fill_(1, never, float("-inf"))
+        lprobs = scorer.step(last, states)  # a fresh tensor, changed in place below
+        vocab = lprobs.size(-1)
+        lprobs.index_fill_(1, never, float("-inf"))
         if t + 1 in limit_steps:  # the last allowed position of some sentences: only EOS may come there
             at_limit = (limits == t + 1).repeat_interleave(r)
-            logits = torch.where(at_limit[:, None], logits + eos_only[0], logits)
-        # The best 2k extensions of a sentence are among the best 2k of each of its k rows, and within a row
-        # the order of logits is that of log-probabilities: normalise only those.
+            lprobs = torch.where(at_limit[:, None], lprobs + eos_only[0], lprobs)
+        # The best 2k extensions of a sentence are among the best 2k of each of its r rows: a top-k per row
+        # first, then over the r × 2k survivors (cheaper than one over r × V).
         width = min(2 * k, vocab)
-        row_top, row_token = logits.topk(width, dim=1)  # (m·r, 2k)
-        candidates = (scores - norm.view(m, r))[:, :, None] + row_top.view(m, r, width)
+        row_top, row_token = lprobs.topk(width, dim=1)  # (m·r, 2k)
+        candidates = scores[:, :, None] + row_top.view(m, r, width)
         top_scores, flat = candidates.view(m, r * width).topk(min(2 * k, r * width), dim=1)
         if flat.size(1) < 2 * k:  # fewer candidates than 2k (a tiny vocabulary): the rest are dead ends
             missing = 2 * k - flat.size(1)
@@ -178,8 +174,7 @@ def greedy_search(model: Transformer, src: Tensor, max_lens: list[int]) -> list[
     out: list[list[int]] = [[] for _ in range(n)]
     done = [False] * n
     for t in range(max(max_lens)):
-        scores, norm = scorer.step(last, states)
-        lprobs = scores - norm[:, None]
+        lprobs = scorer.step(last, states)
         lprobs[:, PAD] = lprobs[:, BOS] = float("-inf")
         for i in range(n):
             if max_lens[i] == t + 1:

@@ -143,9 +143,8 @@ class Transformer(nn.Module):
             cross_k=[k.contiguous() for k, _ in cross], cross_v=[v.contiguous() for _, v in cross], cross_bias=bias, beam=beam,
         )
 
-    def decode_step(self, tokens: Tensor, state: DecoderState, normalize: bool = True) -> Tensor:
-        """The last tokens (R,) at position ``state.step`` → next-token log-probabilities (R, V) in float32
-        (the logits, with ``normalize`` False).
+    def decode_step(self, tokens: Tensor, state: DecoderState) -> Tensor:
+        """The last tokens (R,) at position ``state.step`` → next-token log-probabilities (R, V) in float32.
 
         Advances ``state.step``; equal to the full decoder's output at that position.
         """
@@ -154,5 +153,4 @@ class Transformer(nn.Module):
         for i, layer in enumerate(self.decoder):
             y = layer.step(y, state, i)
         state.step = t + 1
-        logits = self.logits(self.decoder_norm(y))[:, 0].float()
-        return logits.log_softmax(-1) if normalize else logits
+        return self.logits(self.decoder_norm(y))[:, 0].float().log_softmax(-1)

@@ -25,11 +25,9 @@ class EosShifted(Scorer):
         self.shift = shift
 
     def step(self, tokens, states):  # noqa: ANN001, ANN201
-        scores, norm = super().step(tokens, states)
-        lprobs = scores - norm[:, None]
+        lprobs = super().step(tokens, states).clone()
         lprobs[:, EOS] -= self.shift
-        lprobs = lprobs.log_softmax(-1)
-        return lprobs, torch.zeros_like(norm)
+        return lprobs.log_softmax(-1)
 
 
 def scorer(seed: int = 3, shift: float = 2.0) -> EosShifted:
@@ -47,8 +45,7 @@ def enumerate_outputs(s: Scorer, i: int, alpha: float, kind: str) -> list[tuple[
             states = s.start(SRC[i : i + 1], 1)
             total, prev = 0.0, BOS
             for tok in [*seq, EOS]:
-                scores, norm = s.step(torch.tensor([prev]), states)
-                total += (scores[0, tok] - norm[0]).item()
+                total += s.step(torch.tensor([prev]), states)[0, tok].item()
                 prev = tok
             found.append((total / length_penalty(n + 1, alpha, kind), list(seq)))
     return sorted(found, key=lambda f: -f[0])
