@@ -8,6 +8,18 @@ if not SHARED.exists():  # CI clones next to shared/ as well; allow an override
     SHARED = Path(os.environ.get("NMT_SHARED_DATA", SHARED))
 
 
+@pytest.fixture(autouse=True)
+def _same_thread_count_for_every_test() -> object:
+    """Tests compare runs in this process with runs in subprocesses; a library that changes torch's thread
+    count (a shared OpenMP runtime) must not change the arithmetic of the tests after it."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not (SHARED / "gettext-en-de").exists():

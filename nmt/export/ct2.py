@@ -21,6 +21,7 @@ How our model maps onto CTranslate2's Transformer:
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -153,8 +154,14 @@ class CT2Translator:
         if not info_path.exists():
             raise NmtError(f"{model_dir}: no nmt_export.json; not a folder written by nmt export")
         self.info = json.loads(info_path.read_text(encoding="utf-8"))
+        # CTranslate2 and torch share one OpenMP runtime: creating the translator sets torch's thread count
+        # to intra_threads too. Put it back (CTranslate2's own workers keep intra_threads).
+        loaded_torch = sys.modules.get("torch")
+        torch_threads = loaded_torch.get_num_threads() if loaded_torch else None
         self.translator = ct2.Translator(str(model_dir), device=device, compute_type=compute_type,
                                          intra_threads=threads, inter_threads=1)
+        if loaded_torch and torch_threads:
+            loaded_torch.set_num_threads(torch_threads)
         self.spm = spm.SentencePieceProcessor(model_file=str(model_dir / self.info["sentencepiece"]))
         self.src_lang = self.info["source_language"]
 

@@ -120,9 +120,11 @@ def test_ct2_beam_score_is_the_fairseq_penalty(ct2_dir: Path, trained: Path, sma
     sources = [ct2.encode(line) for line in corpus(small_corpus, 10)[0]]
     found = ct2.translator.translate_batch(sources, beam_size=4, length_penalty=0.6, max_decoding_length=100,
                                            min_decoding_length=0, return_end_token=True, return_scores=True)
-    for s, r in zip(sources, found):
+    # A poor model may repeat itself up to the length limit; the score formula is checked on those that ended.
+    finished = [(s, r) for s, r in zip(sources, found) if r.hypotheses[0][-1] == "</s>"]
+    assert len(finished) >= len(sources) // 2
+    for s, r in finished:
         out = r.hypotheses[0]
-        assert out[-1] == "</s>"
         logprob = teacher_forced(model, [ct2.spm.piece_to_id(p) for p in s], [ct2.spm.piece_to_id(p) for p in out[:-1]]).sum().item()
         assert r.scores[0] == pytest.approx(logprob / length_penalty(len(out), 0.6, "fairseq"), abs=1e-3)
 
@@ -325,3 +327,11 @@ def test_failed_export_leaves_nothing(trained: Path, tmp_path: Path, monkeypatch
     with pytest.raises(NmtError, match="disk full"):
         export(trained, "ctranslate2", tmp_path / "out")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_ct2_translator_leaves_torch_threads_alone(ct2_dir: Path) -> None:
+    """CTranslate2 shares torch's OpenMP runtime; making a one-thread translator must not make torch
+    single-threaded for the rest of the process."""
+    torch.set_num_threads(2)
+    CT2Translator(ct2_dir, threads=1)
+    assert torch.get_num_threads() == 2

@@ -36,6 +36,20 @@ def params(save_dir: Path) -> dict[str, torch.Tensor]:
     return checkpoint.load(save_dir / "checkpoint_last.pt")["model"]
 
 
+def assert_same_model(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    """Parameters of two runs that summed the same numbers in another order (other ranks, threads or kernels)
+    agree to rounding, all but the key biases: softmax ignores a shift of every score, so their gradient is
+    0 in exact arithmetic, rounding noise in practice, and Adam turns noise of either sign into steps of
+    about ±lr. They do not change what the model computes."""
+    assert a.keys() == b.keys()
+    for k in a:
+        x, y = a[k], b[k]
+        if k.endswith("in_proj_bias"):  # [query | key | value] with d_k = d_v
+            (qx, _, vx), (qy, _, vy) = x.chunk(3), y.chunk(3)
+            x, y = torch.cat([qx, vx]), torch.cat([qy, vy])
+        torch.testing.assert_close(x, y, atol=1e-5, rtol=1e-4, msg=lambda m: f"{k}: {m}")
+
+
 def test_two_gloo_ranks_equal_one_rank_accumulating(small_data: Path, tmp_path: Path) -> None:
     base = config(small_data, tmp_path / "one", max_updates=3)
     base = replace(base, model={**TINY, "dropout": 0.0})
@@ -43,8 +57,7 @@ def test_two_gloo_ranks_equal_one_rank_accumulating(small_data: Path, tmp_path: 
     run(replace(base, save_dir=tmp_path / "two", nproc=2))
     one, two = params(tmp_path / "one"), params(tmp_path / "two")
     initial = Trainer(replace(base, save_dir=tmp_path / "fresh"), Dist()).model.state_dict()
-    for k in one:
-        torch.testing.assert_close(one[k], two[k], atol=1e-5, rtol=1e-4)
+    assert_same_model(one, two)
     assert all(not torch.equal(one[k], initial[k]) for k in one if not k.endswith("positions"))  # every parameter was trained
 
 
@@ -83,9 +96,7 @@ def test_resume_on_another_device_count_continues_the_data_exactly(small_data: P
         run(half)
         assert checkpoint.load(save_dir / "checkpoint_last.pt")["progress"]["loop"]["batch"] == 6
         run(replace(half, nproc=second, train=base.train))
-        a, b = params(tmp_path / "straight"), params(save_dir)
-        for k in a:
-            torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
+        assert_same_model(params(tmp_path / "straight"), params(save_dir))
     # Another group size (2 ranks × 1 batch, then 1 rank × 1 batch): the position is a batch, not a group.
     regrouped = replace(base, save_dir=tmp_path / "regrouped", nproc=2, train=replace(base.train, tokens_per_update=None, max_updates=3))
     run(regrouped)
@@ -152,22 +163,20 @@ def test_resume_is_bit_identical(small_data: Path, tmp_path: Path) -> None:
 
 
 def test_resume_after_sigkill_is_bit_identical(small_data: Path, tmp_path: Path) -> None:
-    """A run killed at an arbitrary moment (possibly inside a save) resumes to the same parameters."""
+    """A run killed at an arbitrary moment (possibly inside a save) resumes to the same parameters as the
+    same command run without interruption (both in subprocesses: same threads, same arithmetic)."""
     updates = 40
-    straight = config(small_data, tmp_path / "straight", max_updates=updates)
-    run(straight)
-    save_dir = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "nmt", "train", str(small_data), "--arch", "tiny", "--cpu", "--save-dir", str(save_dir),
-           "--max-tokens", "512", "--warmup", "20", "--log-every", "5", "--validate-every", "1000", "--save-minutes", "1e9",
-           "--save-every", "1", "--max-updates", str(updates)]
-    extra = []
-    for k, v in TINY.items():
-        extra += [f"--{k.replace('_', '-')}", str(v)]
-    # Architecture fields beyond --dropout/--pre-norm come from a recipe.
-    recipe = tmp_path / "tiny.toml"
+    recipe = tmp_path / "tiny.toml"  # architecture fields beyond --dropout/--pre-norm come from a recipe
     recipe.write_text("[model]\n" + "".join(f"{k} = {v}\n" for k, v in TINY.items()))
-    cmd += ["--recipe", str(recipe)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def command(save_dir: Path) -> list[str]:
+        return [sys.executable, "-m", "nmt", "train", str(small_data), "--arch", "tiny", "--cpu", "--save-dir", str(save_dir),
+                "--max-tokens", "512", "--warmup", "20", "--log-every", "5", "--validate-every", "1000", "--save-minutes", "1e9",
+                "--save-every", "1", "--max-updates", str(updates), "--recipe", str(recipe)]
+
+    subprocess.run(command(tmp_path / "straight"), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    save_dir = tmp_path / "killed"
+    proc = subprocess.Popen(command(save_dir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while time.time() < deadline and len(checkpoint.numbered(save_dir)) < 6:
         time.sleep(0.05)
@@ -175,7 +184,7 @@ def test_resume_after_sigkill_is_bit_identical(small_data: Path, tmp_path: Path)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert checkpoint.load(save_dir / "checkpoint_last.pt")["progress"]["loop"]["update"] < updates
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(command(save_dir), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     a, b = params(tmp_path / "straight"), params(save_dir)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
@@ -284,17 +293,21 @@ def test_two_torchrun_nodes_equal_one_process_accumulating(small_data: Path, tmp
     assert one.returncode == 0, one.stderr[-2000:]
     nodes, single = params(tmp_path / "nodes"), params(tmp_path / "one")
     assert checkpoint.load(tmp_path / "nodes" / "checkpoint_last.pt")["config"]["train"]["update_freq"] == 1
-    for k in single:
-        torch.testing.assert_close(nodes[k], single[k], atol=1e-5, rtol=1e-4)
+    assert_same_model(nodes, single)
 
 
 @pytest.mark.slow
 def test_compiled_model_trains_like_the_eager_one(small_data: Path, tmp_path: Path) -> None:
-    """--compile (torch.compile, inductor) runs on the CPU too, and computes the same updates."""
-    cfg = config(small_data, tmp_path / "eager", max_updates=2)
+    """--compile (torch.compile, inductor) runs on the CPU too and computes the same gradient and validation
+    loss. Compared on the gradient (Adam's first moment after one update), not on the updated weights: Adam
+    divides by |g|, so fused kernels' rounding on a near-zero gradient can flip a step of ±lr."""
+    cfg = config(small_data, tmp_path / "eager", max_updates=1)
     cfg = replace(cfg, model={**TINY, "dropout": 0.0})
     run(cfg)
     run(replace(cfg, save_dir=tmp_path / "compiled", train=replace(cfg.train, compile=True)))
-    eager, compiled = params(tmp_path / "eager"), params(tmp_path / "compiled")
-    for k in eager:
-        torch.testing.assert_close(compiled[k], eager[k], atol=1e-5, rtol=1e-4)
+    eager, compiled = (checkpoint.load(tmp_path / name / "checkpoint_last.pt") for name in ("eager", "compiled"))
+    for i, state in eager["optimizer"]["state"].items():
+        torch.testing.assert_close(compiled["optimizer"]["state"][i]["exp_avg"], state["exp_avg"], atol=1e-8, rtol=1e-3)
+    losses = [[r["valid_loss"] for r in map(json.loads, (tmp_path / name / "train.jsonl").read_text().splitlines()) if "valid_loss" in r]
+              for name in ("eager", "compiled")]
+    assert losses[0] and losses[1] == pytest.approx(losses[0], abs=1e-4)
