@@ -403,9 +403,12 @@ class Trainer:
                 if p.update % t.log_every == 0 or done:
                     in_window = t.log_every if p.update % t.log_every == 0 else p.update % t.log_every
                     left = t.max_time - (time.time() - started) if t.max_time > 0 else None
-                    self.report.log(window_record(window, time.time() - window_start, p.update, p.epoch, in_window, t.max_updates - p.update,
-                                                  learning_rate(t, self.model_cfg.d_model, max(p.update, 1)), self.flops_per_token, self.peak,
-                                                  self.dist.world, seconds_left=left))
+                    record = window_record(window, time.time() - window_start, p.update, p.epoch, in_window, t.max_updates - p.update,
+                                           learning_rate(t, self.model_cfg.d_model, max(p.update, 1)), self.flops_per_token, self.peak,
+                                           self.dist.world, seconds_left=left)
+                    if self.dist.device.type == "cuda":  # what sizing --max-tokens needs: the peak so far, this rank
+                        record["gpu_mem_gib"] = torch.cuda.max_memory_allocated(self.dist.device) / 2**30
+                    self.report.log(record)
                     window[:] = 0
                     window_start = time.time()
                 numbered = p.update % t.save_every == 0 or done

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# The GPU measurements of docs/performance.md, on one GPU, in one go: training throughput, MFU and peak
+# memory for base and big in bf16 (random ids of WMT14's shape, bench/synthetic_data.py), --compile,
+# fp16 with the scaler, recovery from running out of memory, torchrun with NCCL, exact resume, and
+# nmt translate on the GPU. Figures are the JSON log records of each run; the summary lines start with '=='.
+#
+#   bash bench/gpu.sh PART OUT [REAL_DATA TEST_PREFIX]
+#     PART: train (throughput, compile, fp16, OOM, torchrun) or decode (resume, a base model trained on
+#     REAL_DATA for a few minutes, then translate TEST_PREFIX.en and score against TEST_PREFIX.de)
+#     OUT:  a folder for logs and runs
+set -uo pipefail
+part=$1; out=$2; data=${3:-}; test=${4:-}
+mkdir -p "$out"
+nmt() { python3 -m nmt "$@"; }
+# The last log record of a run that has figures in it, reduced to what the summary needs.
+last() { python3 - "$1" <<'EOF'
+import json, sys
+from pathlib import Path
+rows = [json.loads(l) for l in Path(sys.argv[1], "train.jsonl").read_text().splitlines()]
+figs = [r for r in rows if "tgt_tok_s" in r]
+keep = ("update", "tgt_tok_s", "mfu", "gpu_mem_gib", "pad_efficiency", "tgt_tokens_per_update", "skipped", "loss")
+print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in figs[-1].items() if k in keep}) if figs else "no figures")
+EOF
+}
+quiet=(--validate-every 1000000 --save-every 1000000 --save-minutes 1e9 --keep-last 1)
+
+if [ "$part" = train ]; then
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
+  python3 bench/synthetic_data.py "$out/wmt-shape" --pairs 400000 --vocab 37000
+  syn=$out/wmt-shape
+  for arch in base big; do
+    for mt in 16384 32768; do
+      run=$out/$arch-bf16-$mt
+      timeout 150 nmt train "$syn" --arch "$arch" --precision bf16 --max-tokens "$mt" --update-freq 1 --max-updates 240 \
+        --log-every 80 --save-dir "$run" "${quiet[@]}" > "$run.log" 2>&1
+      echo "== $arch bf16 max_tokens $mt (exit $?): $(last "$run")"
+    done
+  done
+  run=$out/big-bf16-compile
+  timeout 300 nmt train "$syn" --arch big --precision bf16 --max-tokens 32768 --update-freq 1 --max-updates 400 --compile \
+    --log-every 100 --save-dir "$run" "${quiet[@]}" > "$run.log" 2>&1
+  echo "== big bf16 --compile max_tokens 32768 (exit $?): $(last "$run")"
+  run=$out/base-fp16
+  timeout 150 nmt train "$syn" --arch base --precision fp16 --max-tokens 16384 --max-updates 240 --log-every 80 \
+    --save-dir "$run" "${quiet[@]}" > "$run.log" 2>&1
+  echo "== base fp16 + scaler (exit $?): $(last "$run") scale $(python3 -c "import sys; from pathlib import Path; from nmt import checkpoint; print(checkpoint.load(Path(sys.argv[1]))['scaler']['scale'])" "$run/checkpoint_last.pt")"
+  run=$out/big-oom
+  timeout 150 nmt train "$syn" --arch big --precision bf16 --max-tokens 600000 --max-updates 3 --log-every 1 \
+    --save-dir "$run" "${quiet[@]}" > "$run.log" 2>&1
+  echo "== big, --max-tokens 600000 (exit $?): $(grep -c 'out of GPU memory' "$run.log") out-of-memory skips; $(tail -n 2 "$run.log" | tr '\n' ' ')"
+  run=$out/base-torchrun
+  timeout 150 torchrun --standalone --nproc-per-node 1 -m nmt train "$syn" --arch base --precision bf16 --max-tokens 16384 \
+    --max-updates 120 --log-every 40 --save-dir "$run" "${quiet[@]}" > "$run.log" 2>&1
+  echo "== torchrun --nproc-per-node 1, NCCL (exit $?): $(last "$run"); $(grep -o 'backend [a-z]*' "$run.log" | head -1)"
+fi
+
+if [ "$part" = decode ]; then
+  # Exact resume on the GPU: the same run straight twice (how deterministic the kernels are), then cut.
+  common=(--arch base --precision bf16 --max-tokens 8192 --log-every 10 --validate-every 1000000 --save-minutes 1e9 --save-every 1000000)
+  nmt train "$data" "${common[@]}" --max-updates 40 --save-dir "$out/straight1" > "$out/resume.log" 2>&1
+  nmt train "$data" "${common[@]}" --max-updates 40 --save-dir "$out/straight2" >> "$out/resume.log" 2>&1
+  nmt train "$data" "${common[@]}" --max-updates 20 --save-dir "$out/cut" >> "$out/resume.log" 2>&1
+  nmt train "$data" "${common[@]}" --max-updates 40 --save-dir "$out/cut" >> "$out/resume.log" 2>&1
+  python3 - "$out" <<'EOF'
+import sys, torch
+from pathlib import Path
+from nmt import checkpoint
+load = lambda d: checkpoint.load(Path(sys.argv[1], d, "checkpoint_last.pt"))["model"]
+a, b, c = load("straight1"), load("straight2"), load("cut")
+diff = lambda x, y: max((x[k].float() - y[k].float()).abs().max().item() for k in x)
+print(f"== resume on the GPU: straight vs straight max |Δ| {diff(a, b):.3g} (identical: {all(torch.equal(a[k], b[k]) for k in a)}); "
+      f"straight vs resumed at 20 max |Δ| {diff(a, c):.3g} (identical: {all(torch.equal(a[k], c[k]) for k in a)})")
+EOF
+  run=$out/base-real
+  timeout 240 nmt train "$data" --arch base --precision bf16 --max-tokens 16384 --max-time 180 --warmup 1000 --log-every 200 \
+    --validate-every 1000000 --save-every 1000000 --save-minutes 1e9 --save-dir "$run" > "$run.log" 2>&1
+  echo "== base trained 180 s on $data (exit $?): $(last "$run")"
+  for dtype in fp32 bf16 fp16; do
+    for stop in bound beam; do
+      start=$(date +%s.%N)
+      nmt translate "$run/checkpoint_last.pt" --device cuda --dtype "$dtype" --stop "$stop" --beam 4 --max-tokens 8192 \
+        --input "$test.en" --output "$out/test.$dtype.$stop.hyp" 2> "$out/translate.$dtype.$stop.log"
+      status=$?
+      secs=$(python3 -c "import time,sys; print(time.time() - float(sys.argv[1]))" "$start")
+      lines=$(wc -l < "$test.en")
+      echo "== translate base on the GPU, $dtype, --stop $stop (exit $status): $lines lines in $secs s including start-up, $(python3 -m nmt score --hyp "$out/test.$dtype.$stop.hyp" --ref "$test.de" 2>&1 | head -1)"
+    done
+  done
+fi
