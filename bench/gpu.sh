@@ -5,8 +5,9 @@
 # nmt translate on the GPU. Figures are the JSON log records of each run; the summary lines start with '=='.
 #
 #   bash bench/gpu.sh PART OUT [REAL_DATA TEST_PREFIX]
-#     PART: train (throughput, compile, fp16, OOM, torchrun) or decode (resume, a base model trained on
-#     REAL_DATA for a few minutes, then translate TEST_PREFIX.en and score against TEST_PREFIX.de)
+#     PART: train (throughput, compile, fp16, OOM), torchrun (NCCL, and bench/profile_step.py on base),
+#     resume (exact resume on REAL_DATA) or decode (a base model trained on REAL_DATA for two minutes,
+#     then nmt translate on TEST_PREFIX.en, scored against TEST_PREFIX.de)
 #     OUT:  a folder for logs and runs
 set -uo pipefail
 part=$1; out=$2; data=${3:-}; test=${4:-}
@@ -22,7 +23,7 @@ keep = ("update", "tgt_tok_s", "mfu", "gpu_mem_gib", "pad_efficiency", "tgt_toke
 print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in figs[-1].items() if k in keep}) if figs else "no figures")
 EOF
 }
-quiet=(--validate-every 1000000 --save-every 1000000 --save-minutes 1e9 --keep-last 1)
+quiet=(--validate-every 1000000 --save-every 1000000 --save-minutes 1e9)
 
 if [ "$part" = train ]; then
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
@@ -32,30 +33,37 @@ if [ "$part" = train ]; then
   for arch in base big; do
     for mt in 16384 32768; do
       run=$out/$arch-bf16-$mt
-      timeout 150 nmt train "$syn" --arch "$arch" --precision bf16 --max-tokens "$mt" --update-freq 1 --max-updates 240 \
+      timeout 150 python3 -m nmt train "$syn" --arch "$arch" --precision bf16 --max-tokens "$mt" --update-freq 1 --max-updates 240 \
         --log-every 80 --save-dir "$run" "${quiet[@]}" > "$run.log" 2>&1
       echo "== $arch bf16 max_tokens $mt (exit $?): $(last "$run")"
     done
   done
   run=$out/big-bf16-compile
-  timeout 300 nmt train "$syn" --arch big --precision bf16 --max-tokens 32768 --update-freq 1 --max-updates 400 --compile \
+  timeout 300 python3 -m nmt train "$syn" --arch big --precision bf16 --max-tokens 32768 --update-freq 1 --max-updates 400 --compile \
     --log-every 100 --save-dir "$run" "${quiet[@]}" > "$run.log" 2>&1
   echo "== big bf16 --compile max_tokens 32768 (exit $?): $(last "$run")"
   run=$out/base-fp16
-  timeout 150 nmt train "$syn" --arch base --precision fp16 --max-tokens 16384 --max-updates 240 --log-every 80 \
+  timeout 150 python3 -m nmt train "$syn" --arch base --precision fp16 --max-tokens 16384 --max-updates 240 --log-every 80 \
     --save-dir "$run" "${quiet[@]}" > "$run.log" 2>&1
   echo "== base fp16 + scaler (exit $?): $(last "$run") scale $(python3 -c "import sys; from pathlib import Path; from nmt import checkpoint; print(checkpoint.load(Path(sys.argv[1]))['scaler']['scale'])" "$run/checkpoint_last.pt")"
   run=$out/big-oom
-  timeout 150 nmt train "$syn" --arch big --precision bf16 --max-tokens 600000 --max-updates 3 --log-every 1 \
+  timeout 150 python3 -m nmt train "$syn" --arch big --precision bf16 --max-tokens 600000 --max-updates 3 --log-every 1 \
     --save-dir "$run" "${quiet[@]}" > "$run.log" 2>&1
   echo "== big, --max-tokens 600000 (exit $?): $(grep -c 'out of GPU memory' "$run.log") out-of-memory skips; $(tail -n 2 "$run.log" | tr '\n' ' ')"
-  run=$out/base-torchrun
-  timeout 150 torchrun --standalone --nproc-per-node 1 -m nmt train "$syn" --arch base --precision bf16 --max-tokens 16384 \
-    --max-updates 120 --log-every 40 --save-dir "$run" "${quiet[@]}" > "$run.log" 2>&1
-  echo "== torchrun --nproc-per-node 1, NCCL (exit $?): $(last "$run"); $(grep -o 'backend [a-z]*' "$run.log" | head -1)"
 fi
 
-if [ "$part" = decode ]; then
+if [ "$part" = torchrun ]; then
+  syn=$out/wmt-shape
+  [ -f "$syn/manifest.json" ] || python3 bench/synthetic_data.py "$syn" --pairs 400000 --vocab 37000
+  run=$out/base-torchrun
+  timeout 120 torchrun --standalone --nproc-per-node 1 -m nmt train "$syn" --arch base --precision bf16 --max-tokens 16384 \
+    --max-updates 120 --log-every 40 --save-dir "$run" "${quiet[@]}" > "$run.log" 2>&1
+  echo "== torchrun --nproc-per-node 1, NCCL (exit $?): $(last "$run"); $(grep -o 'backend [a-z]*' "$run.log" | head -1)"
+  python3 bench/profile_step.py "$syn" --arch base --precision bf16 --max-tokens 32768 --rows 30 > "$out/profile-base.txt" 2>&1
+  head -n 1 "$out/profile-base.txt"
+fi
+
+if [ "$part" = resume ]; then
   # Exact resume on the GPU: the same run straight twice (how deterministic the kernels are), then cut.
   common=(--arch base --precision bf16 --max-tokens 8192 --log-every 10 --validate-every 1000000 --save-minutes 1e9 --save-every 1000000)
   nmt train "$data" "${common[@]}" --max-updates 40 --save-dir "$out/straight1" > "$out/resume.log" 2>&1
@@ -72,12 +80,16 @@ diff = lambda x, y: max((x[k].float() - y[k].float()).abs().max().item() for k i
 print(f"== resume on the GPU: straight vs straight max |Δ| {diff(a, b):.3g} (identical: {all(torch.equal(a[k], b[k]) for k in a)}); "
       f"straight vs resumed at 20 max |Δ| {diff(a, c):.3g} (identical: {all(torch.equal(a[k], c[k]) for k in a)})")
 EOF
+fi
+
+if [ "$part" = decode ]; then
   run=$out/base-real
-  timeout 240 nmt train "$data" --arch base --precision bf16 --max-tokens 16384 --max-time 180 --warmup 1000 --log-every 200 \
+  timeout 200 python3 -m nmt train "$data" --arch base --precision bf16 --max-tokens 16384 --max-time 120 --warmup 1000 --log-every 200 \
     --validate-every 1000000 --save-every 1000000 --save-minutes 1e9 --save-dir "$run" > "$run.log" 2>&1
-  echo "== base trained 180 s on $data (exit $?): $(last "$run")"
-  for dtype in fp32 bf16 fp16; do
-    for stop in bound beam; do
+  echo "== base trained 120 s on $data (exit $?): $(last "$run")"
+  for setting in "fp32 bound" "bf16 bound" "bf16 beam" "fp16 bound"; do
+    read -r dtype stop <<< "$setting"
+    {
       start=$(date +%s.%N)
       nmt translate "$run/checkpoint_last.pt" --device cuda --dtype "$dtype" --stop "$stop" --beam 4 --max-tokens 8192 \
         --input "$test.en" --output "$out/test.$dtype.$stop.hyp" 2> "$out/translate.$dtype.$stop.log"
@@ -85,6 +97,6 @@ EOF
       secs=$(python3 -c "import time,sys; print(time.time() - float(sys.argv[1]))" "$start")
       lines=$(wc -l < "$test.en")
       echo "== translate base on the GPU, $dtype, --stop $stop (exit $status): $lines lines in $secs s including start-up, $(python3 -m nmt score --hyp "$out/test.$dtype.$stop.hyp" --ref "$test.de" 2>&1 | head -1)"
-    done
+    }
   done
 fi

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from nmt.device import configure_cuda
+
 
 @dataclass(frozen=True)
 class Dist:
@@ -33,6 +35,7 @@ def init(rank: int, world: int, local_rank: int, use_cuda: bool, port: int | Non
     device = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
     if use_cuda:
         torch.cuda.set_device(device)
+        configure_cuda()
     if world > 1 and not dist.is_initialized():
         if port is not None:
             os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
