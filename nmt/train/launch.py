@@ -53,6 +53,10 @@ def run(cfg: RunConfig, dry_run: bool = False, reset: bool = False) -> dict[str,
 
 
 def _spawned(rank: int, world: int, cfg: RunConfig, use_cuda: bool, port: int, dry_run: bool, reset: bool) -> None:
+    if not use_cuda and "OMP_NUM_THREADS" not in os.environ:
+        # --cpu --nproc N: the cores are shared among the ranks, not given to each (oversubscribed threads
+        # spin against each other).
+        torch.set_num_threads(max(1, torch.get_num_threads() // world))
     try:
         _worker(rank, world, rank, cfg, use_cuda, port, dry_run, reset)
     except NmtError as err:
