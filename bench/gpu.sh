@@ -6,6 +6,7 @@
 #
 #   bash bench/gpu.sh PART OUT [REAL_DATA TEST_PREFIX]
 #     PART: train (throughput, compile, fp16, OOM), torchrun (NCCL, and bench/profile_step.py on base),
+#     learn (bf16 against fp32 on REAL_DATA: dev loss after the same updates),
 #     resume (exact resume on REAL_DATA) or decode (a base model trained on REAL_DATA for two minutes,
 #     then nmt translate on TEST_PREFIX.en, scored against TEST_PREFIX.de)
 #     OUT:  a folder for logs and runs
@@ -98,5 +99,14 @@ if [ "$part" = decode ]; then
       lines=$(wc -l < "$test.en")
       echo "== translate base on the GPU, $dtype, --stop $stop (exit $status): $lines lines in $secs s including start-up, $(python3 -m nmt score --hyp "$out/test.$dtype.$stop.hyp" --ref "$test.de" 2>&1 | head -1)"
     }
+  done
+fi
+
+if [ "$part" = learn ]; then
+  # bf16 against fp32: the same 300 updates of base on REAL_DATA, dev loss at the end.
+  for p in bf16 fp32; do
+    timeout 120 python3 -m nmt train "$data" --arch base --precision $p --max-tokens 8192 --max-updates 300 --warmup 300 \
+      --log-every 100 --validate-every 300 --save-every 1000000 --save-minutes 1e9 --save-dir "$out/learn-$p" > "$out/learn-$p.log" 2>&1
+    echo "== $p (exit $?): $(grep valid_loss "$out/learn-$p/train.jsonl" | tail -n 1) $(last "$out/learn-$p")"
   done
 fi
