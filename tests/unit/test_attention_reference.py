@@ -137,8 +137,8 @@ def reference_allowed(case: dict, real: np.ndarray | None) -> np.ndarray | None:
     return allowed
 
 
-def ours_with(p: dict[str, np.ndarray], d_k: int, d_v: int) -> MultiHeadAttention:
-    mha = MultiHeadAttention(D, HEADS, d_k=d_k, d_v=d_v).double().eval()
+def load_reference(mha: torch.nn.Module, p: dict[str, np.ndarray]) -> torch.nn.Module:
+    """The reference's weights into ours or ``nn.MultiheadAttention`` (both keep Q, K, V fused in ``in_proj``)."""
     t = {k: torch.from_numpy(v) for k, v in p.items()}
     with torch.no_grad():
         mha.in_proj_weight.copy_(torch.cat([t["wq"], t["wk"], t["wv"]]))
@@ -146,6 +146,10 @@ def ours_with(p: dict[str, np.ndarray], d_k: int, d_v: int) -> MultiHeadAttentio
         mha.out_proj.weight.copy_(t["wo"])
         mha.out_proj.bias.copy_(t["bo"])
     return mha
+
+
+def ours_with(p: dict[str, np.ndarray], d_k: int, d_v: int) -> MultiHeadAttention:
+    return load_reference(MultiHeadAttention(D, HEADS, d_k=d_k, d_v=d_v).double().eval(), p)
 
 
 @pytest.mark.parametrize("name", CASES)
@@ -187,13 +191,7 @@ def test_torch_multihead_attention_equals_reference(name: str) -> None:
     case = CASES.get(name, dict(cross=False, pad=True, causal=True))
     x, memory, p, real = example(case)
     expected, expected_weights = multi_head_attention(x, memory, p, HEADS, reference_allowed(case, real))
-    mha = torch.nn.MultiheadAttention(D, HEADS, batch_first=True, dtype=torch.float64).eval()
-    t = {k: torch.from_numpy(v) for k, v in p.items()}
-    with torch.no_grad():
-        mha.in_proj_weight.copy_(torch.cat([t["wq"], t["wk"], t["wv"]]))
-        mha.in_proj_bias.copy_(torch.cat([t["bq"], t["bk"], t["bv"]]))
-        mha.out_proj.weight.copy_(t["wo"])
-        mha.out_proj.bias.copy_(t["bo"])
+    mha = load_reference(torch.nn.MultiheadAttention(D, HEADS, batch_first=True, dtype=torch.float64).eval(), p)
     tx, tm = torch.from_numpy(x), torch.from_numpy(memory)
     ignore_keys = None if real is None else torch.from_numpy(~real)
     ignore_future = torch.from_numpy(~causal(TQ)) if case["causal"] else None
