@@ -37,7 +37,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         train = TrainConfig(max_tokens=args.max_tokens, precision=args.precision, compile=args.compile, update_freq=1,
                             validate_every=10**9, save_every=10**9, save_minutes=1e9)
-        cfg = resolve(RunConfig(data=args.data, save_dir=Path(tmp), arch=args.arch, train=train, cpu=not use_cuda), world=1)
+        cfg = resolve(RunConfig(data=args.data, save_dir=Path(tmp), arch=args.arch, train=train, cpu=not use_cuda), world=1, cuda=use_cuda)
         trainer = Trainer(cfg, D.init(0, 1, 0, use_cuda))
         batches = trainer.epoch_batches(1)
         sync = torch.cuda.synchronize if use_cuda else (lambda: None)
