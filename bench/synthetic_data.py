@@ -50,7 +50,7 @@ def vocabulary(dest: Path, size: int) -> int:
 def write_split(dest: Path, split: str, pairs: int, vocab: int, dtype: str, rng: np.random.Generator) -> dict:
     src_len = lengths(rng, pairs, median=25.0)
     tgt_len = np.clip(np.rint(src_len * rng.normal(1.1, 0.15, pairs)), 1, 250).astype(np.int64)
-    first = BOS + 1 + 1  # ids below are the specials (pad, unk, bos, eos)
+    first = EOS + 1  # ids up to EOS are the specials (pad, unk, bos, eos)
     for lang, lens in (("en", src_len), ("de", tgt_len)):
         writer = TokenWriter(dest / f"{split}.{lang}", dtype)
         for start in range(0, pairs, 50_000):
