@@ -89,6 +89,7 @@ def beam_search(
     eos_only[..., EOS] = 0.0
     limit_steps = set(max_lens)  # known on the host: no device check at the steps where no sentence ends
     never = torch.tensor([PAD, BOS], device=device)  # tokens no output contains
+    firsts, firsts_of = torch.zeros(0, 1, dtype=torch.long, device=device), 0
     for t in range(steps):
         m, r = scores.shape
         lprobs = scorer.step(last, states)  # a fresh tensor, changed in place below
@@ -119,17 +120,27 @@ def beam_search(
             nth_best = _finish(finishing, top_scores, top_beam, history, active, t + 1, alpha, penalty, nbest, finished, nth_best, r)
             count = count + finishing.sum(1)
         best_alive = alive_scores[:, 0]
-        done = ~torch.isfinite(best_alive) | (limits <= t + 1)
-        done |= (count >= k) if stop == "beam" else (nth_best >= best_alive.double() / bound_penalty)
-        if bool(done.all()):
+        # A sentence with no live hypothesis left is done: under the bound rule -inf / penalty is -inf, which
+        # any n-th best beats.
+        if stop == "beam":
+            done = (count >= k) | (best_alive == float("-inf"))
+        else:
+            done = nth_best >= best_alive.double() / bound_penalty
+        if t + 1 in limit_steps:
+            done |= limits <= t + 1
+        finished_now = int(done.sum())
+        if finished_now == m:
             break
-        keep = None if not bool(done.any()) else torch.nonzero(~done).flatten()
-        if keep is not None:
+        if finished_now:
+            keep = torch.nonzero(~done).flatten()
             alive_beam, alive_token, alive_scores = alive_beam[keep], alive_token[keep], alive_scores[keep]
             active, limits, bound_penalty, nth_best, count = active[keep], limits[keep], bound_penalty[keep], nth_best[keep], count[keep]
             base = keep[:, None] * r
         else:
-            base = torch.arange(m, device=device)[:, None] * r
+            keep = None
+            if firsts.size(0) != m or firsts_of != r:  # made again only when the batch or r changes
+                firsts, firsts_of = torch.arange(m, device=device)[:, None] * r, r
+            base = firsts  # the first of each sentence's r rows
         rows = (base + alive_beam).flatten()
         history = torch.cat([history.index_select(0, rows), alive_token.view(-1, 1)], dim=1)
         scorer.reorder(states, rows, keep, k)

@@ -62,6 +62,22 @@ def attention_weights(q: Tensor, k: Tensor, mask: Tensor | None = None, causal: 
     return weights if allowed is None else weights.masked_fill(~allowed, 0.0)  # a fully masked row: 0, not NaN
 
 
+def attend_heads(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = None) -> Tensor:
+    """softmax(QKᵀ/√d_k + bias)V with the heads folded into the batch, for incremental decoding: queries
+    (B, Tq, d_k) against keys (B, Tk, d_k) and values (B, Tk, d_v), any strides → (B, Tq, d_v).
+
+    Equal to ``scaled_dot_product_attention`` in evaluation mode. For the few queries of a decoding step two
+    batched matrix products beat the fused kernel on a CPU, and nothing is copied. ``bias`` (broadcast to the
+    scores) is 0 where a key may be attended and -inf elsewhere.
+    """
+    scale = q.size(-1) ** -0.5
+    kt = k.transpose(1, 2)
+    # baddbmm scales and adds the bias in the product's own pass.
+    scores = torch.bmm(q, kt).mul_(scale) if bias is None else torch.baddbmm(bias, q, kt, alpha=scale)
+    weights = scores.softmax(-1) if scores.dtype == torch.float32 else scores.float().softmax(-1).to(v.dtype)
+    return torch.bmm(weights, v)
+
+
 class MultiHeadAttention(nn.Module):
     """MultiHead(Q, K, V) = Concat(head_1..head_h) W^O (§3.2.2).
 
@@ -124,20 +140,16 @@ class MultiHeadAttention(nn.Module):
         b, _, t, _ = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(b, t, self.heads * self.d_v)), weights
 
-    def attend_step(self, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = None) -> Tensor:
-        """Incremental decoding's attention, equal to ``attend`` in evaluation mode: a few queries (B, h, Tq, d_k)
-        against contiguous cached keys/values (B, h, Tk, d_k) → (B, Tq, d_model) after W^O.
-
-        Two batched matrix products: for so few queries they beat the fused kernel on a CPU, and nothing
-        is copied. ``bias`` (broadcast to the scores) is 0 where a key may be attended and -inf elsewhere.
-        """
-        scores = torch.matmul(q, k.transpose(-1, -2)).mul_(self.d_k**-0.5)  # (B, h, Tq, Tk)
-        if bias is not None:
-            scores.add_(bias)
-        weights = scores.softmax(-1) if scores.dtype == torch.float32 else scores.float().softmax(-1).to(v.dtype)
-        out = torch.matmul(weights, v)
-        b, _, t, _ = out.shape
-        return F.linear(out.transpose(1, 2).reshape(b, t, self.heads * self.d_v), self.out_proj.weight, self.out_proj.bias)
+    def grouped_qkv(self) -> tuple[Tensor, Tensor]:
+        """The Q, K, V projection with each head's query, key and value columns side by side, for decoding
+        steps: weight (d_model, h·(2d_k + d_v)) and bias. A step's output viewed as (R·h, 2d_k + d_v) holds a
+        head's query, key and value in one row, so its new key and value are one slice that the cache appends
+        whole, and no heads need transposing."""
+        w, b = self.in_proj_weight.split(self.sizes), self.in_proj_bias.split(self.sizes)
+        h = self.heads
+        weight = torch.cat([w[0].view(h, self.d_k, -1), w[1].view(h, self.d_k, -1), w[2].view(h, self.d_v, -1)], dim=1)
+        bias = torch.cat([b[0].view(h, self.d_k), b[1].view(h, self.d_k), b[2].view(h, self.d_v)], dim=1)
+        return weight.flatten(0, 1).t(), bias.flatten()
 
     def forward(
         self, x: Tensor, memory: Tensor | None = None, mask: Tensor | None = None, causal: bool = False, record: list[Tensor] | None = None

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nmt.model.attention import AttentionMaps, MultiHeadAttention
+from nmt.model.attention import AttentionMaps, MultiHeadAttention, attend_heads
 from nmt.model.config import ModelConfig
 
 if TYPE_CHECKING:
@@ -40,7 +41,9 @@ class FeedForward(nn.Module):
             nn.init.zeros_(fc.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.fc2(self.dropout(torch.relu(self.fc1(x))))
+        # In place: the hidden layer is the largest activation of a layer (d_ff wide), and autograd keeps
+        # what relu's backward needs (its output) either way.
+        return self.fc2(self.dropout(self.fc1(x).relu_()))
 
 
 class Residual(nn.Module):
@@ -89,38 +92,70 @@ class DecoderLayer(nn.Module):
         y = self.cross_block(y, lambda h: self.cross_attn(h, memory, mask=src_mask, record=cross))
         return self.ffn_block(y, self.ffn)
 
+    def step_weights(self) -> "StepWeights":
+        """This layer's weights arranged for ``step``: views of the parameters, except the self-attention's
+        Q, K, V projection, regrouped by head (a copy; see ``MultiHeadAttention.grouped_qkv``)."""
+        sa, ca, ffn = self.self_attn, self.cross_attn, self.ffn
+        qkv_w, qkv_b = sa.grouped_qkv()
+        q = ca.sizes[0]
+        return StepWeights(
+            qkv_w, qkv_b, sa.out_proj.weight.t(), sa.out_proj.bias,
+            ca.in_proj_weight[:q].t(), ca.in_proj_bias[:q], ca.out_proj.weight.t(), ca.out_proj.bias,
+            ffn.fc1.weight.t(), ffn.fc1.bias, ffn.fc2.weight.t(), ffn.fc2.bias,
+        )
+
     def step(self, y: Tensor, state: "DecoderState", i: int) -> Tensor:
-        """One position y (R, 1, d), R = sentences × beam, with this layer's (``i``) part of ``state``: appends
-        its keys and values to the self-attention cache. Decoding only (no dropout): the same function as
-        ``forward`` in evaluation mode, called op by op because a step is small and runs thousands of times."""
+        """One position y (R, d), R = sentences × beam, with this layer's (``i``) part of ``state``: appends its
+        keys and values to the self-attention cache. Decoding only (no dropout): the same function as
+        ``forward`` in evaluation mode, written with 2-D activations and batched matrix products because a
+        step is small and runs thousands of times, so the number of operations is what costs."""
+        w, sa = state.weights[i], self.self_attn
+        r, heads, dk, dv = y.size(0), sa.heads, sa.d_k, sa.d_v
 
         def self_attention(h: Tensor) -> Tensor:
-            q, k, v = self.self_attn.project_qkv(h)  # (R, h, 1, d_k or d_v)
-            state.self_k[i] = torch.cat([state.self_k[i], k], dim=2)
-            state.self_v[i] = torch.cat([state.self_v[i], v], dim=2)
-            return self.self_attn.attend_step(q, state.self_k[i], state.self_v[i])
+            qkv = torch.addmm(w.qkv_b, h, w.qkv_w).view(r, heads, 1, 2 * dk + dv)  # a head's q, k, v side by side
+            k, v = state.append(i, qkv[..., dk : 2 * dk], qkv[..., 2 * dk :])  # (R·h, t + 1, d_k or d_v)
+            out = attend_heads(qkv.view(r * heads, 1, -1)[..., :dk], k, v)  # (R·h, 1, d_v)
+            return torch.addmm(w.self_out_b, out.view(r, heads * dv), w.self_out_w)
 
         def cross_attention(h: Tensor) -> Tensor:
-            # The beam's queries of a sentence as one block: (R, h, 1, d_k) → (N, h, beam, d_k).
-            q = self.cross_attn.project_q(h)
-            r, heads, _, dk = q.shape
-            q = q.view(r // state.beam, state.beam, heads, dk).transpose(1, 2)
-            out = self.cross_attn.attend_step(q, state.cross_k[i], state.cross_v[i], state.cross_bias)  # (N, beam, d)
-            return out.reshape(r, 1, -1)
+            # The beam's queries of a sentence attend as one block: (R, h·d_k) → (N·h, beam, d_k).
+            n, beam = r // state.beam, state.beam
+            q = torch.addmm(w.cross_q_b, h, w.cross_q_w).view(n, beam, heads, dk).transpose(1, 2).reshape(n * heads, beam, dk)
+            out = attend_heads(q, state.cross_k[i], state.cross_v[i], state.cross_bias)  # (N·h, beam, d_v)
+            out = out.view(n, heads, beam, dv).transpose(1, 2).reshape(r, heads * dv)
+            return torch.addmm(w.cross_out_b, out, w.cross_out_w)
 
         def feed_forward(h: Tensor) -> Tensor:
-            ffn = self.ffn
-            return F.linear(torch.relu_(F.linear(h, ffn.fc1.weight, ffn.fc1.bias)), ffn.fc2.weight, ffn.fc2.bias)
+            return torch.addmm(w.fc2_b, torch.addmm(w.fc1_b, h, w.fc1_w).relu_(), w.fc2_w)
 
         y = _residual_step(self.self_block, y, self_attention)
         y = _residual_step(self.cross_block, y, cross_attention)
         return _residual_step(self.ffn_block, y, feed_forward)
 
 
+@dataclass
+class StepWeights:
+    """A decoder layer's weights as ``DecoderLayer.step`` uses them: matrices (in, out), so every projection
+    is one ``addmm`` on (R, d) activations."""
+
+    qkv_w: Tensor  # (d, h·(2d_k + d_v)), grouped by head
+    qkv_b: Tensor
+    self_out_w: Tensor
+    self_out_b: Tensor
+    cross_q_w: Tensor
+    cross_q_b: Tensor
+    cross_out_w: Tensor
+    cross_out_b: Tensor
+    fc1_w: Tensor
+    fc1_b: Tensor
+    fc2_w: Tensor
+    fc2_b: Tensor
+
+
 def _residual_step(block: Residual, x: Tensor, sublayer: Callable[[Tensor], Tensor]) -> Tensor:
     """``block(x, sublayer)`` without dropout, its layer norm called as a function (decoding steps)."""
     n = block.norm
-    norm = lambda z: F.layer_norm(z, n.normalized_shape, n.weight, n.bias, n.eps)  # noqa: E731
     if block.pre_norm:
-        return x + sublayer(norm(x))
-    return norm(x + sublayer(x))
+        return x + sublayer(F.layer_norm(x, n.normalized_shape, n.weight, n.bias, n.eps))
+    return F.layer_norm(sublayer(x).add_(x), n.normalized_shape, n.weight, n.bias, n.eps)

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from nmt.model.attention import AttentionMaps, padding_mask
 from nmt.model.config import ModelConfig
-from nmt.model.layers import DecoderLayer, EncoderLayer, sinusoidal_positions
+from nmt.model.layers import DecoderLayer, EncoderLayer, StepWeights, sinusoidal_positions
 from nmt.tokens import PAD
 
 
@@ -32,19 +32,30 @@ class DecoderState:
     """Everything incremental decoding carries between steps.
 
     Rows are hypotheses, ``beam`` consecutive rows per sentence. Self-attention keys/values have one row per
-    hypothesis and hold exactly the positions decoded so far, contiguous, so attention reads them as they
-    are; a step appends one position, and reordering copies only what exists. Cross-attention keys/values
-    have one row per *sentence*: the beams of a sentence attend to the same source, so reordering
-    hypotheses never copies them, and the beam's queries go through attention as one block.
+    hypothesis and hold exactly the positions decoded so far, contiguous, so the batched products of attention
+    read them as they are (on a CPU those products run several times slower on strided views, such as a
+    cache with spare capacity or keys and values sharing one tensor); a step appends one position, and
+    reordering copies only what exists. Cross-attention keys/values have one row per *sentence*: the beams of
+    a sentence attend to the same source, so reordering hypotheses never copies them, and the beam's queries
+    go through attention as one block. Heads are folded into the first dimension.
     """
 
     self_k: list[Tensor]  # per layer (R, h, step, d_k)
     self_v: list[Tensor]  # per layer (R, h, step, d_v)
-    cross_k: list[Tensor]  # per layer (N, h, S, d_k), computed once
-    cross_v: list[Tensor]
-    cross_bias: Tensor  # (N, 1, 1, S): 0 for source tokens, -inf for padding
+    cross_k: list[Tensor]  # per layer (N·h, S, d_k), computed once
+    cross_v: list[Tensor]  # per layer (N·h, S, d_v)
+    cross_bias: Tensor  # (N·h, 1, S): 0 for source tokens, -inf for padding
+    weights: list[StepWeights]  # per layer, the parameters arranged for steps
+    positions: Tensor  # (max_positions, d) in the model's dtype
     beam: int = 1
     step: int = 0
+
+    def append(self, i: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Append layer ``i``'s keys (R, h, 1, d_k) and values (R, h, 1, d_v) at position ``step``; returns the
+        layer's caches with heads folded in, (R·h, step + 1, d_k) and (R·h, step + 1, d_v)."""
+        self.self_k[i] = torch.cat([self.self_k[i], k], dim=2)
+        self.self_v[i] = torch.cat([self.self_v[i], v], dim=2)
+        return self.self_k[i].flatten(0, 1), self.self_v[i].flatten(0, 1)
 
     def reorder(self, rows: Tensor, sentences: Tensor | None = None, beam: int | None = None) -> None:
         """Continue with the hypotheses ``rows`` (indices into the current rows; ``beam`` per sentence kept, if
@@ -54,9 +65,11 @@ class DecoderState:
         self.self_k = [c.index_select(0, rows) for c in self.self_k]
         self.self_v = [c.index_select(0, rows) for c in self.self_v]
         if sentences is not None:
-            self.cross_k = [c.index_select(0, sentences) for c in self.cross_k]
-            self.cross_v = [c.index_select(0, sentences) for c in self.cross_v]
-            self.cross_bias = self.cross_bias.index_select(0, sentences)
+            heads = self.self_k[0].size(1)
+            by_sentence = lambda c: c.unflatten(0, (-1, heads)).index_select(0, sentences).flatten(0, 1)  # noqa: E731
+            self.cross_k = [by_sentence(c) for c in self.cross_k]
+            self.cross_v = [by_sentence(c) for c in self.cross_v]
+            self.cross_bias = by_sentence(self.cross_bias)
 
 
 class Transformer(nn.Module):
@@ -133,14 +146,19 @@ class Transformer(nn.Module):
 
     def init_state(self, enc: EncoderOut, beam: int = 1) -> DecoderState:
         """Decoding state for ``beam`` hypotheses per sentence of ``enc``; the cross-attention keys and values
-        are computed here, once per sentence."""
-        rows, cfg = enc.memory.size(0) * beam, self.cfg
-        empty = lambda width: enc.memory.new_empty(rows, cfg.heads, 0, width)  # noqa: E731
-        cross = [layer.cross_attn.project_kv(enc.memory) for layer in self.decoder]
-        bias = torch.zeros(enc.src_mask.shape, dtype=enc.memory.dtype, device=enc.memory.device).masked_fill_(~enc.src_mask, float("-inf"))
+        are computed here, once per sentence, and the weights arranged for steps, once per batch (so they
+        always match the parameters, also while a model trains)."""
+        cfg, memory = self.cfg, enc.memory
+        n, heads = memory.size(0), cfg.heads
+        cross = [layer.cross_attn.project_kv(memory) for layer in self.decoder]  # (N, h, S, d_k), (N, h, S, d_v)
+        bias = torch.zeros(enc.src_mask.shape, dtype=memory.dtype, device=memory.device).masked_fill_(~enc.src_mask, float("-inf"))
+        table_pos = self.positions if self.position_embed is None else self.position_embed.weight
+        empty = lambda width: memory.new_empty(n * beam, heads, 0, width)  # noqa: E731
         return DecoderState(
             self_k=[empty(cfg.key_dim) for _ in self.decoder], self_v=[empty(cfg.value_dim) for _ in self.decoder],
-            cross_k=[k.contiguous() for k, _ in cross], cross_v=[v.contiguous() for _, v in cross], cross_bias=bias, beam=beam,
+            cross_k=[k.flatten(0, 1).contiguous() for k, _ in cross], cross_v=[v.flatten(0, 1).contiguous() for _, v in cross],
+            cross_bias=bias.expand(n, heads, 1, -1).reshape(n * heads, 1, -1),
+            weights=[layer.step_weights() for layer in self.decoder], positions=table_pos.to(memory.dtype), beam=beam,
         )
 
     def decode_step(self, tokens: Tensor, state: DecoderState) -> Tensor:
@@ -149,8 +167,13 @@ class Transformer(nn.Module):
         Advances ``state.step``; equal to the full decoder's output at that position.
         """
         t = state.step
-        y = self.embed(self.tgt_embed, tokens[:, None], offset=t)
+        if t >= self.cfg.max_positions:
+            raise ValueError(f"sequence of {t + 1} positions exceeds max_positions {self.cfg.max_positions}")
+        y = F.embedding(tokens, self.tgt_embed.weight).mul_(self.embed_scale).add_(state.positions[t])  # (R, d)
         for i, layer in enumerate(self.decoder):
             y = layer.step(y, state, i)
         state.step = t + 1
-        return self.logits(self.decoder_norm(y))[:, 0].float().log_softmax(-1)
+        logits = self.logits(self.decoder_norm(y)).float()  # a fresh tensor (R, V)
+        # In place: a second (R, V) tensor per step is a large allocation, whose fresh pages cost as much as
+        # the softmax itself.
+        return torch.log_softmax(logits, -1, out=logits)

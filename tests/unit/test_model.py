@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from nmt.model.attention import MultiHeadAttention, naive_attention, padding_mask
+from nmt.model.attention import MultiHeadAttention, attend_heads, naive_attention, padding_mask
 from nmt.model.config import ModelConfig, body_parameters, model_config, total_parameters
 from nmt.model.layers import sinusoidal_positions
 from nmt.model.transformer import Transformer
@@ -185,3 +185,47 @@ def test_table3_variants_change_what_they_should() -> None:
     with pytest.raises(ValueError, match="give d_k and d_v"):
         ModelConfig(d_model=100, heads=3)
     assert ModelConfig(d_model=100, heads=3, d_k=20, d_v=20).key_dim == 20
+
+
+def test_attend_heads_equals_reference_attention_on_strided_inputs() -> None:
+    """Decoding's attention: heads folded into the batch, keys and values read through views, an additive
+    padding bias; equal to softmax(QKᵀ/√d_k)V with the mask."""
+    torch.manual_seed(0)
+    q = torch.randn(6, 3, 40)[..., :8]  # strided views, as the step's slices of a projection are
+    kv = torch.randn(6, 5, 20)
+    k, v = kv[..., :8], kv[..., 8:]
+    allowed = torch.tensor([True, True, True, False, False]).expand(6, 1, 5)
+    bias = torch.zeros(6, 1, 5).masked_fill(~allowed, float("-inf"))
+    torch.testing.assert_close(attend_heads(q, k, v, bias), naive_attention(q, k, v, allowed), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(attend_heads(q, k, v), naive_attention(q, k, v), atol=1e-5, rtol=1e-5)
+
+
+def test_grouped_qkv_puts_each_heads_query_key_value_side_by_side() -> None:
+    torch.manual_seed(0)
+    a = MultiHeadAttention(64, 4, d_k=8, d_v=24)
+    x = torch.randn(3, 64)
+    q, k, v = a.project_qkv(x[:, None])  # (3, h, 1, d_k or d_v)
+    weight, bias = a.grouped_qkv()
+    grouped = torch.addmm(bias, x, weight).view(3, 4, 8 + 8 + 24)
+    torch.testing.assert_close(grouped[..., :8], q[:, :, 0])
+    torch.testing.assert_close(grouped[..., 8:16], k[:, :, 0])
+    torch.testing.assert_close(grouped[..., 16:], v[:, :, 0])
+
+
+def test_incremental_decoding_through_many_reorders_equals_full_decoder() -> None:
+    """Forty steps of a beam of 3 whose rows swap at every step still score every row as the full decoder
+    scores its own prefix."""
+    torch.manual_seed(0)
+    model = tiny()
+    src = torch.tensor([[5, 6, 7, 8, 3], [9, 10, 3, 0, 0]])
+    with torch.no_grad():
+        state = model.init_state(model.encode(src), beam=3)
+        prefixes = torch.full((6, 1), 2)
+        for _ in range(40):
+            model.decode_step(prefixes[:, -1], state)
+            rows = torch.randint(0, 3, (6,)) + torch.arange(6) // 3 * 3  # each row continues a row of its sentence
+            tokens = torch.randint(3, 40, (6, 1))  # random, so the rows of a sentence differ
+            prefixes = torch.cat([prefixes[rows], tokens], dim=1)
+            state.reorder(rows)
+        full = model(src.repeat_interleave(3, 0), prefixes).log_softmax(-1)[:, -1]
+        torch.testing.assert_close(model.decode_step(prefixes[:, -1], state), full, atol=1e-4, rtol=1e-4)
