@@ -143,8 +143,8 @@ class MultiHeadAttention(nn.Module):
     def grouped_qkv(self) -> tuple[Tensor, Tensor]:
         """The Q, K, V projection with each head's query, key and value columns side by side, for decoding
         steps: weight (d_model, h·(2d_k + d_v)) and bias. A step's output viewed as (R·h, 2d_k + d_v) holds a
-        head's query, key and value in one row, so its new key and value are one slice that the cache appends
-        whole, and no heads need transposing."""
+        head's query, key and value in one row, so each is a slice already laid out as attention reads it
+        (heads folded into the batch) and no head needs transposing."""
         w, b = self.in_proj_weight.split(self.sizes), self.in_proj_bias.split(self.sizes)
         h = self.heads
         weight = torch.cat([w[0].view(h, self.d_k, -1), w[1].view(h, self.d_k, -1), w[2].view(h, self.d_v, -1)], dim=1)
