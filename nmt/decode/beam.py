@@ -89,7 +89,7 @@ def beam_search(
     eos_only[..., EOS] = 0.0
     limit_steps = set(max_lens)  # known on the host: no device check at the steps where no sentence ends
     never = torch.tensor([PAD, BOS], device=device)  # tokens no output contains
-    firsts, firsts_of = torch.zeros(0, 1, dtype=torch.long, device=device), 0
+    firsts = torch.arange(n, device=device)[:, None] * k  # the first row of each sentence once the beam is open
     for t in range(steps):
         m, r = scores.shape
         lprobs = scorer.step(last, states)  # a fresh tensor, changed in place below
@@ -138,9 +138,7 @@ def beam_search(
             base = keep[:, None] * r
         else:
             keep = None
-            if firsts.size(0) != m or firsts_of != r:  # made again only when the batch or r changes
-                firsts, firsts_of = torch.arange(m, device=device)[:, None] * r, r
-            base = firsts  # the first of each sentence's r rows
+            base = firsts[:m] if r == k else torch.arange(m, device=device)[:, None] * r
         rows = (base + alive_beam).flatten()
         history = torch.cat([history.index_select(0, rows), alive_token.view(-1, 1)], dim=1)
         scorer.reorder(states, rows, keep, k)

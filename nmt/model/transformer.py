@@ -102,11 +102,14 @@ class Transformer(nn.Module):
     def embed(self, table: nn.Embedding, tokens: Tensor, offset: int = 0) -> Tensor:
         """Embedding × √d_model + PE, then dropout (§3.4, §3.5, §5.4). tokens: (B, T) → (B, T, d)."""
         t = tokens.size(1)
-        if offset + t > self.cfg.max_positions:
-            raise ValueError(f"sequence of {offset + t} positions exceeds max_positions {self.cfg.max_positions}")
+        self._check_positions(offset + t)
         table_pos = self.positions if self.position_embed is None else self.position_embed.weight
         x = table(tokens) * self.embed_scale + table_pos[offset : offset + t].to(dtype=table.weight.dtype)
         return self.dropout(x)
+
+    def _check_positions(self, length: int) -> None:
+        if length > self.cfg.max_positions:
+            raise ValueError(f"sequence of {length} positions exceeds max_positions {self.cfg.max_positions}")
 
     def logits(self, h: Tensor) -> Tensor:
         weight = self.tgt_embed.weight if self.output_proj is None else self.output_proj.weight
@@ -167,8 +170,7 @@ class Transformer(nn.Module):
         Advances ``state.step``; equal to the full decoder's output at that position.
         """
         t = state.step
-        if t >= self.cfg.max_positions:
-            raise ValueError(f"sequence of {t + 1} positions exceeds max_positions {self.cfg.max_positions}")
+        self._check_positions(t + 1)
         y = F.embedding(tokens, self.tgt_embed.weight).mul_(self.embed_scale).add_(state.positions[t])  # (R, d)
         for i, layer in enumerate(self.decoder):
             y = layer.step(y, state, i)

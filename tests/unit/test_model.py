@@ -229,3 +229,15 @@ def test_incremental_decoding_through_many_reorders_equals_full_decoder() -> Non
             state.reorder(rows)
         full = model(src.repeat_interleave(3, 0), prefixes).log_softmax(-1)[:, -1]
         torch.testing.assert_close(model.decode_step(prefixes[:, -1], state), full, atol=1e-4, rtol=1e-4)
+
+
+def test_positions_beyond_the_table_are_refused() -> None:
+    model = Transformer(model_config("tiny", vocab_size=40, max_positions=4))
+    with pytest.raises(ValueError, match="5 positions exceeds max_positions 4"):
+        model.embed(model.src_embed, torch.tensor([[5, 6, 7, 8, 3]]))
+    with torch.no_grad():
+        state = model.init_state(model.encode(torch.tensor([[5, 3]])))
+        for token in (2, 5, 6, 7):
+            model.decode_step(torch.tensor([token]), state)
+        with pytest.raises(ValueError, match="5 positions exceeds max_positions 4"):
+            model.decode_step(torch.tensor([8]), state)
