@@ -25,12 +25,15 @@ print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in figs
 EOF
 }
 quiet=(--validate-every 1000000 --save-every 1000000 --save-minutes 1e9)
+syn=$out/wmt-shape
+synthetic() {  # random ids of WMT14's shape, written once per OUT
+  [ -f "$syn/manifest.json" ] || python3 bench/synthetic_data.py "$syn" --pairs 400000 --vocab 37000
+}
 
 if [ "$part" = train ]; then
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
-  python3 bench/synthetic_data.py "$out/wmt-shape" --pairs 400000 --vocab 37000
-  syn=$out/wmt-shape
+  synthetic
   for arch in base big; do
     for mt in 16384 32768; do
       run=$out/$arch-bf16-$mt
@@ -54,8 +57,7 @@ if [ "$part" = train ]; then
 fi
 
 if [ "$part" = torchrun ]; then
-  syn=$out/wmt-shape
-  [ -f "$syn/manifest.json" ] || python3 bench/synthetic_data.py "$syn" --pairs 400000 --vocab 37000
+  synthetic
   run=$out/base-torchrun
   timeout 120 torchrun --standalone --nproc-per-node 1 -m nmt train "$syn" --arch base --precision bf16 --max-tokens 16384 \
     --max-updates 120 --log-every 40 --save-dir "$run" "${quiet[@]}" > "$run.log" 2>&1
