@@ -10,6 +10,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from nmt.model.attention import MultiHeadAttention, attention_weights, padding_mask
 
@@ -200,3 +201,23 @@ def test_torch_multihead_attention_equals_reference(name: str) -> None:
                            average_attn_weights=False)
     np.testing.assert_allclose(out.numpy(), expected, rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(weights.numpy(), expected_weights, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_bf16_attention_on_a_cpu_runs_the_kernel_in_float32(causal: bool) -> None:
+    """On a CPU the fused kernel is about 10× slower in bf16 than in float32, so bf16 heads go through it in
+    float32, also under autocast (which would otherwise cast them back to bf16): the result is exactly the
+    float32 kernel's on the same bf16 values, rounded to bf16, and its gradients reach the bf16 inputs."""
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(16, 4).eval()
+    q, k, v = (torch.randn(3, 4, 7, 4, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    mask = padding_mask(torch.tensor([[5] * 7, [5] * 4 + [0] * 3, [5] * 2 + [0] * 5]), 0)
+    mask = None if causal else mask
+    heads = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=mask, is_causal=causal).to(torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = mha.attend(q, k, v, mask, causal)
+        expected = mha.out_proj(heads.transpose(1, 2).reshape(3, 7, 16))
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    out.float().sum().backward()
+    assert q.grad is not None and q.grad.dtype == torch.bfloat16 and q.grad.abs().sum() > 0
