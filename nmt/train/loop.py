@@ -23,13 +23,13 @@ from nmt import __version__, atomic, checkpoint
 from nmt.config import RunConfig, batch_plan, device_plan, resolve, to_plain
 from nmt.data.batching import collate, token_batches
 from nmt.data.dataset import ParallelDataset, read_manifest
-from nmt.device import slow_precision_warning
+from nmt.device import configure_cpu_allocator, slow_precision_warning
 from nmt.errors import NmtError
 from nmt.model.config import model_config, total_parameters, train_flops_per_target_token
 from nmt.model.transformer import Transformer
 from nmt.tokens import PAD
 from nmt.train import distributed as D
-from nmt.train.loss import label_smoothed_nll
+from nmt.train.loss import label_smoothed_cross_entropy
 from nmt.train.report import STATS, Reporter, peak_flops, window_record
 from nmt.train.schedule import learning_rate
 
@@ -66,6 +66,8 @@ class Trainer:
     def __init__(self, cfg: RunConfig, dist: D.Dist, reset: bool = False) -> None:
         cfg = resolve(cfg, dist.world, dist.device.type == "cuda")  # as launch does; a no-op when it did
         self.cfg, self.dist = cfg, dist
+        if dist.device.type == "cpu":
+            configure_cpu_allocator()
         self.manifest = read_manifest(cfg.data)
         self.train_set = ParallelDataset(cfg.data, "train")
         self.valid_set = ParallelDataset(cfg.data, "valid") if "valid" in self.manifest["splits"] else None
@@ -214,13 +216,12 @@ class Trainer:
                 with autocast:
                     logits = self.step_model(batch.src, batch.tgt_in)
                 # The loss in float32 whatever the autocast dtype (a bf16 softmax over 37k classes loses mass).
-                lprobs = logits.float().log_softmax(-1).view(-1, logits.size(-1))
-                loss, nll, n = label_smoothed_nll(lprobs, batch.tgt_out.view(-1), t.label_smoothing, PAD)
+                loss, nll, n = label_smoothed_cross_entropy(logits.view(-1, logits.size(-1)), batch.tgt_out.view(-1), t.label_smoothing, PAD)
                 self.scaler.scale(loss / group_tokens).backward()
             except torch.cuda.OutOfMemoryError:
                 out_of_memory = True  # handled outside: the traceback would keep the tensors alive
             if out_of_memory:
-                logits = lprobs = loss = batch = None
+                logits = loss = batch = None
                 self.optimizer.zero_grad(set_to_none=False)
                 torch.cuda.empty_cache()
                 stats[STATS.index("oom")] += 1
@@ -285,8 +286,7 @@ class Trainer:
             batch = collate([self.valid_set[int(i)] for i in idx], t.pad_multiple).to(self.dist.device)
             with autocast:
                 logits = self.model(batch.src, batch.tgt_in)
-            lprobs = logits.float().log_softmax(-1).view(-1, logits.size(-1))
-            loss, nll, n = label_smoothed_nll(lprobs, batch.tgt_out.view(-1), t.label_smoothing, PAD)
+            loss, nll, n = label_smoothed_cross_entropy(logits.view(-1, logits.size(-1)), batch.tgt_out.view(-1), t.label_smoothing, PAD)
             sums += torch.stack([loss.double(), nll.double(), n.double()])
         loss, nll, n = D.all_reduce_(sums, self.dist.world).tolist()
         result = {"valid_loss": loss / max(n, 1), "valid_nll": nll / max(n, 1), "valid_ppl": math.exp(min(nll / max(n, 1), 50))}

@@ -23,3 +23,66 @@ def label_smoothed_nll(lprobs: Tensor, target: Tensor, epsilon: float, pad_id: i
     loss = (1.0 - epsilon - eps_i) * nll + eps_i * smooth
     zero = torch.zeros((), dtype=lprobs.dtype, device=lprobs.device)
     return torch.where(keep, loss, zero).sum(), torch.where(keep, nll, zero).sum(), keep.sum()
+
+
+class _SmoothedCrossEntropy(torch.autograd.Function):
+    """``label_smoothed_nll(logits.float().log_softmax(-1), ...)`` with a hand-written backward pass, in
+    blocks of rows on a CPU.
+
+    The gradient of the smoothed loss with respect to the logits is ``w · (softmax - q)``, q the smoothed
+    target distribution and w the incoming gradient (0 on padding). Only the log-normaliser of each row is
+    kept between the passes; the backward pass recomputes the softmax from the logits. On a CPU both passes
+    go through the (tokens × vocabulary) logits in blocks that stay in the core's cache: whole-tensor passes
+    (a float32 copy, the log-softmax, autograd's zero tensor for the gather, two accumulated gradients, the
+    log-softmax backward) made the loss a third of a 3+3-layer, 8k-vocabulary update in bf16; in blocks the
+    same arithmetic runs about 4× faster there. On a GPU one block is the whole tensor.
+    """
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, target: Tensor, epsilon: float, pad_id: int) -> tuple[Tensor, Tensor, Tensor]:  # type: ignore[override]
+        n_rows, vocab = logits.shape
+        step = n_rows if logits.device.type != "cpu" else max(1, CPU_BLOCK_ELEMENTS // vocab)
+        lse = torch.empty(n_rows, dtype=torch.float32, device=logits.device)
+        sums = torch.zeros(3, dtype=torch.float32, device=logits.device)
+        for a in range(0, n_rows, step):
+            block = logits[a : a + step].float()
+            lprobs = block.log_softmax(-1)
+            lse[a : a + step] = block[:, 0] - lprobs[:, 0]
+            loss, nll, _ = label_smoothed_nll(lprobs, target[a : a + step], epsilon, pad_id)
+            sums[0] += loss
+            sums[1] += nll
+        ctx.save_for_backward(logits, target, lse)
+        ctx.epsilon, ctx.pad_id, ctx.step = epsilon, pad_id, step
+        n = (target != pad_id).sum()
+        ctx.mark_non_differentiable(n)
+        loss, nll = sums[0].clone(), sums[1].clone()
+        ctx.mark_non_differentiable(nll)
+        return loss, nll, n
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_loss: Tensor, _nll: Tensor, _n: Tensor) -> tuple[Tensor | None, None, None, None]:  # type: ignore[override]
+        logits, target, lse = ctx.saved_tensors
+        eps_i = ctx.epsilon / (logits.size(-1) - 1)
+        gold = 1.0 - ctx.epsilon - eps_i
+        weight = (target != ctx.pad_id).to(torch.float32).mul_(grad_loss)[:, None]  # (N, 1)
+        grad = torch.empty_like(logits)
+        step = ctx.step
+        for a in range(0, logits.size(0), step):
+            w = weight[a : a + step]
+            p = logits[a : a + step].float().sub_(lse[a : a + step, None]).exp_()  # the softmax
+            torch.addcmul(w * -eps_i, p, w, out=p)  # w · (p - ε/(V-1))
+            p.scatter_add_(1, target[a : a + step, None], w * -gold)  # and the gold token's 1-ε-ε/(V-1)
+            grad[a : a + step] = p
+        return grad, None, None, None
+
+
+# Elements of a block of logits on a CPU: 8 MiB in float32, within a core's share of the cache.
+CPU_BLOCK_ELEMENTS = 2**21
+
+
+def label_smoothed_cross_entropy(logits: Tensor, target: Tensor, epsilon: float, pad_id: int) -> tuple[Tensor, Tensor, Tensor]:
+    """``label_smoothed_nll`` of ``logits`` (N, V) of any float dtype, computed in float32: the same sums
+    (smoothed loss, plain NLL, tokens), without keeping a (N, V) float32 tensor between the forward and
+    backward passes (only the smoothed loss is differentiable)."""
+    return _SmoothedCrossEntropy.apply(logits, target, epsilon, pad_id)
