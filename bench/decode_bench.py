@@ -7,7 +7,9 @@ process, so that its peak memory (``VmHWM``, the process's peak resident set) is
 - nmt: ``Translator``, batched by tokens, for each ``--dtype`` the device supports (fp32 on a CPU) and each
   stopping rule (``--stop bound``, exact, nmt's default; ``--stop beam``, the rule CTranslate2 uses);
 - CTranslate2, for each ``--ct2`` compute type (default float32 and int8, quantized at load time from the
-  same float32 export), through ``nmt.export.ct2.CT2Translator`` (same normalisation, limits and penalty);
+  same float32 export) and each ``--ct2-setup`` (its default kernels, oneDNN instead of MKL, one thread),
+  through ``nmt.export.ct2.CT2Translator`` (same normalisation, limits and penalty); the reference is its
+  fastest float32 set-up;
 - MarianMTModel.generate from the exported folder (``pip install transformers`` for that row).
 
 The CTranslate2 processes do not import torch (``CT2Translator`` does not need it), so their memory is
@@ -62,12 +64,13 @@ def run_nmt(args: argparse.Namespace, dtype: str, stop: str, lines: list[str]) -
     return out, time.perf_counter() - start, loaded
 
 
-def run_ct2(args: argparse.Namespace, compute_type: str, lines: list[str]) -> tuple[list[str], float, float]:
+def run_ct2(args: argparse.Namespace, compute_type: str, setup: str, lines: list[str]) -> tuple[list[str], float, float]:
     from nmt.config import DecodeConfig
     from nmt.export.ct2 import CT2Translator
 
     device = "cuda" if args.device.startswith("cuda") else "cpu"
-    translator = CT2Translator(args.export / "ctranslate2", device=device, compute_type=compute_type, threads=args.threads)
+    threads = 1 if setup == "1thread" else args.threads
+    translator = CT2Translator(args.export / "ctranslate2", device=device, compute_type=compute_type, threads=threads)
     loaded = rss_mib()
     start = time.perf_counter()
     out = translator.translate(lines, DecodeConfig(beam=args.beam, penalty="fairseq", lenpen=args.lenpen))
@@ -115,7 +118,7 @@ def worker(args: argparse.Namespace) -> None:
     system, variant, *stop = args.worker.split(":")
     gpu = None
     if system == "ct2":  # without torch in the process, so that its memory is CTranslate2's own
-        out, seconds, loaded = run_ct2(args, variant, lines)
+        out, seconds, loaded = run_ct2(args, variant, stop[0], lines)
     else:
         import torch
 
@@ -137,6 +140,8 @@ def measure(args: argparse.Namespace, system: str) -> dict:
            "--input", str(args.input), "--threads", str(args.threads), "--beam", str(args.beam), "--lenpen", str(args.lenpen),
            "--lines", str(args.lines), "--device", args.device]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    if system.endswith(":nomkl"):
+        env["CT2_USE_MKL"] = "0"  # CTranslate2's oneDNN/own kernels instead of Intel MKL
     status = subprocess.run(cmd, env=env).returncode
     if status != 0:
         result.unlink(missing_ok=True)
@@ -157,6 +162,10 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu, or cuda for the GPU rows (nmt, CTranslate2 and HF on the GPU).")
     parser.add_argument("--dtype", nargs="+", default=None, help="nmt dtypes [default: fp32 on a CPU; fp32 bf16 fp16 on a GPU].")
     parser.add_argument("--ct2", nargs="+", default=["float32", "int8"], help="CTranslate2 compute types.")
+    parser.add_argument("--ct2-setup", nargs="+", default=["default", "nomkl", "1thread"],
+                        help="CTranslate2 set-ups, each a row: default (its own choice of kernels, --threads), nomkl "
+                             "(CT2_USE_MKL=0: oneDNN instead of Intel MKL), 1thread (one intra-op thread). The fastest "
+                             "float32 row is the reference of the × column.")
     parser.add_argument("--stop", nargs="+", default=["bound", "beam"],
                         help="nmt's stopping rules: bound (exact, the default of nmt translate) and beam (CTranslate2's rule).")
     parser.add_argument("--repeat", type=int, default=2, help="Rounds over all systems; each keeps its fastest.")
@@ -180,7 +189,7 @@ def main() -> None:
         systems = [f"nmt:{d}:{stop}" for d in dtypes for stop in args.stop]
         if have_ct2:
             export(args.checkpoint, "ctranslate2", args.export / "ctranslate2")
-            systems += [f"ct2:{c}" for c in args.ct2]
+            systems += [f"ct2:{c}:{setup}" for c in args.ct2 for setup in args.ct2_setup]
         else:
             print("ctranslate2 is not installed: no CTranslate2 rows (pip install 'nmt[ctranslate2]')")
         if have_hf:
@@ -207,19 +216,24 @@ def main() -> None:
     reference = results[systems[0]].get("out")
     print(f"\n{n} sentences from {args.input}, beam {args.beam}, α {args.lenpen} (|Y|^α), {args.threads} threads, "
           f"device {args.device}, torch {torch.__version__}, best of {args.repeat} rounds")
-    ct2 = results.get("ct2:float32", {}).get("seconds")
-    print(f"{'system':<22}{'sent/s':>9}{'× CT2 fp32':>11}{'out tok/s':>11}{'peak RSS MiB':>14}{'loaded MiB':>12}{'GPU MiB':>9}{'identical':>11}")
+    # CTranslate2's best float32 set-up on this machine: its default can be far from it (on a 2-core
+    # Sapphire Rapids VM, Intel MKL with 2 threads ran 5-9× slower than with 1, or than oneDNN with 2).
+    ct2_rows = [r["seconds"] for name, r in results.items() if name.startswith("ct2:float32:") and "failed" not in r]
+    ct2 = min(ct2_rows) if ct2_rows else None
+    print(f"{'system':<32}{'sent/s':>9}{'× CT2 fp32':>11}{'out tok/s':>11}{'peak RSS MiB':>14}{'loaded MiB':>12}{'GPU MiB':>9}{'identical':>11}")
     for system in systems:
         r = results[system]
         if "failed" in r:
-            print(f"{system:<22} failed (exit status {r['failed']})")
+            print(f"{system:<32} failed (exit status {r['failed']})")
             continue
         tokens = sum(len(proc.encode(o)) + 1 for o in r["out"])
         same = sum(a == b for a, b in zip(r["out"], reference)) / max(n, 1) if reference else float("nan")
         gpu = f"{r['gpu_mib']:.0f}" if r.get("gpu_mib") else "-"
-        name = {"nmt": "nmt", "ct2": "CTranslate2", "hf": "MarianMTModel"}[system.split(":")[0]] + " " + " --stop ".join(system.split(":")[1:])
+        kind, variant, *rest = system.split(":")
+        label = f"--stop {rest[0]}" if kind == "nmt" else (rest[0] if rest and rest[0] != "default" else "")
+        name = f"{dict(nmt='nmt', ct2='CTranslate2', hf='MarianMTModel')[kind]} {variant} {label}".rstrip()
         ratio = f"{ct2 / r['seconds']:.2f}" if ct2 else "-"
-        print(f"{name:<22}{n / r['seconds']:>9.1f}{ratio:>11}{tokens / r['seconds']:>11.0f}{r['peak_mib']:>14.0f}{r['loaded_mib']:>12.0f}{gpu:>9}{100 * same:>10.1f}%")
+        print(f"{name:<32}{n / r['seconds']:>9.1f}{ratio:>11}{tokens / r['seconds']:>11.0f}{r['peak_mib']:>14.0f}{r['loaded_mib']:>12.0f}{gpu:>9}{100 * same:>10.1f}%")
 
 
 if __name__ == "__main__":

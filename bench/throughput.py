@@ -116,6 +116,7 @@ def main() -> None:
     parser.add_argument("--model", nargs="*", default=[], help="ModelConfig overrides as key=value.")
     parser.add_argument("--precision", nargs="+", default=["fp32"])
     parser.add_argument("--max-tokens", type=int, default=4096, help="nmt's --max-tokens (padded slots of the longer side).")
+    parser.add_argument("--pad-multiple", type=int, default=None, help="nmt's --pad-multiple [default: nmt train's, 1 on a CPU].")
     parser.add_argument("--plain-tokens", type=int, default=4096, help="Real target tokens per batch of the plain loop.")
     parser.add_argument("--seconds", type=float, default=60.0, help="Wall time of each run.")
     parser.add_argument("--rounds", type=int, default=1, help="Rounds of all runs; each keeps its best.")
@@ -125,7 +126,7 @@ def main() -> None:
     overrides = {k: (int(v) if v.isdigit() else float(v) if v.replace(".", "", 1).isdigit() else v)
                  for k, v in (item.split("=", 1) for item in args.model)}
     cfg = RunConfig(data=args.data, save_dir=Path("unused"), arch=args.arch, model=overrides, cpu=True,
-                    train=TrainConfig(max_tokens=args.max_tokens, warmup=4000))
+                    train=TrainConfig(max_tokens=args.max_tokens, pad_multiple=args.pad_multiple, warmup=4000))
     vocab = read_manifest(args.data)["vocab"]["size"]
     data = ParallelDataset(args.data, "train")
     best: dict[str, dict] = {}
