@@ -199,7 +199,7 @@ def translate(
     nbest: Annotated[Optional[int], typer.Option(help="Print the N best translations per line as LINE<TAB>SCORE<TAB>TEXT (LINE from 1).")] = None,
     scores: Annotated[bool, typer.Option("--scores", help="Prefix each translation with its length-penalised log-probability and a tab.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    dtype: Annotated[str, typer.Option(help="fp32, bf16 or fp16 (on a CPU only worth it with AVX512-BF16 or AMX; a warning says when not).")] = "fp32",
+    dtype: Annotated[str, typer.Option(help="fp32, bf16 or fp16. Half precision is for GPUs: on a CPU it is slower than fp32 (a warning says so).")] = "fp32",
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch.")] = None,
 ) -> None:
     """Translate raw text: stdin to stdout (or --input/--output), one line out for every line in.

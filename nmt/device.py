@@ -85,3 +85,15 @@ def slow_precision_warning(precision: str, device: torch.device) -> str | None:
         return (f"{precision} on a CPU without native {precision} instructions (AVX512-BF16 or AMX): "
                 "correct, but slower than fp32 here")
     return None
+
+
+def slow_decoding_warning(precision: str, device: torch.device) -> str | None:
+    """A one-line warning for ``nmt translate --dtype`` bf16 or fp16 on a CPU, else None.
+
+    Unlike training, decoding in half precision is slower than fp32 on every CPU measured, AMX included
+    (docs/performance.md, machine C: 0.6-0.7×): a step multiplies a few rows by matrices of a few hundred
+    columns, too small to pay, and oneDNN prepares a kernel for each new shape, which changes at every step.
+    """
+    if device.type == "cpu" and precision in ("bf16", "fp16"):
+        return f"{precision} decoding on a CPU: correct, but slower than fp32 (decoding steps are too small to pay)"
+    return None

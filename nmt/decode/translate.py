@@ -21,7 +21,7 @@ from nmt.config import DecodeConfig, decode_config
 from nmt.console import console
 from nmt.data.text import normalise
 from nmt.decode.beam import Hypothesis, Scorer, beam_search
-from nmt.device import DTYPES, pick_device, slow_precision_warning
+from nmt.device import DTYPES, pick_device, slow_decoding_warning
 from nmt.errors import NmtError
 from nmt.model.transformer import Transformer
 from nmt.tokens import EOS, PAD
@@ -60,8 +60,8 @@ class Translator:
         if cfg.dtype not in DTYPES:
             raise NmtError(f"--dtype must be fp32, bf16 or fp16, not '{cfg.dtype}'")
         self.device = pick_device(cfg.device)
-        if warning := slow_precision_warning(cfg.dtype, self.device):
-            console.print(f"[yellow]--dtype {warning}")
+        if warning := slow_decoding_warning(cfg.dtype, self.device):
+            console.print(f"[yellow]--dtype {cfg.dtype}: {warning}")
         self.models, meta = load_models(checkpoints, self.device, DTYPES[cfg.dtype])
         self.cfg = cfg
         self.decode = cfg.decode or decode_config(meta.get("config"), **decode_overrides)

@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from nmt.device import configure_cuda, pick_device, slow_precision_warning
+from nmt.device import configure_cuda, pick_device, slow_decoding_warning, slow_precision_warning
 from nmt.errors import NmtError
 
 
@@ -35,6 +35,13 @@ def test_pick_device_names_the_bad_option() -> None:
 
 def test_fp32_never_warns() -> None:
     assert slow_precision_warning("fp32", torch.device("cpu")) is None
+    assert slow_decoding_warning("fp32", torch.device("cpu")) is None
+
+
+def test_half_precision_decoding_warns_on_every_cpu_not_on_gpus() -> None:
+    for precision in ("bf16", "fp16"):
+        assert "slower than fp32" in slow_decoding_warning(precision, torch.device("cpu"))
+        assert slow_decoding_warning(precision, torch.device("cuda")) is None
 
 
 ALLOCATION_FAULTS = """
