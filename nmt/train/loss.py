@@ -53,10 +53,8 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
             sums[1] += nll
         ctx.save_for_backward(logits, target, lse)
         ctx.epsilon, ctx.pad_id, ctx.step = epsilon, pad_id, step
-        n = (target != pad_id).sum()
-        ctx.mark_non_differentiable(n)
-        loss, nll = sums[0].clone(), sums[1].clone()
-        ctx.mark_non_differentiable(nll)
+        loss, nll, n = sums[0].clone(), sums[1].clone(), (target != pad_id).sum()
+        ctx.mark_non_differentiable(nll, n)
         return loss, nll, n
 
     @staticmethod
