@@ -68,7 +68,8 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
         step = ctx.step
         for a in range(0, logits.size(0), step):
             w = weight[a : a + step]
-            p = logits[a : a + step].float().sub_(lse[a : a + step, None]).exp_()  # the softmax
+            # A fresh float32 block (bf16 - float32 promotes): fp32 logits are left as they were.
+            p = torch.sub(logits[a : a + step], lse[a : a + step, None]).exp_()  # the softmax
             torch.addcmul(w * -eps_i, p, w, out=p)  # w · (p - ε/(V-1))
             p.scatter_add_(1, target[a : a + step, None], w * -gold)  # and the gold token's 1-ε-ε/(V-1)
             grad[a : a + step] = p

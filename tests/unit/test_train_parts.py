@@ -59,6 +59,7 @@ def test_fused_loss_equals_the_reference_and_its_gradient(dtype: torch.dtype, bl
     logits = (3 * torch.randn(9, V)).to(dtype)
     target = torch.tensor([3, 0, 10, 1, 0, 5, 5, 2, 7])
     mine, ref = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+    before = mine.detach().clone()
     loss, nll, n = label_smoothed_cross_entropy(mine, target, eps, pad)
     ref_loss, ref_nll, ref_n = label_smoothed_nll(ref.float().log_softmax(-1), target, eps, pad)
     torch.testing.assert_close((loss, nll, n), (ref_loss, ref_nll, ref_n))
@@ -68,6 +69,7 @@ def test_fused_loss_equals_the_reference_and_its_gradient(dtype: torch.dtype, bl
     torch.testing.assert_close(mine.grad, ref.grad)
     assert mine.grad[target == pad].abs().max() == 0  # padding positions get no gradient
     assert not nll.requires_grad and not n.requires_grad
+    assert torch.equal(mine.detach(), before)  # the logits are not overwritten by the backward pass
 
 
 def test_update_freq_keeps_tokens_per_update_across_device_counts() -> None:
