@@ -115,15 +115,15 @@ def run_hf(args: argparse.Namespace, lines: list[str]) -> tuple[list[str], float
 
 def worker(args: argparse.Namespace) -> None:
     lines = args.input.read_text(encoding="utf-8").splitlines()[: args.lines or None]
-    system, variant, *stop = args.worker.split(":")
+    system, variant, *rest = args.worker.split(":")  # rest: the stopping rule (nmt) or set-up (ct2)
     gpu = None
     if system == "ct2":  # without torch in the process, so that its memory is CTranslate2's own
-        out, seconds, loaded = run_ct2(args, variant, stop[0], lines)
+        out, seconds, loaded = run_ct2(args, variant, rest[0], lines)
     else:
         import torch
 
         torch.set_num_threads(args.threads)
-        out, seconds, loaded = run_nmt(args, variant, stop[0], lines) if system == "nmt" else run_hf(args, lines)
+        out, seconds, loaded = run_nmt(args, variant, rest[0], lines) if system == "nmt" else run_hf(args, lines)
         if torch.cuda.is_initialized():
             gpu = torch.cuda.max_memory_allocated() / 2**20
     # VmHWM, not the parent's ru_maxrss of the child: Linux carries a process's peak RSS across exec, so a

@@ -43,7 +43,7 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
         n_rows, vocab = logits.shape
         step = n_rows if logits.device.type != "cpu" else max(1, CPU_BLOCK_ELEMENTS // vocab)
         lse = torch.empty(n_rows, dtype=torch.float32, device=logits.device)
-        sums = torch.zeros(3, dtype=torch.float32, device=logits.device)
+        sums = torch.zeros(2, dtype=torch.float32, device=logits.device)  # smoothed loss, NLL
         for a in range(0, n_rows, step):
             block = logits[a : a + step].float()
             lprobs = block.log_softmax(-1)
