@@ -5,7 +5,7 @@ The checkpoint is exported once (``nmt.export``) to a temporary folder; then eac
 process, so that its peak memory (``VmHWM``, the process's peak resident set) is its own:
 
 - nmt: ``Translator``, batched by tokens, for each ``--dtype`` the device supports (fp32 on a CPU) and each
-  stopping rule (``--stop bound``, exact, nmt's default; ``--stop beam``, the rule CTranslate2 uses);
+  stopping rule (``--stop beam``, nmt's default and CTranslate2's rule; ``--stop bound``, exact, the paper recipes');
 - CTranslate2, for each ``--ct2`` compute type (default float32 and int8, quantized at load time from the
   same float32 export) and each ``--ct2-setup`` (its default kernels, oneDNN instead of MKL, one thread),
   through ``nmt.export.ct2.CT2Translator`` (same normalisation, limits and penalty); the reference is its
@@ -79,8 +79,8 @@ def run_ct2(args: argparse.Namespace, compute_type: str, setup: str, lines: list
 
 def run_hf(args: argparse.Namespace, lines: list[str]) -> tuple[list[str], float, float]:
     """Batches of 64 sentences sorted by length; the output limit is the longest source's a·|x| + b (HF's
-    limit is per batch, ours per sentence); early_stopping="never" and EOS forced at the limit come from
-    the exported generation config."""
+    limit is per batch, ours per sentence); the stopping rule and EOS forced at the limit come from the
+    exported generation config."""
     import sentencepiece as spm
     import torch
     from transformers import MarianMTModel
@@ -166,8 +166,8 @@ def main() -> None:
                         help="CTranslate2 set-ups, each a row: default (its own choice of kernels, --threads), nomkl "
                              "(CT2_USE_MKL=0: oneDNN instead of Intel MKL), 1thread (one intra-op thread). The fastest "
                              "float32 row is the reference of the × column.")
-    parser.add_argument("--stop", nargs="+", default=["bound", "beam"],
-                        help="nmt's stopping rules: bound (exact, the default of nmt translate) and beam (CTranslate2's rule).")
+    parser.add_argument("--stop", nargs="+", default=["beam", "bound"],
+                        help="nmt's stopping rules: beam (the default of nmt translate, CTranslate2's rule) and bound (exact, the paper recipes').")
     parser.add_argument("--repeat", type=int, default=2, help="Rounds over all systems; each keeps its fastest.")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)

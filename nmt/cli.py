@@ -194,7 +194,7 @@ def translate(
     max_len_a: Annotated[Optional[float], typer.Option(help="Output length limit a·source length + b (paper: source + 50).")] = None,
     max_len_b: Annotated[Optional[int], typer.Option(help="See --max-len-a.")] = None,
     max_tokens: Annotated[Optional[int], typer.Option(help="Source tokens per batch.")] = None,
-    stop: Annotated[Optional[str], typer.Option(help="bound: search until no live hypothesis can beat the best finished one (exact; tensor2tensor, the paper). beam: stop once --beam hypotheses have finished, as fairseq, Marian and CTranslate2 (about twice as fast, occasionally worse).")] = None,
+    stop: Annotated[Optional[str], typer.Option(help="beam: stop once --beam hypotheses have finished, as fairseq, Marian and CTranslate2 do. bound: search until no live hypothesis can beat the best finished one (exact; tensor2tensor, the paper's recipes; 1.7-3.4x slower, a few lines change) [default: the checkpoint's [decode] settings, else beam].")] = None,
     buffer_size: Annotated[Optional[int], typer.Option(help="Lines read before translating [default: 2000; 1 when stdin is a terminal]. 1 answers each line as it arrives.")] = None,
     nbest: Annotated[Optional[int], typer.Option(help="Print the N best translations per line as LINE<TAB>SCORE<TAB>TEXT (LINE from 1).")] = None,
     scores: Annotated[bool, typer.Option("--scores", help="Prefix each translation with its length-penalised log-probability and a tab.")] = False,

@@ -3,11 +3,11 @@
 Per step, each sentence's k live hypotheses are extended and the 2k best candidates kept: those of the
 top k that end in EOS join the sentence's finished list (scored with the length penalty), and the best k
 that do not stay alive. (Only the top k may finish, so that beam 1 is exactly greedy decoding.)
-A sentence stops when its n-th best finished score (n = ``nbest``) can no longer be beaten:
-tensor2tensor's rule, comparing it with the best live log-probability under the penalty of the maximum
-length (log-probabilities only fall, and the penalty only grows). That search is exact; ``stop="beam"``
-instead ends it once ``beam`` hypotheses have finished, as fairseq, Marian and CTranslate2 do. Finished
-sentences leave the batch, so no work is spent on them.
+With ``stop="beam"`` a sentence stops once ``beam`` hypotheses have finished, as fairseq, Marian and
+CTranslate2 do. With ``stop="bound"`` it stops when its n-th best finished score (n = ``nbest``) can no
+longer be beaten: tensor2tensor's rule, comparing it with the best live log-probability under the penalty
+of the maximum length (log-probabilities only fall, and the penalty only grows). That search is exact.
+Finished sentences leave the batch, so no work is spent on them.
 
 The bookkeeping stays on the device as tensors; only the few hypotheses that finish at a step are read back
 to the host, so the per-step cost does not grow with the number of sentences in Python.
@@ -62,7 +62,7 @@ class Scorer:
 @torch.no_grad()
 def beam_search(
     scorer: Scorer, src: Tensor, max_lens: list[int], beam: int = 4, alpha: float = 0.6,
-    penalty: str = "gnmt", nbest: int = 1, stop: str = "bound",
+    penalty: str = "gnmt", nbest: int = 1, stop: str = "beam",
 ) -> list[list[Hypothesis]]:
     """Translate a batch src (N, S); ``max_lens[i]`` counts output tokens including EOS.
 

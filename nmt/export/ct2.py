@@ -143,9 +143,8 @@ class CT2Translator:
     ``length_penalty`` is already |Y|^α with |Y| counting EOS (``test_ct2_beam_score_is_the_fairseq_penalty``).
 
     At the output limit ours puts EOS in the last place where CTranslate2 puts another token: that token is
-    dropped here, which makes greedy search identical. One difference remains (see docs/export.md):
-    CTranslate2 stops a sentence once ``beam`` hypotheses have finished, ours when no live hypothesis can
-    still beat the best finished one, so ours sometimes returns a longer, better-scoring hypothesis.
+    dropped here, which makes greedy search identical. CTranslate2 stops a sentence once ``beam``
+    hypotheses have finished, as ``--stop beam`` does; it has no exact bound (``--stop bound``).
     """
 
     def __init__(self, model_dir: Path, device: str = "cpu", compute_type: str = "default", threads: int = 2) -> None:
@@ -173,6 +172,8 @@ class CT2Translator:
         """Detokenised translations of ``lines`` (empty lines stay empty), in order."""
         if decode.penalty != "fairseq":
             raise NmtError("CTranslate2 divides scores by |Y|^α: use --penalty fairseq (the gnmt penalty is not available)")
+        if decode.stop != "beam":
+            raise NmtError("CTranslate2 stops once --beam hypotheses have finished: use --stop beam (the exact bound is not available)")
         sources = [self.encode(line) if line.strip() else [] for line in lines]
         # One call per source length: the output limit a·|x| + b is per sentence, CTranslate2's per call.
         by_length: dict[int, list[int]] = {}

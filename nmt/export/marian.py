@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from nmt.config import decode_config
 from nmt.errors import NmtError
 from nmt.model.config import ModelConfig
 from nmt.model.transformer import Transformer
@@ -110,8 +111,9 @@ def marian_state(model: Transformer) -> dict[str, torch.Tensor]:
 
 def build(model: Transformer, decode: dict[str, Any] | None = None):  # noqa: ANN201 - a MarianMTModel
     """A ``MarianMTModel`` (eval mode) computing ``model``'s function, with a generation config that searches
-    as ``nmt translate --penalty fairseq`` does (beam, α on |Y| counting EOS, no early stop, EOS forced at the
-    limit, no padding or BOS generated)."""
+    as ``nmt translate --penalty fairseq`` does with the checkpoint's ``[decode]`` settings (beam, α on |Y|
+    counting EOS, EOS forced at the limit, no padding or BOS generated, and the stopping rule: Transformers'
+    ``early_stopping=True`` is ``--stop beam``, ``"never"`` the exact ``--stop bound``)."""
     require()
     from transformers import GenerationConfig, MarianMTModel
 
@@ -123,11 +125,11 @@ def build(model: Transformer, decode: dict[str, Any] | None = None):  # noqa: AN
     if set(state) - expected or expected - set(state):
         raise NmtError(f"transformers' MarianMTModel has other parameters than expected: {sorted(set(state) ^ expected)[:4]}")
     marian.load_state_dict(state, strict=False)
-    decode = decode or {}
+    decode = decode_config({"decode": decode or {}})
     marian.generation_config = GenerationConfig(
         decoder_start_token_id=BOS, bos_token_id=BOS, eos_token_id=EOS, pad_token_id=PAD, forced_eos_token_id=EOS,
-        bad_words_ids=[[PAD], [BOS]], num_beams=int(decode.get("beam", 4)), length_penalty=float(decode.get("lenpen", 0.6)),
-        early_stopping="never", max_length=cfg.max_positions + 1,  # + the decoder start token
+        bad_words_ids=[[PAD], [BOS]], num_beams=decode.beam, length_penalty=decode.lenpen,
+        early_stopping=True if decode.stop == "beam" else "never", max_length=cfg.max_positions + 1,  # + the decoder start token
     )
     return marian.eval()
 

@@ -32,6 +32,7 @@ def test_all_recipes_parse_and_build() -> None:
         if path.stem in PAPER:
             assert recipe["train"]["tokens_per_update"] == 32768 and recipe["train"]["warmup"] == 4000
             assert recipe["decode"]["beam"] == 4 and recipe["decode"]["lenpen"] == 0.6 and recipe["decode"]["max_len_b"] == 50
+            assert recipe["decode"]["stop"] == "bound"  # the paper's exact search, not the peers' (the default)
             assert recipe["average_last"] == (5 if "base" in path.stem else 20)
             assert recipe["model"]["dropout"] == (0.3 if path.stem == "wmt14-en-de-big" else 0.1)
             # The averaging window by updates at the paper's 10-minute spacing, whatever the hardware.

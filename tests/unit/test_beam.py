@@ -59,7 +59,7 @@ def brute_force(s: Scorer, i: int, alpha: float, kind: str) -> tuple[float, list
 def test_beam_covering_the_space_finds_the_exact_best(alpha: float, kind: str) -> None:
     s = scorer()
     with torch.no_grad():
-        result = beam_search(s, SRC, [MAX_LEN, MAX_LEN], beam=3 * 2 ** (MAX_LEN - 1), alpha=alpha, penalty=kind)
+        result = beam_search(s, SRC, [MAX_LEN, MAX_LEN], beam=3 * 2 ** (MAX_LEN - 1), alpha=alpha, penalty=kind, stop="bound")
         for i in range(2):
             score, tokens = brute_force(s, i, alpha, kind)
             assert result[i][0].tokens == tokens
@@ -73,11 +73,88 @@ def test_nbest_equals_the_n_best_outputs(seed: int, shift: float, alpha: float, 
     """The stopping rule must wait for the n-th best finished hypothesis to be safe, not the best one."""
     s = scorer(seed=seed, shift=shift)
     with torch.no_grad():
-        result = beam_search(s, SRC, [MAX_LEN, MAX_LEN], beam=3 * 2 ** (MAX_LEN - 1), alpha=alpha, penalty=kind, nbest=4)
+        result = beam_search(s, SRC, [MAX_LEN, MAX_LEN], beam=3 * 2 ** (MAX_LEN - 1), alpha=alpha, penalty=kind, nbest=4, stop="bound")
         for i in range(2):
             expected = enumerate_outputs(s, i, alpha, kind)[:4]
             assert [h.tokens for h in result[i]] == [tokens for _, tokens in expected]
             assert [h.score for h in result[i]] == pytest.approx([score for score, _ in expected], abs=1e-4)
+
+
+def reference_search(model: Transformer, shift: float, src: torch.Tensor, max_len: int, k: int, alpha: float,
+                     kind: str, stop: str, nbest: int) -> list[tuple[list[int], float]]:
+    """One sentence, written as the rule reads, with no cache, batching or tensors of candidates: each step
+    ranks every one-token extension of the live hypotheses, the EOS ones among the best k finish, the best
+    k others live on; EOS is forced at the limit. "beam" ends once k have finished (fairseq, CTranslate2),
+    "bound" once no live hypothesis can beat the n-th best finished one under the longest output's penalty."""
+    def lprobs(prefix: list[int]) -> list[float]:  # a full forward pass over the prefix, as EosShifted scores
+        out = model(src[None], torch.tensor([[BOS, *prefix]]))[0, -1].log_softmax(-1)
+        out[EOS] -= shift
+        out = out.log_softmax(-1)
+        out[0] = out[BOS] = float("-inf")  # PAD and BOS are never output
+        return out.tolist()
+
+    live: list[tuple[list[int], float]] = [([], 0.0)]
+    finished: list[tuple[list[int], float]] = []
+    for t in range(max_len):
+        candidates = []
+        for prefix, score in live:
+            for tok, lp in enumerate(lprobs(prefix)):
+                if t + 1 < max_len or tok == EOS:
+                    candidates.append((score + lp, prefix, tok))
+        candidates.sort(key=lambda c: -c[0])
+        top = candidates[: 2 * k]
+        finished += [(p, sc / length_penalty(t + 1, alpha, kind)) for sc, p, tok in top[:k] if tok == EOS and sc > float("-inf")]
+        live = [(p + [tok], sc) for sc, p, tok in top if tok != EOS][:k]
+        best = sorted(finished, key=lambda f: -f[1])[:nbest]
+        if stop == "beam" and len(finished) >= k or not live:
+            break
+        if stop == "bound" and len(best) == nbest and best[-1][1] >= live[0][1] / length_penalty(max_len, alpha, kind):
+            break
+    return sorted(finished, key=lambda f: -f[1])[:nbest]
+
+
+# (seed, EOS shift, α, penalty, nbest), chosen among random models for outputs of mixed lengths, some
+# short of the limit, and for the rules to disagree (the first case).
+RULE_CASES = [(1, 1.0, 1.0, "fairseq", 2), (3, 0.0, 0.6, "gnmt", 1), (3, 0.0, 0.0, "gnmt", 3)]
+RULE_LENGTHS = [4, 1, 6, 3, 5]
+
+
+def rule_case(seed: int) -> tuple[Transformer, torch.Tensor, list[int]]:
+    """A random model of vocabulary 12 and five sources of different lengths, with limits |source| + 4."""
+    torch.manual_seed(seed)
+    model = Transformer(model_config("tiny", vocab_size=12, dropout=0.0, d_model=32, d_ff=64, heads=2)).eval()
+    src = torch.zeros(len(RULE_LENGTHS), 7, dtype=torch.long)
+    for i, n in enumerate(RULE_LENGTHS):
+        src[i, :n] = torch.randint(4, 12, (n,))
+        src[i, n] = EOS
+    return model, src, [n + 4 for n in RULE_LENGTHS]
+
+
+@pytest.mark.parametrize("stop", ["beam", "bound"])
+@pytest.mark.parametrize("seed,shift,alpha,kind,nbest", RULE_CASES)
+def test_beam_search_follows_its_stopping_rule(stop: str, seed: int, shift: float, alpha: float, kind: str, nbest: int) -> None:
+    """Both stopping rules, batched, cached and shrinking as sentences finish, give what the plain rule
+    gives one sentence at a time."""
+    model, src, limits = rule_case(seed)
+    with torch.no_grad():
+        found = beam_search(EosShifted(model, shift), src, limits, beam=3, alpha=alpha, penalty=kind, nbest=nbest, stop=stop)
+        for i, n in enumerate(RULE_LENGTHS):
+            expected = reference_search(model, shift, src[i, : n + 1], limits[i], 3, alpha, kind, stop, nbest)
+            assert [h.tokens for h in found[i]] == [tokens for tokens, _ in expected]
+            assert [h.score for h in found[i]] == pytest.approx([score for _, score in expected], abs=1e-4)
+
+
+def test_the_two_rules_differ_here() -> None:
+    """The cases above have teeth: on some of their sentences the two rules give different results (the
+    batched search stands in for the reference here, as the test above shows they agree)."""
+    differ = 0
+    with torch.no_grad():
+        for seed, shift, alpha, kind, nbest in RULE_CASES:
+            model, src, limits = rule_case(seed)
+            beam, bound = (beam_search(EosShifted(model, shift), src, limits, beam=3, alpha=alpha, penalty=kind, nbest=nbest, stop=stop)
+                           for stop in ("beam", "bound"))
+            differ += sum([h.tokens for h in a] != [h.tokens for h in b] for a, b in zip(beam, bound))
+    assert differ >= 2
 
 
 def test_output_length_limit_is_the_papers() -> None:
