@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from nmt.model.linear import Linear, linear
+
 
 def padding_mask(tokens: Tensor, pad_id: int) -> Tensor:
     """(B, S) token ids → (B, 1, 1, S) boolean mask, True where a key is a real token and may be attended."""
@@ -93,7 +95,7 @@ class MultiHeadAttention(nn.Module):
         self.sizes = [heads * self.d_k, heads * self.d_k, heads * self.d_v]  # rows of Q, K and V in in_proj
         self.in_proj_weight = nn.Parameter(torch.empty(sum(self.sizes), d_model))
         self.in_proj_bias = nn.Parameter(torch.zeros(sum(self.sizes)))
-        self.out_proj = nn.Linear(heads * self.d_v, d_model)
+        self.out_proj = Linear(heads * self.d_v, d_model)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -109,15 +111,15 @@ class MultiHeadAttention(nn.Module):
 
     def project_q(self, x: Tensor) -> Tensor:
         q = self.sizes[0]
-        return self.split_heads(F.linear(x, self.in_proj_weight[:q], self.in_proj_bias[:q]))
+        return self.split_heads(linear(x, self.in_proj_weight[:q], self.in_proj_bias[:q]))
 
     def project_kv(self, memory: Tensor) -> tuple[Tensor, Tensor]:
         q = self.sizes[0]
-        k, v = F.linear(memory, self.in_proj_weight[q:], self.in_proj_bias[q:]).split(self.sizes[1:], dim=-1)
+        k, v = linear(memory, self.in_proj_weight[q:], self.in_proj_bias[q:]).split(self.sizes[1:], dim=-1)
         return self.split_heads(k), self.split_heads(v)
 
     def project_qkv(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        q, k, v = F.linear(x, self.in_proj_weight, self.in_proj_bias).split(self.sizes, dim=-1)
+        q, k, v = linear(x, self.in_proj_weight, self.in_proj_bias).split(self.sizes, dim=-1)
         return self.split_heads(q), self.split_heads(k), self.split_heads(v)
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, causal: bool = False) -> Tensor:

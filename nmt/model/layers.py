@@ -11,6 +11,8 @@ from torch import Tensor, nn
 
 from nmt.model.attention import AttentionMaps, MultiHeadAttention, attend_heads
 from nmt.model.config import ModelConfig
+from nmt.model.dropout import Dropout
+from nmt.model.linear import Linear, linear
 
 if TYPE_CHECKING:
     from nmt.model.transformer import DecoderState
@@ -34,16 +36,14 @@ class FeedForward(nn.Module):
 
     def __init__(self, d_model: int, d_ff: int, relu_dropout: float) -> None:
         super().__init__()
-        self.fc1, self.fc2 = nn.Linear(d_model, d_ff), nn.Linear(d_ff, d_model)
-        self.dropout = nn.Dropout(relu_dropout)
+        self.fc1, self.fc2 = Linear(d_model, d_ff), Linear(d_ff, d_model)
+        self.dropout = Dropout(relu_dropout)
         for fc in (self.fc1, self.fc2):
             nn.init.xavier_uniform_(fc.weight)
             nn.init.zeros_(fc.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        # In place: the hidden layer is the largest activation of a layer (d_ff wide), and autograd keeps
-        # what relu's backward needs (its output) either way.
-        return self.fc2(self.dropout(self.fc1(x).relu_()))
+        return self.fc2(self.dropout(linear(x, self.fc1.weight, self.fc1.bias, relu=True)))
 
 
 class Residual(nn.Module):
@@ -53,7 +53,7 @@ class Residual(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.pre_norm = cfg.pre_norm
 
     def forward(self, x: Tensor, sublayer: Callable[[Tensor], Tensor]) -> Tensor:

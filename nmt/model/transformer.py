@@ -17,6 +17,8 @@ from torch import Tensor, nn
 
 from nmt.model.attention import AttentionMaps, padding_mask
 from nmt.model.config import ModelConfig
+from nmt.model.dropout import Dropout
+from nmt.model.linear import Linear, linear
 from nmt.model.layers import DecoderLayer, EncoderLayer, StepWeights, sinusoidal_positions
 from nmt.tokens import PAD
 
@@ -83,7 +85,7 @@ class Transformer(nn.Module):
             nn.init.normal_(emb.weight, 0.0, d**-0.5)
             with torch.no_grad():
                 emb.weight[PAD].zero_()
-        self.output_proj = None if cfg.share_embeddings else nn.Linear(d, cfg.vocab_size, bias=False)
+        self.output_proj = None if cfg.share_embeddings else Linear(d, cfg.vocab_size, bias=False)
         if self.output_proj is not None:
             nn.init.normal_(self.output_proj.weight, 0.0, d**-0.5)
         # §3.5's sinusoids, or (Table 3, row E) a learned embedding per position.
@@ -92,7 +94,7 @@ class Transformer(nn.Module):
         if self.position_embed is not None:
             nn.init.normal_(self.position_embed.weight, 0.0, d**-0.5)
         self.embed_scale = math.sqrt(d)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
         self.encoder = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.encoder_layers))
         self.decoder = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.decoder_layers))
         # Pre-norm stacks end in a layer norm; post-norm layers already end in one (§3.1).
@@ -113,7 +115,7 @@ class Transformer(nn.Module):
 
     def logits(self, h: Tensor) -> Tensor:
         weight = self.tgt_embed.weight if self.output_proj is None else self.output_proj.weight
-        return F.linear(h, weight)
+        return linear(h, weight)
 
     def encode(self, src: Tensor, maps: AttentionMaps | None = None) -> EncoderOut:
         """src: (B, S) ids, right-padded → memory (B, S, d) and its key-padding mask. ``maps``: record the

@@ -44,8 +44,12 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
         step = n_rows if logits.device.type != "cpu" else max(1, CPU_BLOCK_ELEMENTS // vocab)
         lse = torch.empty(n_rows, dtype=torch.float32, device=logits.device)
         sums = torch.zeros(2, dtype=torch.float32, device=logits.device)  # smoothed loss, NLL
+        # bf16/fp16 blocks are converted into one float32 buffer: a fresh allocation per block cost as much
+        # as the conversion. float32 logits are read as they are.
+        convert = logits.dtype != torch.float32
+        buffer = torch.empty(min(step, n_rows) if convert else 0, vocab, dtype=torch.float32, device=logits.device)
         for a in range(0, n_rows, step):
-            block = logits[a : a + step].float()
+            block = buffer[: min(step, n_rows - a)].copy_(logits[a : a + step]) if convert else logits[a : a + step]
             lprobs = block.log_softmax(-1)
             lse[a : a + step] = block[:, 0] - lprobs[:, 0]
             loss, nll, _ = label_smoothed_nll(lprobs, target[a : a + step], epsilon, pad_id)
@@ -65,11 +69,12 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
         gold = 1.0 - ctx.epsilon - eps_i
         weight = (target != ctx.pad_id).to(torch.float32).mul_(grad_loss)[:, None]  # (N, 1)
         grad = torch.empty_like(logits)
-        step = ctx.step
-        for a in range(0, logits.size(0), step):
+        step, n_rows = ctx.step, logits.size(0)
+        buffer = torch.empty(min(step, n_rows), logits.size(1), dtype=torch.float32, device=logits.device)
+        for a in range(0, n_rows, step):
             w = weight[a : a + step]
-            # A fresh float32 block (bf16 - float32 promotes): fp32 logits are left as they were.
-            p = torch.sub(logits[a : a + step], lse[a : a + step, None]).exp_()  # the softmax
+            # Into the float32 buffer (bf16 - float32 promotes): fp32 logits are left as they were.
+            p = torch.sub(logits[a : a + step], lse[a : a + step, None], out=buffer[: min(step, n_rows - a)]).exp_()  # the softmax
             torch.addcmul(w * -eps_i, p, w, out=p)  # w · (p - ε/(V-1))
             p.scatter_add_(1, target[a : a + step, None], w * -gold)  # and the gold token's 1-ε-ε/(V-1)
             grad[a : a + step] = p
