@@ -9,7 +9,8 @@ fused kernel already and is used as it is.
 
 The drop probability is p rounded to a multiple of 1/65536 (0.1 → 0.1000061), and the kept values are scaled
 by the inverse of the exact keep probability, so the expectation is unchanged. The draws come from torch's
-default generator: seeding, and the generator state a checkpoint saves, govern the masks as before.
+default generator: seeding, and the generator state a checkpoint saves, govern the masks as before (in
+eager mode; under ``--compile`` the compiler's own random numbers do, as for any dropout).
 """
 
 from __future__ import annotations
@@ -52,22 +53,15 @@ def dropout(x: Tensor, p: float, training: bool) -> Tensor:
     """Zero each element with probability p and scale the rest by 1 / (1 - p), when ``training``."""
     if not training or p == 0.0:
         return x
-    if x.device.type != "cpu":
+    # torch's own where p does not round to a level strictly between 0 and 1 (p = 1, or within 2^-17 of 0
+    # or 1), and on GPUs.
+    if x.device.type != "cpu" or not 0 < round(p * LEVELS) < LEVELS:
         return F.dropout(x, p, True)
-    if not 0.0 <= p < 1.0:
-        raise ValueError(f"dropout probability must be in [0, 1), not {p}")
     return _MaskedScale.apply(x, p)
 
 
-class Dropout(nn.Module):
-    """``nn.Dropout`` with the cheaper CPU mask (no parameters: checkpoints are unchanged)."""
-
-    def __init__(self, p: float) -> None:
-        super().__init__()
-        self.p = p
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` (p checked in [0, 1], no parameters) with the cheaper CPU mask."""
 
     def forward(self, x: Tensor) -> Tensor:
         return dropout(x, self.p, self.training)
-
-    def extra_repr(self) -> str:
-        return f"p={self.p}"

@@ -57,6 +57,18 @@ def test_dropout_is_the_identity_in_evaluation_and_at_zero() -> None:
     assert module(x) is x and module.state_dict() == {}
 
 
+def test_dropout_at_the_ends_of_its_range() -> None:
+    """p = 1 drops everything; p too close to 0 or 1 for 16-bit levels is left to torch's dropout."""
+    torch.manual_seed(0)
+    x = torch.randn(64, 64)
+    assert torch.equal(D.dropout(x, 1.0, training=True), torch.zeros_like(x))
+    near_one = D.dropout(x, 1 - 1e-6, training=True)
+    assert torch.isfinite(near_one).all()
+    assert torch.equal(D.dropout(x, 1e-7, training=True) != 0, x != 0)  # one drop in 10^7: none of 4096 here
+    with pytest.raises(ValueError):
+        D.Dropout(1.5)
+
+
 # ------------------------------------------------------------------------------------------------- linear
 
 
