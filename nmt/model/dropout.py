@@ -4,8 +4,8 @@ torch's CPU dropout draws a float mask with ``bernoulli_``, divides it, multipli
 backward pass: on a 2-core machine it was 11 % of a tiny model's fp32 update and more of a bf16 one. Here
 the mask is a bool tensor made from half as many random draws (each 32-bit draw of the generator, MT19937
 and serial on CPUs, gives two 16-bit numbers), applied with a select and a multiplication each way: 1.4×
-faster forward and backward, and a quarter of the memory kept between them. On GPUs ``F.dropout`` is a
-fused kernel already and is used as it is.
+faster forward and backward, and a quarter (float32) or half (bf16) of the memory kept between them. On
+GPUs ``F.dropout`` is a fused kernel already and is used as it is.
 
 The drop probability is p rounded to a multiple of 1/65536 (0.1 → 0.1000061), and the kept values are scaled
 by the inverse of the exact keep probability, so the expectation is unchanged. The draws come from torch's
