@@ -70,14 +70,18 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
         weight = (target != ctx.pad_id).to(torch.float32).mul_(grad_loss)[:, None]  # (N, 1)
         grad = torch.empty_like(logits)
         step, n_rows = ctx.step, logits.size(0)
-        buffer = torch.empty(min(step, n_rows), logits.size(1), dtype=torch.float32, device=logits.device)
+        # float32 logits: computed in the gradient's own block (a fresh tensor, so the logits are left as they
+        # were); bf16/fp16: in one float32 buffer, then converted into the gradient.
+        convert = logits.dtype != torch.float32
+        buffer = torch.empty(min(step, n_rows) if convert else 0, logits.size(1), dtype=torch.float32, device=logits.device)
         for a in range(0, n_rows, step):
             w = weight[a : a + step]
-            # Into the float32 buffer (bf16 - float32 promotes): fp32 logits are left as they were.
-            p = torch.sub(logits[a : a + step], lse[a : a + step, None], out=buffer[: min(step, n_rows - a)]).exp_()  # the softmax
+            out = buffer[: min(step, n_rows - a)] if convert else grad[a : a + step]
+            p = torch.sub(logits[a : a + step], lse[a : a + step, None], out=out).exp_()  # the softmax
             torch.addcmul(w * -eps_i, p, w, out=p)  # w · (p - ε/(V-1))
             p.scatter_add_(1, target[a : a + step, None], w * -gold)  # and the gold token's 1-ε-ε/(V-1)
-            grad[a : a + step] = p
+            if convert:
+                grad[a : a + step] = p
         return grad, None, None, None
 
 
