@@ -113,9 +113,13 @@ class Transformer(nn.Module):
         if length > self.cfg.max_positions:
             raise ValueError(f"sequence of {length} positions exceeds max_positions {self.cfg.max_positions}")
 
+    @property
+    def output_weight(self) -> Tensor:
+        """The output projection (V, d): the target embedding when they are shared (§3.4)."""
+        return self.tgt_embed.weight if self.output_proj is None else self.output_proj.weight
+
     def logits(self, h: Tensor) -> Tensor:
-        weight = self.tgt_embed.weight if self.output_proj is None else self.output_proj.weight
-        return linear(h, weight)
+        return linear(h, self.output_weight)
 
     def encode(self, src: Tensor, maps: AttentionMaps | None = None) -> EncoderOut:
         """src: (B, S) ids, right-padded → memory (B, S, d) and its key-padding mask. ``maps``: record the
@@ -126,16 +130,27 @@ class Transformer(nn.Module):
             x = layer(x, mask, maps)
         return EncoderOut(self.encoder_norm(x), mask)
 
-    def decode(self, tgt_in: Tensor, enc: EncoderOut, maps: AttentionMaps | None = None) -> Tensor:
-        """Teacher-forced decoder: tgt_in (B, T) (BOS + target) → logits (B, T, V). ``maps``: record the
-        self- and cross-attention weights there (explicitly computed; leave None for speed)."""
+    def decode_features(self, tgt_in: Tensor, enc: EncoderOut, maps: AttentionMaps | None = None) -> Tensor:
+        """Teacher-forced decoder: tgt_in (B, T) (BOS + target) → its last layer's output (B, T, d), before the
+        output projection. ``maps``: record the self- and cross-attention weights there (explicitly computed;
+        leave None for speed)."""
         y = self.embed(self.tgt_embed, tgt_in)
         for layer in self.decoder:
             y = layer(y, enc.memory, enc.src_mask, maps)
-        return self.logits(self.decoder_norm(y))
+        return self.decoder_norm(y)
+
+    def decode(self, tgt_in: Tensor, enc: EncoderOut, maps: AttentionMaps | None = None) -> Tensor:
+        """``decode_features`` projected to logits (B, T, V)."""
+        return self.logits(self.decode_features(tgt_in, enc, maps))
+
+    def features(self, src: Tensor, tgt_in: Tensor) -> Tensor:
+        """The decoder's output (B, T, d) for teacher forcing, before the output projection: training takes
+        it to the loss with ``output_weight`` (``nmt.train.loss.output_cross_entropy``)."""
+        return self.decode_features(tgt_in, self.encode(src))
 
     def forward(self, src: Tensor, tgt_in: Tensor) -> Tensor:
-        return self.decode(tgt_in, self.encode(src))
+        """Logits (B, T, V) of a teacher-forced pass."""
+        return self.logits(self.features(src, tgt_in))
 
     @torch.no_grad()
     def attention_maps(self, src: Tensor, tgt_in: Tensor) -> tuple[Tensor, AttentionMaps]:

@@ -29,7 +29,7 @@ from nmt.model.config import model_config, total_parameters, train_flops_per_tar
 from nmt.model.transformer import Transformer
 from nmt.tokens import PAD
 from nmt.train import distributed as D
-from nmt.train.loss import label_smoothed_cross_entropy
+from nmt.train.loss import output_cross_entropy
 from nmt.train.report import STATS, Reporter, peak_flops, window_record
 from nmt.train.schedule import learning_rate
 
@@ -88,7 +88,8 @@ class Trainer:
         # and 2^16 (torch's default) overflows float16 on the first updates.
         self.scaler = torch.amp.GradScaler(dist.device.type, init_scale=128.0, growth_interval=2000, enabled=self.precision == "fp16")
         self.ema = {k: v.detach().float().clone() for k, v in self.model.state_dict().items()} if t.ema_decay else None
-        self.step_model = torch.compile(self.model) if t.compile else self.model
+        # The decoder's output, taken with the output projection to the loss (which never stores the logits on CPUs).
+        self.step_features = torch.compile(self.model.features) if t.compile else self.model.features
         self.progress = Progress()
         self.vocab = torch.frombuffer(bytearray((cfg.data / "spm.model").read_bytes()), dtype=torch.uint8)
         tokens = self.manifest["splits"]["train"]
@@ -214,14 +215,14 @@ class Trainer:
             out_of_memory = False
             try:
                 with autocast:
-                    logits = self.step_model(batch.src, batch.tgt_in)
-                # The loss in float32 whatever the autocast dtype (a bf16 softmax over 37k classes loses mass).
-                loss, nll, n = label_smoothed_cross_entropy(logits.view(-1, logits.size(-1)), batch.tgt_out.view(-1), t.label_smoothing, PAD)
+                    hidden = self.step_features(batch.src, batch.tgt_in)
+                    # The softmax and loss in float32 whatever the autocast dtype (a bf16 softmax over 37k classes loses mass).
+                    loss, nll, n = output_cross_entropy(hidden.flatten(0, 1), model.output_weight, batch.tgt_out.view(-1), t.label_smoothing, PAD)
                 self.scaler.scale(loss / group_tokens).backward()
             except torch.cuda.OutOfMemoryError:
                 out_of_memory = True  # handled outside: the traceback would keep the tensors alive
             if out_of_memory:
-                logits = loss = batch = None
+                hidden = loss = batch = None
                 self.optimizer.zero_grad(set_to_none=False)
                 torch.cuda.empty_cache()
                 stats[STATS.index("oom")] += 1
@@ -285,8 +286,8 @@ class Trainer:
         for idx in batches[self.dist.rank :: self.dist.world]:
             batch = collate([self.valid_set[int(i)] for i in idx], t.pad_multiple).to(self.dist.device)
             with autocast:
-                logits = self.model(batch.src, batch.tgt_in)
-            loss, nll, n = label_smoothed_cross_entropy(logits.view(-1, logits.size(-1)), batch.tgt_out.view(-1), t.label_smoothing, PAD)
+                hidden = self.model.features(batch.src, batch.tgt_in)
+                loss, nll, n = output_cross_entropy(hidden.flatten(0, 1), self.model.output_weight, batch.tgt_out.view(-1), t.label_smoothing, PAD)
             sums += torch.stack([loss.double(), nll.double(), n.double()])
         loss, nll, n = D.all_reduce_(sums, self.dist.world).tolist()
         result = {"valid_loss": loss / max(n, 1), "valid_nll": nll / max(n, 1), "valid_ppl": math.exp(min(nll / max(n, 1), 50))}
