@@ -221,3 +221,15 @@ def test_bf16_attention_on_a_cpu_runs_the_kernel_in_float32(causal: bool) -> Non
     torch.testing.assert_close(out, expected, rtol=0, atol=0)
     out.float().sum().backward()
     assert q.grad is not None and q.grad.dtype == torch.bfloat16 and q.grad.abs().sum() > 0
+
+
+def test_bf16_attention_dropout_on_a_cpu_still_drops() -> None:
+    """bf16 heads on a CPU go through the fused kernel in float32 with its attention dropout: in training
+    two calls drop differently, and evaluation drops nothing."""
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(16, 4, dropout=0.5)
+    q, k, v = (torch.randn(2, 4, 6, 4, dtype=torch.bfloat16) for _ in range(3))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        dropped = [mha.train().attend(q, k, v) for _ in range(2)]
+        kept = mha.eval().attend(q, k, v)
+    assert not torch.equal(dropped[0], dropped[1]) and not torch.equal(dropped[0], kept)
