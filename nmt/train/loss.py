@@ -164,7 +164,8 @@ class _ProjectedCrossEntropy(torch.autograd.Function):
     The forward pass computes the gradients too: they are linear in the incoming gradient of the loss, a
     scalar, so the backward pass only scales them. The logits are computed, used and dropped block by
     block of rows that stay in the cache, once per update (recomputing them in the backward pass would
-    cost a third product). Liger-Kernel's fused linear cross-entropy does the same on GPUs.
+    cost a fourth product over the three of a linear layer). Liger-Kernel's fused linear cross-entropy
+    does the same on GPUs.
     """
 
     @staticmethod
