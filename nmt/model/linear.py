@@ -53,7 +53,9 @@ class _BucketedLinear(torch.autograd.Function):
             gp = torch.ops.aten.threshold_backward(gp, y, 0)
         grad_x = torch.mm(gp, w)[: ctx.m].to(ctx.x_dtype) if ctx.needs_input_grad[0] else None
         grad_w = torch.mm(gp.t(), xp).to(ctx.w_dtype) if ctx.needs_input_grad[1] else None
-        grad_b = gp[: ctx.m].sum(0, dtype=ctx.w_dtype) if ctx.has_bias and ctx.needs_input_grad[2] else None
+        # Summed in the products' dtype (accumulated in float32 inside, rounded once), as autocast's own addmm
+        # backward does: a float32 ``dtype`` would first copy the whole gradient to float32 (3 % of a tiny update).
+        grad_b = gp[: ctx.m].sum(0).to(ctx.w_dtype) if ctx.has_bias and ctx.needs_input_grad[2] else None
         return grad_x, grad_w, grad_b, None, None
 
 
