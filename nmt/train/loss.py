@@ -106,8 +106,8 @@ def block_rows(vocab: int) -> int:
 
 def _projected_in_blocks(
     hidden: Tensor, weight: Tensor, target: Tensor, epsilon: float, pad_id: int, dtype: torch.dtype, grad: bool
-) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
-    """The sums of ``label_smoothed_nll`` (smoothed loss, NLL) of the logits ``hidden`` (N, d) · ``weight``ᵀ
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
+    """The sums of ``label_smoothed_nll`` (smoothed loss, NLL, tokens) of the logits ``hidden`` (N, d) · ``weight``ᵀ
     (V, d), products in ``dtype``, softmax in float32, computed block by block of rows; with ``grad``, also
     the smoothed loss's gradients with respect to ``hidden`` (N, d) and ``weight`` (V, d), in float32.
 
@@ -150,11 +150,11 @@ def _projected_in_blocks(
             torch.mm(g, w, out=grad_h[a : a + rows])
             grad_w += torch.mm(g.t(), h[a : a + rows])
     if not grad:
-        return sums[0], sums[1], None, None
+        return sums[0], sums[1], keep.sum(), None, None
     w_sum = w.sum(0, dtype=torch.float32)
     grad_hidden = torch.where(keep[:, None], grad_h[:n].float().sub_(w_sum, alpha=eps_i), 0)
     grad_w.sub_(h.sum(0, dtype=torch.float32), alpha=eps_i)
-    return sums[0], sums[1], grad_hidden, grad_w
+    return sums[0], sums[1], keep.sum(), grad_hidden, grad_w
 
 
 class _ProjectedCrossEntropy(torch.autograd.Function):
@@ -171,10 +171,9 @@ class _ProjectedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden: Tensor, weight: Tensor, target: Tensor, epsilon: float, pad_id: int, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:  # type: ignore[override]
         with torch.autocast("cpu", enabled=False):
-            loss, nll, grad_h, grad_w = _projected_in_blocks(hidden, weight, target, epsilon, pad_id, dtype, grad=True)
+            loss, nll, n, grad_h, grad_w = _projected_in_blocks(hidden, weight, target, epsilon, pad_id, dtype, grad=True)
         ctx.grads = grad_h, grad_w
         ctx.dtypes = hidden.dtype, weight.dtype
-        n = (target != pad_id).sum()
         ctx.mark_non_differentiable(nll, n)
         return loss, nll, n
 
@@ -200,5 +199,4 @@ def output_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, epsilon
     if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
         return _ProjectedCrossEntropy.apply(hidden, weight, target, epsilon, pad_id, dtype)
     with torch.autocast("cpu", enabled=False):
-        loss, nll, _, _ = _projected_in_blocks(hidden, weight, target, epsilon, pad_id, dtype, grad=False)
-    return loss, nll, (target != pad_id).sum()
+        return _projected_in_blocks(hidden, weight, target, epsilon, pad_id, dtype, grad=False)[:3]
