@@ -21,7 +21,7 @@ import torch
 
 from nmt import __version__, atomic, checkpoint
 from nmt.config import RunConfig, batch_plan, device_plan, resolve, to_plain
-from nmt.data.batching import collate, token_batches
+from nmt.data.batching import collate_indices, token_batches
 from nmt.data.dataset import ParallelDataset, read_manifest
 from nmt.device import configure_cpu_allocator, slow_precision_warning
 from nmt.errors import NmtError
@@ -191,11 +191,12 @@ class Trainer:
     def epoch_batches(self, epoch: int) -> list[np.ndarray]:
         return self._batches(self.train_set, self.train_index, self.cfg.train.seed, epoch)
 
-    def train_step(self, group: list[np.ndarray], flags: tuple[float, float]) -> torch.Tensor:
+    def train_step(self, group: list[np.ndarray], flags: tuple[float, float]) -> np.ndarray:
         """Forward/backward this rank's share of ``group``, sum gradients across ranks, update.
 
-        Returns the reduced statistics (STATS order). The one host synchronisation per update is reading
-        the token count and gradient norm, which skipping non-finite updates needs.
+        Returns the reduced statistics (STATS order). The one host synchronisation per update reads them
+        together with the gradient norm, which skipping non-finite updates needs; the optimizer's step is
+        queued after it and not waited for, so the GPU computes it while the host collates the next batch.
         """
         model, t, device = self.model, self.cfg.train, self.dist.device
         model.train()
@@ -210,7 +211,7 @@ class Trainer:
         lengths = self.train_set.tgt_lengths
         group_tokens = sum(int(lengths[idx].sum()) + len(idx) for idx in group)
         for idx in group[self.dist.rank :: self.dist.world]:
-            batch = collate([self.train_set[int(i)] for i in idx], t.pad_multiple).to(device)
+            batch = collate_indices(self.train_set, idx, t.pad_multiple).to(device)
             shape = f"source {tuple(batch.src.shape)}, target {tuple(batch.tgt_in.shape)}"
             out_of_memory = False
             try:
@@ -239,16 +240,20 @@ class Trainer:
                 p.grad = torch.zeros_like(p)
         D.all_reduce_(stats, self.dist.world)
         D.all_reduce_grads_(self.params, self.dist.world)
-        host = stats.tolist()
-        if host[STATS.index("oom")]:
-            self.optimizer.zero_grad(set_to_none=False)
-            return self._skipped(stats)
+        # Unscaled and clipped before it is known whether a rank ran out of memory: such an update is
+        # skipped anyway, and asking first would be a second synchronisation.
         self.scaler.unscale_(self.optimizer)
         if t.clip_norm > 0:
             norm = torch.nn.utils.clip_grad_norm_(self.params, t.clip_norm)
         else:  # the norm only: skipping non-finite updates needs it
             norm = torch.nn.utils.get_total_norm([p.grad for p in self.params])
-        if not math.isfinite(norm.item()):
+        host = torch.cat([stats, norm.to(stats.dtype).view(1)]).cpu().numpy()
+        stats, norm_value = host[:-1], float(host[-1])
+        if stats[STATS.index("oom")]:
+            self.scaler.update()  # unscale_ was called: the scaler must be told the update is over
+            self.optimizer.zero_grad(set_to_none=False)
+            return self._skipped(stats)
+        if not math.isfinite(norm_value):
             self.scaler.update()  # lowers the fp16 scale; a no-op otherwise
             self.optimizer.zero_grad(set_to_none=False)
             self.report.say(f"[yellow]update {self.progress.update + 1}: non-finite gradient, skipped")
@@ -267,7 +272,7 @@ class Trainer:
                     self.ema[k].mul_(t.ema_decay).add_(v.float(), alpha=1 - t.ema_decay)
         return stats
 
-    def _skipped(self, stats: torch.Tensor) -> torch.Tensor:
+    def _skipped(self, stats: np.ndarray) -> np.ndarray:
         self.progress.nonfinite += 1
         self.progress.skipped += 1
         stats[STATS.index("skipped")] = 1
@@ -284,7 +289,7 @@ class Trainer:
         sums = torch.zeros(3, dtype=torch.float64, device=self.dist.device)
         autocast = torch.autocast(self.dist.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
         for idx in batches[self.dist.rank :: self.dist.world]:
-            batch = collate([self.valid_set[int(i)] for i in idx], t.pad_multiple).to(self.dist.device)
+            batch = collate_indices(self.valid_set, idx, t.pad_multiple).to(self.dist.device)
             with autocast:
                 hidden = self.model.features(batch.src, batch.tgt_in)
                 loss, nll, n = output_cross_entropy(hidden.flatten(0, 1), self.model.output_weight, batch.tgt_out.view(-1), t.label_smoothing, PAD)
@@ -393,7 +398,7 @@ class Trainer:
                          float(self.dist.main and t.max_time > 0 and elapsed >= t.max_time))
                 before = p.update
                 group = batches[p.batch : p.batch + size]
-                stats = self.train_step(group, flags).cpu().numpy()
+                stats = self.train_step(group, flags)
                 p.batch += len(group)
                 window += stats
                 if p.nonfinite >= t.max_nonfinite:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from nmt.model.linear import linear
-
 
 def label_smoothed_nll(lprobs: Tensor, target: Tensor, epsilon: float, pad_id: int) -> tuple[Tensor, Tensor, Tensor]:
     """Sums over non-padding positions: (smoothed loss, plain NLL, number of tokens).
@@ -89,6 +87,9 @@ class _SmoothedCrossEntropy(torch.autograd.Function):
 
 # Elements of a block of logits on a CPU: 8 MiB in float32, within a core's share of the cache.
 CPU_BLOCK_ELEMENTS = 2**21
+# On a GPU: 1 GiB in float32, enough rows for each product to fill the GPU, and a fraction of the memory of
+# the whole (tokens × vocabulary) logits in float32 (4.8 GiB for 32k tokens over 37k pieces).
+GPU_BLOCK_ELEMENTS = 2**28
 
 
 def label_smoothed_cross_entropy(logits: Tensor, target: Tensor, epsilon: float, pad_id: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -98,10 +99,14 @@ def label_smoothed_cross_entropy(logits: Tensor, target: Tensor, epsilon: float,
     return _SmoothedCrossEntropy.apply(logits, target, epsilon, pad_id)
 
 
-def block_rows(vocab: int) -> int:
-    """Rows of a CPU block of (rows × ``vocab``) logits: about ``CPU_BLOCK_ELEMENTS``, a multiple of 64 (every
-    block of a run has the same shape, so oneDNN's bf16 kernels are prepared once)."""
-    return max(64, CPU_BLOCK_ELEMENTS // vocab // 64 * 64)
+def block_plan(vocab: int, device_type: str) -> tuple[int, bool]:
+    """How ``output_cross_entropy`` cuts (tokens × ``vocab``) logits: the rows of a block, a multiple of 64,
+    and whether the last block is padded to full size. On a CPU, blocks of about ``CPU_BLOCK_ELEMENTS``, all
+    of one shape (oneDNN prepares its bf16 kernels once per shape); elsewhere about ``GPU_BLOCK_ELEMENTS``,
+    the last one short."""
+    cpu = device_type == "cpu"
+    elements = CPU_BLOCK_ELEMENTS if cpu else GPU_BLOCK_ELEMENTS
+    return max(64, elements // vocab // 64 * 64), cpu
 
 
 def _projected_in_blocks(
@@ -118,37 +123,39 @@ def _projected_in_blocks(
     Padding rows of ``hidden`` are zeroed, so they add nothing to the weight's gradient.
     """
     n, d = hidden.shape
-    vocab = weight.size(0)
-    rows = block_rows(vocab)
+    vocab, device = weight.size(0), hidden.device
+    rows, pad_blocks = block_plan(vocab, device.type)
     keep = target != pad_id
-    padded = -(-n // rows) * rows
+    padded = -(-n // rows) * rows if pad_blocks else n
     h = hidden.new_zeros(padded, d, dtype=dtype)
     h[:n] = torch.where(keep[:, None], hidden, 0)
     tgt = target.new_full((padded,), pad_id)
     tgt[:n] = target
     w = weight.to(dtype)
     convert = dtype != torch.float32
-    logits = torch.empty(rows, vocab, dtype=dtype) if convert else None  # the product's output, converted into ``buffer``
-    buffer = torch.empty(rows, vocab, dtype=torch.float32)
-    sums = torch.zeros(2, dtype=torch.float32)
+    size = min(rows, padded)
+    logits = torch.empty(size, vocab, dtype=dtype, device=device) if convert else None  # the product's output, converted into ``buffer``
+    buffer = torch.empty(size, vocab, dtype=torch.float32, device=device)
+    sums = torch.zeros(2, dtype=torch.float32, device=device)
     eps_i = epsilon / (vocab - 1)
-    gold = torch.full((rows, 1), -(1.0 - epsilon - eps_i))
-    grad_h = torch.empty(padded, d, dtype=dtype) if grad else None
-    grad_w = torch.zeros(vocab, d, dtype=torch.float32) if grad else None
+    gold = torch.full((size, 1), -(1.0 - epsilon - eps_i), device=device)
+    grad_h = torch.empty(padded, d, dtype=dtype, device=device) if grad else None
+    grad_w = torch.zeros(vocab, d, dtype=torch.float32, device=device) if grad else None
     for a in range(0, padded, rows):
+        m = min(rows, padded - a)  # fewer in an unpadded last block
         if convert:
-            buffer.copy_(torch.mm(h[a : a + rows], w.t(), out=logits))
+            buffer[:m].copy_(torch.mm(h[a : a + m], w.t(), out=logits[:m]))
         else:
-            torch.mm(h[a : a + rows], w.t(), out=buffer)
-        lprobs = torch.log_softmax(buffer, -1, out=buffer)
-        loss, nll, _ = label_smoothed_nll(lprobs, tgt[a : a + rows], epsilon, pad_id)
+            torch.mm(h[a : a + m], w.t(), out=buffer[:m])
+        lprobs = torch.log_softmax(buffer[:m], -1, out=buffer[:m])
+        loss, nll, _ = label_smoothed_nll(lprobs, tgt[a : a + m], epsilon, pad_id)
         sums[0] += loss
         sums[1] += nll
         if grad:
-            p = lprobs.exp_().scatter_add_(1, tgt[a : a + rows, None], gold)  # p - (1-ε-ε/(V-1)) on the gold token
-            g = logits.copy_(p) if convert else p
-            torch.mm(g, w, out=grad_h[a : a + rows])
-            grad_w += torch.mm(g.t(), h[a : a + rows])
+            p = lprobs.exp_().scatter_add_(1, tgt[a : a + m, None], gold[:m])  # p - (1-ε-ε/(V-1)) on the gold token
+            g = logits[:m].copy_(p) if convert else p
+            torch.mm(g, w, out=grad_h[a : a + m])
+            grad_w += torch.mm(g.t(), h[a : a + m])
     if not grad:
         return sums[0], sums[1], keep.sum(), None, None
     w_sum = w.sum(0, dtype=torch.float32)
@@ -158,19 +165,19 @@ def _projected_in_blocks(
 
 
 class _ProjectedCrossEntropy(torch.autograd.Function):
-    """``label_smoothed_cross_entropy(linear(hidden, weight), ...)`` on a CPU, where the (tokens × vocabulary)
-    logits are never stored.
+    """``label_smoothed_cross_entropy(linear(hidden, weight), ...)`` where the (tokens × vocabulary) logits
+    are never stored whole.
 
     The forward pass computes the gradients too: they are linear in the incoming gradient of the loss, a
     scalar, so the backward pass only scales them. The logits are computed, used and dropped block by
-    block of rows that stay in the cache, once per update (recomputing them in the backward pass would
-    cost a fourth product over the three of a linear layer). Liger-Kernel's fused linear cross-entropy
-    does the same on GPUs.
+    block of rows (on a CPU, blocks that stay in the cache), once per update: recomputing them in the
+    backward pass would cost a fourth product over the three of a linear layer. Liger-Kernel's fused
+    linear cross-entropy does the same on GPUs.
     """
 
     @staticmethod
     def forward(ctx, hidden: Tensor, weight: Tensor, target: Tensor, epsilon: float, pad_id: int, dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:  # type: ignore[override]
-        with torch.autocast("cpu", enabled=False):
+        with torch.autocast(hidden.device.type, enabled=False):
             loss, nll, n, grad_h, grad_w = _projected_in_blocks(hidden, weight, target, epsilon, pad_id, dtype, grad=True)
         ctx.grads = grad_h, grad_w
         ctx.dtypes = hidden.dtype, weight.dtype
@@ -186,17 +193,13 @@ class _ProjectedCrossEntropy(torch.autograd.Function):
 
 def output_cross_entropy(hidden: Tensor, weight: Tensor, target: Tensor, epsilon: float, pad_id: int) -> tuple[Tensor, Tensor, Tensor]:
     """``label_smoothed_cross_entropy(linear(hidden, weight), target, epsilon, pad_id)``: the output projection
-    (``hidden`` (N, d) times ``weight`` (V, d) transposed, under CPU autocast in its dtype) and the loss
-    together. The same sums; on a CPU the (N, V) logits are never stored (see ``_ProjectedCrossEntropy``):
-    on a 2-core Sapphire Rapids the projection and loss of 4,090 tokens over 4,000 pieces took 57 ms
-    instead of 112 in float32 and 32 instead of 74 in bf16 (the tiny model trained 12 % and 19 % more
-    tokens/s). On GPUs the logits are computed as they are, then ``label_smoothed_cross_entropy``."""
-    if hidden.device.type != "cpu":
-        logits = linear(hidden, weight)
-        with torch.autocast(hidden.device.type, enabled=False):
-            return label_smoothed_cross_entropy(logits, target, epsilon, pad_id)
-    dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else hidden.dtype
+    (``hidden`` (N, d) times ``weight`` (V, d) transposed, under autocast in its dtype) and the loss together.
+    The same sums, but the (N, V) logits are never stored whole (see ``_ProjectedCrossEntropy``): on a 2-core
+    Sapphire Rapids the projection and loss of 4,090 tokens over 4,000 pieces took 57 ms instead of 112 in
+    float32 and 32 instead of 74 in bf16 (the tiny model trained 12 % and 19 % more tokens/s)."""
+    device = hidden.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
     if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
         return _ProjectedCrossEntropy.apply(hidden, weight, target, epsilon, pad_id, dtype)
-    with torch.autocast("cpu", enabled=False):
+    with torch.autocast(device, enabled=False):
         return _projected_in_blocks(hidden, weight, target, epsilon, pad_id, dtype, grad=False)[:3]

@@ -74,11 +74,13 @@ def test_fused_loss_equals_the_reference_and_its_gradient(dtype: torch.dtype, bl
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("rows", [150, 64, 5])  # three blocks of 64, the last one short; one full block; one short block
-def test_output_cross_entropy_equals_projection_then_loss(precision: str, rows: int) -> None:
+@pytest.mark.parametrize("pad_blocks", [True, False])  # the CPU's plan (the last block padded to 64 rows), a GPU's (short)
+def test_output_cross_entropy_equals_projection_then_loss(precision: str, rows: int, pad_blocks: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """The output projection and the loss together (logits never stored, gradients computed in the forward
     pass) against autograd through F.linear and label_smoothed_nll in float64: the sums, and the gradients
     of the hidden states and of the weight, with padding, an incoming gradient other than 1, and the weight
     used a second time (tied embeddings) so that its gradients add up."""
+    monkeypatch.setattr(loss_module, "block_plan", lambda vocab, device_type: (64, pad_blocks))
     torch.manual_seed(0)
     V, d, eps, pad = 11, 16, 0.1, 0
     hidden = torch.randn(rows, d)

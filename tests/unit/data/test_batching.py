@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from nmt.data.batching import Batch, collate, padded, token_batches
+from nmt.data.batching import Batch, collate, collate_indices, padded, token_batches
 from nmt.data.dataset import ParallelDataset
 from nmt.tokens import BOS, EOS, PAD
 
@@ -92,3 +92,26 @@ def test_collate_of_an_empty_source() -> None:
     batch = collate([(np.array([], dtype=np.uint16), np.array([4], dtype=np.uint16))], multiple=1)
     assert batch.src.tolist() == [[EOS]] and batch.src_tokens == 1 and batch.tgt_tokens == 2
     assert isinstance(batch, Batch)
+
+
+def _collate_one_by_one(pairs: list[tuple[np.ndarray, np.ndarray]], multiple: int) -> list[list[list[int]]]:
+    """The padded (source, decoder input, decoder output) built sentence by sentence, as a reference."""
+    s = padded(max(len(x) for x, _ in pairs) + 1, multiple)
+    t = padded(max(len(y) for _, y in pairs) + 1, multiple)
+    fill = lambda ids, width: list(ids) + [PAD] * (width - len(ids))  # noqa: E731
+    return [[fill([*map(int, x), EOS], s) for x, _ in pairs], [fill([BOS, *map(int, y)], t) for _, y in pairs],
+            [fill([*map(int, y), EOS], t) for _, y in pairs]]
+
+
+@pytest.mark.parametrize("multiple", [1, 8])
+def test_collate_and_collate_indices_equal_a_sentence_by_sentence_reference(fixture_data: Path, multiple: int) -> None:
+    data = ParallelDataset(fixture_data, "train")
+    batches = token_batches(data.src_lengths, data.tgt_lengths, max_tokens=256, seed=1, epoch=1, multiple=multiple)
+    for b in batches:
+        pairs = [data[int(i)] for i in b]
+        expected = _collate_one_by_one(pairs, multiple)
+        for batch in (collate(pairs, multiple), collate_indices(data, b, multiple)):
+            assert [batch.src.tolist(), batch.tgt_in.tolist(), batch.tgt_out.tolist()] == expected
+            assert batch.src_tokens == sum(len(x) + 1 for x, _ in pairs)
+            assert batch.tgt_tokens == sum(len(y) + 1 for _, y in pairs)
+            assert batch.src.dtype == batch.tgt_in.dtype == batch.tgt_out.dtype == torch.int64
