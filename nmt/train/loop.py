@@ -226,6 +226,8 @@ class Trainer:
                 hidden = loss = batch = None
                 self.optimizer.zero_grad(set_to_none=False)
                 torch.cuda.empty_cache()
+                # The fp16 scale is set up on first use; unscaling below needs it on every rank alike.
+                self.scaler.scale(torch.zeros((), device=device))
                 stats[STATS.index("oom")] += 1
                 self.report.say(f"[yellow]rank {self.dist.rank}: out of GPU memory on a batch of {shape}; skipping this update on every rank (lower --max-tokens if this repeats)")
                 break

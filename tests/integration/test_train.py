@@ -23,6 +23,7 @@ from nmt.train.distributed import Dist, free_port
 from nmt.train.launch import run
 from nmt.train.loop import Trainer
 from nmt.train.loss import label_smoothed_nll
+from nmt.train.report import STATS
 
 TINY = {"d_model": 64, "d_ff": 128, "heads": 2}
 
@@ -276,6 +277,32 @@ def test_non_finite_updates_are_skipped_then_stop_the_run(small_data: Path, tmp_
     cfg = config(small_data, tmp_path / "nan", max_updates=50, lr_scale=1e30, max_nonfinite=4)
     with pytest.raises(NmtError, match="4 updates in a row were skipped"):
         run(cfg)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_an_update_out_of_memory_is_skipped_and_the_next_one_runs(small_data: Path, tmp_path: Path, precision: str) -> None:
+    """A batch that runs out of GPU memory (raised here on a CPU) skips its update, parameters untouched, and
+    the next update runs: with fp16 the gradient scaler was unscaled before the skip was known and must
+    be ready for the next update."""
+    trainer = Trainer(config(small_data, tmp_path / "oom", max_updates=5, precision=precision), Dist())
+    batches = trainer.epoch_batches(1)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    features = trainer.step_features
+
+    def out_of_memory(*args: object) -> torch.Tensor:
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory (raised by the test)")
+
+    trainer.step_features = out_of_memory
+    stats = trainer.train_step([batches[0]], (0.0, 0.0))
+    assert stats[STATS.index("oom")] == 1 and stats[STATS.index("skipped")] == 1
+    assert trainer.progress.update == 0 and trainer.progress.skipped == 1
+    assert all(torch.equal(v, before[k]) for k, v in trainer.model.state_dict().items())
+    assert all(not p.grad.any() for p in trainer.params)
+    trainer.step_features = features
+    stats = trainer.train_step([batches[1]], (0.0, 0.0))
+    assert stats[STATS.index("oom")] == 0 and stats[STATS.index("tgt_tokens")] > 0
+    assert trainer.progress.update == 1 and trainer.progress.nonfinite == 0
+    assert any(not torch.equal(v, before[k]) for k, v in trainer.model.state_dict().items())
 
 
 def test_two_torchrun_nodes_equal_one_process_accumulating(small_data: Path, tmp_path: Path) -> None:
