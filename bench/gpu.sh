@@ -5,7 +5,10 @@
 # nmt translate on the GPU. Figures are the JSON log records of each run; the summary lines start with '=='.
 #
 #   bash bench/gpu.sh PART OUT [REAL_DATA TEST_PREFIX]
-#     PART: train (throughput, compile, fp16, OOM), torchrun (NCCL, and bench/profile_step.py on base),
+#     PART: mfu (base and big up to the largest --max-tokens that fits, --compile, the output layer and loss
+#     alone (bench/output_loss.py), bench/profile_step.py on big; REAL_DATA is then optional: another nmt
+#     source tree, e.g. `git worktree add /tmp/before HEAD~3`, whose big run is measured beside this one's),
+#     train (throughput, compile, fp16, OOM), torchrun (NCCL, and bench/profile_step.py on base),
 #     learn (bf16 against fp32 on REAL_DATA: dev loss after the same updates),
 #     resume (exact resume on REAL_DATA) or decode (a base model trained on REAL_DATA for two minutes,
 #     then nmt translate on TEST_PREFIX.en, scored against TEST_PREFIX.de)
@@ -29,6 +32,33 @@ syn=$out/wmt-shape
 synthetic() {  # random ids of WMT14's shape, written once per OUT
   [ -f "$syn/manifest.json" ] || python3 bench/synthetic_data.py "$syn" --pairs 400000 --vocab 37000
 }
+
+if [ "$part" = mfu ]; then
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader
+  python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name())"
+  synthetic
+  python3 bench/output_loss.py --tokens 32768 --d-model 1024 --vocab 37000 --precision bf16 2>&1 | tee "$out/output-loss.txt"
+  # NAME TIMEOUT UPDATES ARGS...: a bf16 run on the synthetic data, figures of its last 25 updates.
+  bf16() {
+    local name=$1 limit=$2 updates=$3; shift 3
+    timeout "$limit" python3 -m nmt train "$syn" --precision bf16 --update-freq 1 --max-updates "$updates" --log-every 25 \
+      --save-dir "$out/$name" "${quiet[@]}" "$@" > "$out/$name.log" 2>&1
+    echo "== $name (exit $?): $(last "$out/$name")"
+  }
+  if [ -n "$data" ]; then  # the same big run with another nmt source tree, for a before/after in one run
+    here_syn=$(realpath "$syn"); here_out=$(realpath "$out")
+    (cd "$data" && timeout 120 python3 -m nmt train "$here_syn" --arch big --precision bf16 --update-freq 1 --max-tokens 32768 \
+      --max-updates 50 --log-every 25 --save-dir "$here_out/big-32768-baseline" "${quiet[@]}" > "$here_out/big-32768-baseline.log" 2>&1)
+    echo "== big-32768-baseline ($data, exit $?): $(last "$out/big-32768-baseline")"
+  fi
+  bf16 big-32768 120 50 --arch big --max-tokens 32768
+  bf16 big-65536 150 50 --arch big --max-tokens 65536
+  bf16 big-131072 180 50 --arch big --max-tokens 131072
+  bf16 base-65536 120 50 --arch base --max-tokens 65536
+  timeout 120 python3 bench/profile_step.py "$syn" --arch big --precision bf16 --max-tokens 65536 --rows 30 > "$out/profile-big.txt" 2>&1
+  grep "per update" "$out/profile-big.txt"
+  bf16 big-65536-compile 240 100 --arch big --max-tokens 65536 --compile
+fi
 
 if [ "$part" = train ]; then
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader

@@ -51,7 +51,11 @@ def main() -> None:
                 trainer.train_step([b], (0.0, 0.0))
             sync()
         per_step = (time.perf_counter() - started) / args.steps
-    print(f"{args.arch} {args.precision} max_tokens {args.max_tokens}: {per_step * 1000:.1f} ms per update under the profiler")
+    line = f"{args.arch} {args.precision} max_tokens {args.max_tokens}: {per_step * 1000:.1f} ms per update under the profiler"
+    if use_cuda:  # the GPU's busy time: the sum of every kernel's own time (kernels of one stream do not overlap)
+        busy = sum(e.self_device_time_total for e in prof.key_averages()) / 1000 / args.steps
+        line += f", the GPU busy {busy:.1f} ms of it ({busy / (per_step * 1000):.0%})"
+    print(line)
     key = "cuda_time_total" if use_cuda else "cpu_time_total"
     print(prof.key_averages().table(sort_by=key, row_limit=args.rows, max_name_column_width=60))
     if use_cuda:
