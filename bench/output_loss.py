@@ -1,9 +1,12 @@
 """The output projection and the label-smoothed loss, forward and backward, two ways on one device:
 
-- ``logits``: ``F.linear`` to the whole (tokens × vocabulary) logits, then ``label_smoothed_cross_entropy``
-  (float32 softmax over them, hand-written backward);
+- ``logits``: ``F.linear`` to the whole (tokens × vocabulary) logits, their float32 log-softmax, then
+  ``label_smoothed_nll``, all through autograd (what a plain training loop does);
 - ``blocks``: ``output_cross_entropy``, what ``nmt train`` uses: the logits in blocks of rows, never stored
   whole, both gradients computed in the forward pass.
+
+(docs/performance.md's GPU figures were taken at commit c284e79, whose ``logits`` way was nmt's earlier GPU
+path: the same whole logits, with a hand-written backward pass for the loss.)
 
 Prints the median time per call and the peak memory each takes above its inputs, alternating the two so
 that both see the same machine.
@@ -23,13 +26,13 @@ import torch
 import torch.nn.functional as F
 
 from nmt.device import DTYPES
-from nmt.train.loss import label_smoothed_cross_entropy, output_cross_entropy
+from nmt.train.loss import label_smoothed_nll, output_cross_entropy
 
 
 def through_logits(h: torch.Tensor, w: torch.Tensor, target: torch.Tensor, eps: float) -> torch.Tensor:
     logits = F.linear(h, w)
     with torch.autocast(h.device.type, enabled=False):
-        return label_smoothed_cross_entropy(logits, target, eps, 0)[0]
+        return label_smoothed_nll(logits.float().log_softmax(-1), target, eps, 0)[0]
 
 
 def in_blocks(h: torch.Tensor, w: torch.Tensor, target: torch.Tensor, eps: float) -> torch.Tensor:

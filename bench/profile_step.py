@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 from nmt.config import RunConfig, TrainConfig, resolve
@@ -52,8 +53,10 @@ def main() -> None:
             sync()
         per_step = (time.perf_counter() - started) / args.steps
     line = f"{args.arch} {args.precision} max_tokens {args.max_tokens}: {per_step * 1000:.1f} ms per update under the profiler"
-    if use_cuda:  # the GPU's busy time: the sum of every kernel's own time (kernels of one stream do not overlap)
-        busy = sum(e.self_device_time_total for e in prof.key_averages()) / 1000 / args.steps
+    if use_cuda:  # the GPU's busy time: the kernels' own times, as the table's total counts them (an operator's
+        # device time is its kernels' again), on one stream, where kernels do not overlap
+        kernels = [e for e in prof.key_averages() if e.device_type == DeviceType.CUDA and not e.is_user_annotation]
+        busy = sum(e.self_device_time_total for e in kernels) / 1000 / args.steps
         line += f", the GPU busy {busy:.1f} ms of it ({busy / (per_step * 1000):.0%})"
     print(line)
     key = "cuda_time_total" if use_cuda else "cpu_time_total"
