@@ -53,7 +53,7 @@ def rss_mib() -> float:
 
 
 def run_nmt(args: argparse.Namespace, dtype: str, stop: str, lines: list[str]) -> tuple[list[str], float, float]:
-    from nmt.config import DecodeConfig
+    from nmt.decode.config import DecodeConfig
     from nmt.decode.translate import TranslateConfig, Translator
 
     decode = DecodeConfig(beam=args.beam, penalty="fairseq", lenpen=args.lenpen, stop=stop)
@@ -65,7 +65,7 @@ def run_nmt(args: argparse.Namespace, dtype: str, stop: str, lines: list[str]) -
 
 
 def run_ct2(args: argparse.Namespace, compute_type: str, setup: str, lines: list[str]) -> tuple[list[str], float, float]:
-    from nmt.config import DecodeConfig
+    from nmt.decode.config import DecodeConfig
     from nmt.export.ct2 import CT2Translator
 
     device = "cuda" if args.device.startswith("cuda") else "cpu"
@@ -85,7 +85,7 @@ def run_hf(args: argparse.Namespace, lines: list[str]) -> tuple[list[str], float
     import torch
     from transformers import MarianMTModel
 
-    from nmt.config import DecodeConfig
+    from nmt.decode.config import DecodeConfig
     from nmt.data.text import normalise
     from nmt.tokens import BOS, EOS, PAD
 

@@ -25,7 +25,8 @@ import numpy as np
 import sacrebleu
 import torch
 
-from nmt.config import DecodeConfig, RunConfig, TrainConfig
+from nmt.decode.config import DecodeConfig
+from nmt.train.config import RunConfig, TrainConfig
 from nmt.data.binarize import TokenWriter
 from nmt.data.dataset import ParallelDataset, read_manifest
 from nmt.decode.translate import TranslateConfig, Translator

@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from nmt.device import DTYPES
-from nmt.train.loss import label_smoothed_nll, output_cross_entropy
+from nmt.kernels import output_cross_entropy
+from nmt.train.loss import label_smoothed_nll
 
 
 def through_logits(h: torch.Tensor, w: torch.Tensor, target: torch.Tensor, eps: float) -> torch.Tensor:

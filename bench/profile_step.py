@@ -18,7 +18,7 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-from nmt.config import RunConfig, TrainConfig, resolve
+from nmt.train.config import RunConfig, TrainConfig, resolve
 from nmt.train import distributed as D
 from nmt.train.loop import Trainer
 

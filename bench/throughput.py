@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nmt.config import RunConfig, TrainConfig
+from nmt.train.config import RunConfig, TrainConfig
 from nmt.data.batching import collate
 from nmt.data.dataset import ParallelDataset, read_manifest
 from nmt.model.config import model_config

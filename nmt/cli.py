@@ -123,7 +123,8 @@ def train(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Build everything, time a few updates, print the plan and exit.")] = False,
 ) -> None:
     """Train a Transformer on a prepared dataset; re-running the same command resumes exactly."""
-    from nmt.config import find_data, load_recipe, run_config
+    from nmt.data.dataset import find_data
+    from nmt.recipe import load_recipe, run_config
     from nmt.train.launch import run
 
     loaded = load_recipe(recipe) if recipe else {}

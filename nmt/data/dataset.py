@@ -52,6 +52,16 @@ def read_manifest(data_dir: Path) -> dict:
         raise NmtError(f"{path}: not valid JSON ({err})") from None
 
 
+def find_data(root: Path = Path("data-bin")) -> Path:
+    """The one prepared corpus under ``root``, for ``nmt train`` without DATA; an error listing them otherwise."""
+    found = sorted(p.parent for p in root.glob("*/manifest.json")) if root.is_dir() else []
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise NmtError(f"no DATA given and no prepared corpus in {root}/; run 'nmt prepare CORPUS' first, or give DATA")
+    raise NmtError(f"no DATA given and {root}/ holds {len(found)} prepared corpora ({', '.join(str(p) for p in found)}); name one")
+
+
 class ParallelDataset:
     """(source, target) token arrays of one split of a prepared dataset, by index, through the memory map."""
 

@@ -22,7 +22,8 @@ import torch
 from torch import Tensor
 
 from nmt.decode.penalty import length_penalty
-from nmt.model.transformer import DecoderState, EncoderOut, Transformer
+from nmt.decode.incremental import DecoderState, decode_step, init_state
+from nmt.model.transformer import Transformer
 from nmt.tokens import BOS, EOS, PAD
 
 
@@ -44,11 +45,11 @@ class Scorer:
 
     def start(self, src: Tensor, beam: int) -> list[DecoderState]:
         """Encode ``src`` (N, S) once; ``beam`` decoder rows per sentence."""
-        return [model.init_state(model.encode(src), beam) for model in self.models]
+        return [init_state(model, model.encode(src), beam) for model in self.models]
 
     def step(self, tokens: Tensor, states: list[DecoderState]) -> Tensor:
         """Next-token log-probabilities (R, V) of the prefixes ending in ``tokens`` (R,): a fresh tensor."""
-        lprobs = [model.decode_step(tokens, state) for model, state in zip(self.models, states)]
+        lprobs = [decode_step(model, tokens, state) for model, state in zip(self.models, states)]
         if len(lprobs) == 1:
             return lprobs[0]
         return torch.logsumexp(torch.stack(lprobs), dim=0) - math.log(len(lprobs))

@@ -16,8 +16,8 @@ import numpy as np
 import sentencepiece as spm
 import torch
 
-from nmt import checkpoint
-from nmt.config import DecodeConfig, decode_config
+from nmt import checkpoint, kernels
+from nmt.decode.config import DecodeConfig, decode_config
 from nmt.console import console
 from nmt.data.text import normalise
 from nmt.decode.beam import Hypothesis, Scorer, beam_search
@@ -43,6 +43,8 @@ def load_models(paths: list[Path], device: torch.device, dtype: torch.dtype) -> 
     models, first = [], None
     for path in paths:
         model, meta = checkpoint.load_model(path, device, dtype)
+        if device.type == "cpu":
+            kernels.install(model)
         if first is None:
             first = meta
         elif checkpoint.vocab_digest(meta) != checkpoint.vocab_digest(first):

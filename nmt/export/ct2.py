@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import sentencepiece as spm
 
-from nmt.config import DecodeConfig
+from nmt.decode.config import DecodeConfig
 from nmt.data.text import normalise
 from nmt.errors import NmtError
 from nmt.model.config import ModelConfig

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from nmt.config import decode_config
+from nmt.decode.config import decode_config
 from nmt.errors import NmtError
 from nmt.model.config import ModelConfig
 from nmt.model.transformer import Transformer

@@ -3,7 +3,7 @@
 The sentence is translated by the real beam search (``Translator``: the checkpoint's [decode] settings,
 with any override), or its translation is given (``--reference``: forced decoding, no search). Then ONE
 teacher-forced pass over (source + EOS, BOS + target) runs with the weights recorded
-(``Transformer.attention_maps``), so the maps are those of the computation that scores the target; the
+(``nmt.inspect.record.attention_maps``), so the maps are those of the computation that scores the target; the
 target's log-probability comes from the same pass.
 
 Positions: the encoder has one per source piece plus EOS. The decoder's position t reads ``target_in[t]``
@@ -29,6 +29,7 @@ from nmt.console import console
 from nmt.data.text import normalise
 from nmt.decode.translate import TranslateConfig, Translator
 from nmt.errors import NmtError
+from nmt.inspect.record import attention_maps
 from nmt.inspect.render import Heatmap, html_page, svg, terminal
 from nmt.tokens import BOS, EOS, SPECIAL_PIECES
 
@@ -148,7 +149,7 @@ def compute(checkpoint: Path, sentence: str, reference: str | None = None, devic
     src = torch.tensor([src_ids + [EOS]], device=translator.device)
     tgt_in = torch.tensor([[BOS] + tgt_ids], device=translator.device)
     with torch.inference_mode():
-        logits, maps = model.attention_maps(src, tgt_in)
+        logits, maps = attention_maps(model, src, tgt_in)
     gold = torch.tensor(tgt_ids + [EOS], device=logits.device)
     logprob = logits[0].float().log_softmax(-1).gather(1, gold[:, None]).sum().item()
     stack = lambda layers: torch.stack([m[0] for m in layers]).float().cpu().numpy()  # noqa: E731  (layers, h, Tq, Tk)

@@ -9,11 +9,24 @@ from typing import Any
 
 import torch
 
-from nmt.config import RunConfig, launched_by_torchrun, pair_dropout, resolve, world_size
+from nmt.train.config import RunConfig, pair_dropout, resolve
 from nmt.console import console
 from nmt.data.dataset import read_manifest
 from nmt.errors import NmtError
 from nmt.train import distributed as D
+
+
+def launched_by_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ and "LOCAL_RANK" in os.environ
+
+
+def world_size(cfg: RunConfig) -> int:
+    """Processes the run will have: torchrun's environment, else --gpus, else --nproc on the CPU."""
+    if launched_by_torchrun():
+        return int(os.environ["WORLD_SIZE"])
+    if cfg.gpus:
+        return cfg.gpus
+    return cfg.nproc if cfg.cpu else 1
 
 
 def check_resources(cfg: RunConfig) -> dict[str, Any]:

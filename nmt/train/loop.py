@@ -19,17 +19,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from nmt import __version__, atomic, checkpoint
-from nmt.config import RunConfig, batch_plan, device_plan, resolve, to_plain
+from nmt import __version__, atomic, checkpoint, kernels
+from nmt.train.config import RunConfig, batch_plan, device_plan, resolve, to_plain
 from nmt.data.batching import collate_indices, token_batches
 from nmt.data.dataset import ParallelDataset, read_manifest
-from nmt.device import configure_cpu_allocator, slow_precision_warning
+from nmt.device import slow_precision_warning
 from nmt.errors import NmtError
+from nmt.kernels import output_cross_entropy
+from nmt.kernels.allocator import configure_cpu_allocator
 from nmt.model.config import model_config, total_parameters, train_flops_per_target_token
 from nmt.model.transformer import Transformer
 from nmt.tokens import PAD
 from nmt.train import distributed as D
-from nmt.train.loss import output_cross_entropy
 from nmt.train.report import STATS, Reporter, peak_flops, window_record
 from nmt.train.schedule import learning_rate
 
@@ -80,6 +81,8 @@ class Trainer:
         self.precision = self._precision()
         torch.manual_seed(t.seed)  # same initial weights on every rank
         self.model = Transformer(self.model_cfg).to(dist.device)
+        if dist.device.type == "cpu":
+            kernels.install(self.model)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         # The fused kernel on CPUs too: 3-4× faster than the per-tensor loop there (the "foreach" one is slower).
         self.optimizer = torch.optim.Adam(self.params, lr=0.0, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_eps,

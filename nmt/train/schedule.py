@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from nmt.config import TrainConfig
+    from nmt.train.config import TrainConfig
 
 
 def noam_lr(step: int, d_model: int, warmup: int, scale: float = 1.0) -> float:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import sentencepiece as spm
 
-from tests.unit.test_attend import Grids, random_checkpoint
+from tests.helpers import Grids, random_checkpoint
 
 PLAIN = {"COLUMNS": "100", "TERM": "dumb", "NO_COLOR": "1"}
 

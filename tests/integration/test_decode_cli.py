@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from nmt import checkpoint
-from nmt.config import DecodeConfig, RunConfig, TrainConfig
+from nmt.decode.config import DecodeConfig
+from nmt.train.config import RunConfig, TrainConfig
 from nmt.decode.translate import TranslateConfig, Translator
 from nmt.train.launch import run
 

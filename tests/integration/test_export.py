@@ -13,7 +13,8 @@ import sacrebleu
 import torch
 
 from nmt import checkpoint
-from nmt.config import DecodeConfig, RunConfig, TrainConfig
+from nmt.decode.config import DecodeConfig
+from nmt.train.config import RunConfig, TrainConfig
 from nmt.data.text import normalise
 from nmt.decode.beam import greedy_search
 from nmt.decode.penalty import length_penalty

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nmt.config import device_plan, load_recipe
+from nmt.recipe import load_recipe
+from nmt.train.config import device_plan
 from nmt.data.binarize import TokenWriter
 from nmt.model.config import model_config, total_parameters
 

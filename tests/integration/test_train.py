@@ -12,7 +12,8 @@ import sacrebleu
 import torch
 
 from nmt import atomic, checkpoint
-from nmt.config import RunConfig, TrainConfig, load_recipe
+from nmt.recipe import load_recipe
+from nmt.train.config import RunConfig, TrainConfig
 from nmt.data.batching import collate
 from nmt.data.dataset import ParallelDataset
 from nmt.data.prepare import PrepareConfig, prepare

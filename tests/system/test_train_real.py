@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from nmt.config import RunConfig, TrainConfig
+from nmt.train.config import RunConfig, TrainConfig
 from nmt.data.prepare import PrepareConfig, prepare
 from nmt.train.distributed import Dist
 from nmt.train.loop import Trainer

@@ -10,7 +10,6 @@ import shutil
 import subprocess
 import xml.etree.ElementTree as ET
 from dataclasses import asdict
-from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -26,21 +25,10 @@ from nmt.errors import NmtError
 from nmt.inspect.attend import KINDS, AttendConfig, compute, run
 from nmt.inspect.render import Heatmap, html_page, svg, terminal
 from nmt.tokens import BOS, EOS
-from tests.unit.test_attention_maps import small
+from tests.helpers import Grids, random_checkpoint
 
 
 # ------------------------------------------------------------------------------------------ from a checkpoint
-
-
-def random_checkpoint(spm_model: Path, path: Path, **overrides: object) -> Path:
-    """An untrained model (seeded) with ``spm_model``'s vocabulary, searching with beam 2 and at most
-    |source| + 1 + 6 output tokens (the [decode] settings it carries)."""
-    vocab = torch.frombuffer(bytearray(spm_model.read_bytes()), dtype=torch.uint8)
-    size = spm.SentencePieceProcessor(model_file=str(spm_model)).get_piece_size()
-    model = small(vocab=size, **overrides)
-    checkpoint.save({"model": model.state_dict(), "model_config": asdict(model.cfg), "vocab": vocab,
-                     "config": {"decode": {"beam": 2, "max_len_b": 6}}, "manifest": {"src": "en", "tgt": "de"}}, path)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -128,43 +116,6 @@ def test_run_refuses_bad_input(ckpt: Path, tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------------- rendering
-
-
-class Grids(HTMLParser):
-    """Collects each map of the page: its data attributes, rows × columns, header labels and cell titles."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.grids: list[dict] = []
-        self.external: list[str] = []
-        self.scripts = 0
-        self._in: str | None = None
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        a = dict(attrs)
-        if tag == "script":
-            self.scripts += 1
-        if any(k in a for k in ("src", "href")) or tag in ("link", "iframe", "img"):
-            self.external.append(f"{tag} {a}")
-        if tag == "section" and "grid" in (a.get("class") or ""):
-            self.grids.append({"kind": a["data-kind"], "layer": int(a["data-layer"]), "head": a["data-head"],
-                               "hidden": "hidden" in a, "cols": [], "rows": [], "cells": []})
-        elif tag == "tr" and self.grids:
-            self.grids[-1]["cells"].append([])
-        elif tag == "td":
-            self.grids[-1]["cells"][-1].append(a)
-        elif tag == "th":
-            self._in = a.get("class")
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag == "th":
-            self._in = None
-
-    def handle_data(self, data: str) -> None:
-        if self._in == "col":
-            self.grids[-1]["cols"].append(data)
-        elif self._in == "row":
-            self.grids[-1]["rows"].append(data)
 
 
 def test_html_has_one_grid_per_layer_and_head_with_tokens_and_weights(ckpt: Path) -> None:

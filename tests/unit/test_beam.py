@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from nmt.tokens import BOS, EOS
-from nmt.config import DecodeConfig
+from nmt.decode.config import DecodeConfig
 from nmt.decode.beam import Scorer, beam_search, greedy_search
 from nmt.decode.penalty import length_penalty
 from nmt.model.config import model_config

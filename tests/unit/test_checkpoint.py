@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from nmt import checkpoint
-from nmt.config import run_config, to_plain
+from nmt.recipe import run_config
+from nmt.train.config import to_plain
 from nmt.errors import NmtError
 from nmt.model.config import model_config
 from nmt.model.transformer import Transformer

@@ -6,8 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from nmt.config import (ARCH_DEFAULTS, DecodeConfig, RunConfig, TrainConfig, batch_plan, decode_config, derive_update_freq,
-                        find_data, load_recipe, pair_dropout, resolve, run_config, to_plain, world_size)
+from nmt.data.dataset import find_data
+from nmt.decode.config import DecodeConfig, decode_config
+from nmt.recipe import load_recipe, run_config
+from nmt.train.config import ARCH_DEFAULTS, RunConfig, TrainConfig, batch_plan, derive_update_freq, pair_dropout, resolve, to_plain
+from nmt.train.launch import world_size
 from nmt.errors import NmtError
 
 REPO = Path(__file__).resolve().parents[2]

@@ -46,7 +46,7 @@ def test_half_precision_decoding_warns_on_every_cpu_not_on_gpus() -> None:
 
 ALLOCATION_FAULTS = """
 import random, resource, sys, torch
-from nmt.device import configure_cpu_allocator
+from nmt.kernels.allocator import configure_cpu_allocator
 if sys.argv[1] == "configured":
     assert configure_cpu_allocator()
 random.seed(0)

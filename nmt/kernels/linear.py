@@ -72,7 +72,7 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, relu: bool = F
     return y.view(*x.shape[:-1], weight.size(0))
 
 
-class Linear(nn.Linear):
+class BucketedLinear(nn.Linear):
     """``nn.Linear`` computing through ``linear`` (same parameters and state dict)."""
 
     def forward(self, x: Tensor) -> Tensor:

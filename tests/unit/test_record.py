@@ -1,6 +1,6 @@
-"""Recording attention weights in the model (``Transformer.attention_maps``, what ``nmt attend`` draws): the
-recorded pass is the forward pass (same logits; the NumPy reference's weights on the model's own inputs),
-its maps have the properties attention must have, and the normal paths never pay for it."""
+"""Recording attention weights (``nmt.inspect.record.attention_maps``, what ``nmt attend`` draws): the recorded
+pass is the forward pass (same logits; the NumPy reference's weights on the model's own inputs), its maps
+have the properties attention must have, and the normal paths never pay for it."""
 
 from __future__ import annotations
 
@@ -8,24 +8,21 @@ import numpy as np
 import pytest
 import torch
 
+from nmt.decode.incremental import decode_step, init_state
+from nmt.inspect import record
+from nmt.inspect.record import attention_maps
 from nmt.model import attention
 from nmt.model.attention import MultiHeadAttention
-from nmt.model.config import model_config
 from nmt.model.transformer import Transformer
 from nmt.tokens import BOS, EOS, PAD
-from tests.unit.test_attention_reference import multi_head_attention
+from tests.helpers import tiny_model
+from tests.reference import multi_head_attention
 
 VARIANTS = [{}, {"pre_norm": True}, {"d_k": 8, "d_v": 24}, {"positions": "learned"}]
 
 
-def small(vocab: int = 50, **kw: object) -> Transformer:
-    torch.manual_seed(0)
-    model = Transformer(model_config("tiny", vocab_size=vocab, d_model=32, d_ff=64, heads=2, dropout=0.0, **kw))
-    with torch.no_grad():  # biases and norms off their initial values, so a misplaced one shows
-        for p in model.parameters():
-            if p.dim() == 1:
-                p.add_(0.3 * torch.randn_like(p))
-    return model.eval()
+def small(**kw: object) -> Transformer:
+    return tiny_model(50, offset_vectors=True, **kw)
 
 
 # Two sentences: the second has 3 padded source positions and 2 padded target positions.
@@ -33,13 +30,10 @@ SRC = torch.tensor([[5, 6, 7, 8, 9, EOS], [10, 11, EOS, PAD, PAD, PAD]])
 TGT = torch.tensor([[BOS, 12, 13, 14, 15], [BOS, 16, 17, PAD, PAD]])
 
 
-# ------------------------------------------------------------------------------------- recording in the model
-
-
 @pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: ",".join(f"{k}={x}" for k, x in v.items()) or "paper")
 def test_recorded_pass_is_the_forward_pass(variant: dict) -> None:
     model = small(**variant)
-    logits, maps = model.attention_maps(SRC, TGT)
+    logits, maps = attention_maps(model, SRC, TGT)
     torch.testing.assert_close(logits, model(SRC, TGT), atol=1e-5, rtol=1e-5)
     layers, h = model.cfg.encoder_layers, model.cfg.heads
     assert [m.shape for m in maps.encoder] == [(2, h, 6, 6)] * layers
@@ -48,7 +42,7 @@ def test_recorded_pass_is_the_forward_pass(variant: dict) -> None:
 
 
 def test_rows_sum_to_one_masked_positions_are_zero_and_the_decoder_is_causal() -> None:
-    _, maps = small().attention_maps(SRC, TGT)
+    _, maps = attention_maps(small(), SRC, TGT)
     real_keys = (SRC != PAD)[:, None, None, :]  # (B, 1, 1, S)
     for m in maps.encoder + maps.cross:
         torch.testing.assert_close(m.sum(-1), torch.ones(m.shape[:-1]))
@@ -82,7 +76,7 @@ def test_maps_equal_the_numpy_reference_on_the_models_own_inputs(variant: dict) 
     for layer in model.decoder:
         layer.self_attn.register_forward_pre_hook(capture("decoder"), with_kwargs=True)
         layer.cross_attn.register_forward_pre_hook(capture("cross"), with_kwargs=True)
-    _, maps = model.attention_maps(SRC, TGT)
+    _, maps = attention_maps(model, SRC, TGT)
     recorded = {"encoder": list(maps.encoder), "decoder": list(maps.decoder), "cross": list(maps.cross)}
     real = (SRC != PAD).numpy()[:, None, None, :]
     causal = np.tril(np.ones((5, 5), dtype=bool))
@@ -98,16 +92,18 @@ def test_maps_equal_the_numpy_reference_on_the_models_own_inputs(variant: dict) 
 
 
 def test_normal_paths_never_compute_weights_explicitly(monkeypatch: pytest.MonkeyPatch) -> None:
-    """forward, encode/decode (training too) and incremental decoding keep the fused kernel: the explicit
-    path is never entered, and scaled_dot_product_attention runs once per attention."""
+    """forward (training too) and incremental decoding keep the fused kernel: the explicit formula is never
+    evaluated, scaled_dot_product_attention runs once per attention, and recording leaves no hook behind."""
     model = small()
+    attention_maps(model, SRC, TGT)
+    assert not any(m._forward_hooks for m in model.modules())
 
     def forbidden(*args: object, **kwargs: object) -> None:
         raise AssertionError("explicit attention weights computed on a normal path")
 
     calls = []
     fused = torch.nn.functional.scaled_dot_product_attention
-    monkeypatch.setattr(MultiHeadAttention, "attend_explicitly", forbidden)
+    monkeypatch.setattr(record, "attention_weights", forbidden)
     monkeypatch.setattr(attention, "attention_weights", forbidden)
     monkeypatch.setattr(attention.F, "scaled_dot_product_attention", lambda *a, **k: calls.append(1) or fused(*a, **k))
     model.train()
@@ -115,12 +111,12 @@ def test_normal_paths_never_compute_weights_explicitly(monkeypatch: pytest.Monke
     assert len(calls) == 2 + 2 * 2  # two encoder layers, two decoder layers of two attentions
     model.eval()
     with torch.no_grad():
-        state = model.init_state(model.encode(SRC), beam=1)
+        state = init_state(model, model.encode(SRC), beam=1)
         for token in (BOS, 12, 13):
-            model.decode_step(torch.tensor([token, token]), state)
+            decode_step(model, torch.tensor([token, token]), state)
 
 
 def test_attention_maps_refuse_training_mode() -> None:
     model = small().train()
     with pytest.raises(RuntimeError, match="evaluation mode"):
-        model.attention_maps(SRC, TGT)
+        attention_maps(model, SRC, TGT)

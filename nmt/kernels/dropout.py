@@ -60,7 +60,7 @@ def dropout(x: Tensor, p: float, training: bool) -> Tensor:
     return _MaskedScale.apply(x, p)
 
 
-class Dropout(nn.Dropout):
+class MaskDropout(nn.Dropout):
     """``nn.Dropout`` (p checked in [0, 1], no parameters) with the cheaper CPU mask."""
 
     def forward(self, x: Tensor) -> Tensor:

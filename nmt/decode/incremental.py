@@ -1,0 +1,212 @@
+"""Incremental decoding: the model's decoder one position at a time, with cached keys and values.
+
+``decode_step`` computes exactly what ``Transformer.decode`` computes at the last position of a prefix (in
+evaluation mode), but it runs thousands of times per batch on a few rows, so the number of torch calls is
+what costs, not their arithmetic. It therefore reads the model's parameters directly instead of calling its
+modules:
+
+- Activations are 2-D (rows × d_model) and every projection is one ``addmm`` with weights arranged once per
+  batch (``StepWeights``); the self-attention's Q, K, V projection is regrouped by head (``grouped_qkv``),
+  so each head's query, key and value are slices already laid out as attention reads them.
+- Attention in a step is two batched matrix products (``attend_heads``): faster than the fused kernel for a
+  handful of queries on a CPU.
+- The cross-attention keys and values are computed once per sentence, not per hypothesis, and the beam's
+  queries of a sentence attend to them as one block: reordering hypotheses never copies them.
+- The self-attention caches hold exactly the positions decoded so far, contiguous: a step appends one
+  position and a reorder copies what exists, never a preallocated maximum length.
+
+A step of the quick-start model, search bookkeeping included, is about 150 torch operations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from nmt.model.attention import MultiHeadAttention
+from nmt.model.layers import DecoderLayer, Residual
+from nmt.model.transformer import EncoderOut, Transformer
+
+
+@dataclass
+class StepWeights:
+    """A decoder layer's weights as a step uses them: matrices (in, out), so every projection is one
+    ``addmm`` on (R, d) activations."""
+
+    qkv_w: Tensor  # (d, h·(2d_k + d_v)), grouped by head
+    qkv_b: Tensor
+    self_out_w: Tensor
+    self_out_b: Tensor
+    cross_q_w: Tensor
+    cross_q_b: Tensor
+    cross_out_w: Tensor
+    cross_out_b: Tensor
+    fc1_w: Tensor
+    fc1_b: Tensor
+    fc2_w: Tensor
+    fc2_b: Tensor
+
+
+@dataclass
+class DecoderState:
+    """Everything incremental decoding carries between steps.
+
+    Rows are hypotheses, ``beam`` consecutive rows per sentence. Self-attention keys/values have one row per
+    hypothesis and hold exactly the positions decoded so far, contiguous, so the batched products of attention
+    read them as they are (on a CPU those products run several times slower on strided views, such as a
+    cache with spare capacity or keys and values sharing one tensor). Cross-attention keys/values have one
+    row per *sentence*. Heads are folded into the first dimension.
+    """
+
+    self_k: list[Tensor]  # per layer (R, h, step, d_k)
+    self_v: list[Tensor]  # per layer (R, h, step, d_v)
+    cross_k: list[Tensor]  # per layer (N·h, S, d_k), computed once
+    cross_v: list[Tensor]  # per layer (N·h, S, d_v)
+    cross_bias: Tensor  # (N·h, 1, S): 0 for source tokens, -inf for padding
+    weights: list[StepWeights]  # per layer, the parameters arranged for steps
+    positions: Tensor  # (max_positions, d) in the model's dtype
+    beam: int = 1
+    step: int = 0
+
+    def append(self, i: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Append layer ``i``'s keys (R, h, 1, d_k) and values (R, h, 1, d_v) at position ``step``; returns the
+        layer's caches with heads folded in, (R·h, step + 1, d_k) and (R·h, step + 1, d_v)."""
+        self.self_k[i] = torch.cat([self.self_k[i], k], dim=2)
+        self.self_v[i] = torch.cat([self.self_v[i], v], dim=2)
+        return self.self_k[i].flatten(0, 1), self.self_v[i].flatten(0, 1)
+
+    def reorder(self, rows: Tensor, sentences: Tensor | None = None, beam: int | None = None) -> None:
+        """Continue with the hypotheses ``rows`` (indices into the current rows; ``beam`` per sentence kept, if
+        it changes); ``sentences`` (indices of the sentences kept) when some have left the batch."""
+        if beam is not None:
+            self.beam = beam
+        self.self_k = [c.index_select(0, rows) for c in self.self_k]
+        self.self_v = [c.index_select(0, rows) for c in self.self_v]
+        if sentences is not None:
+            heads = self.self_k[0].size(1)
+            by_sentence = lambda c: c.unflatten(0, (-1, heads)).index_select(0, sentences).flatten(0, 1)  # noqa: E731
+            self.cross_k = [by_sentence(c) for c in self.cross_k]
+            self.cross_v = [by_sentence(c) for c in self.cross_v]
+            self.cross_bias = by_sentence(self.cross_bias)
+
+
+def attend_heads(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = None) -> Tensor:
+    """softmax(QKᵀ/√d_k + bias)V with the heads folded into the batch: queries (B, Tq, d_k) against keys
+    (B, Tk, d_k) and values (B, Tk, d_v), any strides → (B, Tq, d_v).
+
+    Equal to ``scaled_dot_product_attention`` in evaluation mode. For the few queries of a decoding step two
+    batched matrix products beat the fused kernel on a CPU, and nothing is copied. ``bias`` (broadcast to the
+    scores) is 0 where a key may be attended and -inf elsewhere.
+    """
+    scale = q.size(-1) ** -0.5
+    kt = k.transpose(1, 2)
+    # baddbmm scales and adds the bias in the product's own pass.
+    scores = torch.bmm(q, kt).mul_(scale) if bias is None else torch.baddbmm(bias, q, kt, alpha=scale)
+    weights = scores.softmax(-1) if scores.dtype == torch.float32 else scores.float().softmax(-1).to(v.dtype)
+    return torch.bmm(weights, v)
+
+
+def grouped_qkv(attn: MultiHeadAttention) -> tuple[Tensor, Tensor]:
+    """The Q, K, V projection with each head's query, key and value columns side by side: weight
+    (d_model, h·(2d_k + d_v)) and bias. A step's output viewed as (R·h, 2d_k + d_v) holds a head's query,
+    key and value in one row, so each is a slice already laid out as attention reads it (heads folded into
+    the batch) and no head needs transposing."""
+    w, b = attn.in_proj_weight.split(attn.sizes), attn.in_proj_bias.split(attn.sizes)
+    h = attn.heads
+    weight = torch.cat([w[0].view(h, attn.d_k, -1), w[1].view(h, attn.d_k, -1), w[2].view(h, attn.d_v, -1)], dim=1)
+    bias = torch.cat([b[0].view(h, attn.d_k), b[1].view(h, attn.d_k), b[2].view(h, attn.d_v)], dim=1)
+    return weight.flatten(0, 1).t(), bias.flatten()
+
+
+def step_weights(layer: DecoderLayer) -> StepWeights:
+    """``layer``'s weights arranged for steps: views of the parameters, except the self-attention's Q, K, V
+    projection, regrouped by head (a copy)."""
+    sa, ca, ffn = layer.self_attn, layer.cross_attn, layer.ffn
+    qkv_w, qkv_b = grouped_qkv(sa)
+    q = ca.sizes[0]
+    return StepWeights(
+        qkv_w, qkv_b, sa.out_proj.weight.t(), sa.out_proj.bias,
+        ca.in_proj_weight[:q].t(), ca.in_proj_bias[:q], ca.out_proj.weight.t(), ca.out_proj.bias,
+        ffn.fc1.weight.t(), ffn.fc1.bias, ffn.fc2.weight.t(), ffn.fc2.bias,
+    )
+
+
+def init_state(model: Transformer, enc: EncoderOut, beam: int = 1) -> DecoderState:
+    """Decoding state for ``beam`` hypotheses per sentence of ``enc``; the cross-attention keys and values
+    are computed here, once per sentence, and the weights arranged for steps, once per batch (so they always
+    match the parameters, also while a model trains)."""
+    cfg, memory = model.cfg, enc.memory
+    n, heads = memory.size(0), cfg.heads
+    cross = [_keys_values(layer.cross_attn, memory) for layer in model.decoder]
+    bias = torch.zeros(enc.src_mask.shape, dtype=memory.dtype, device=memory.device).masked_fill_(~enc.src_mask, float("-inf"))
+    empty = lambda width: memory.new_empty(n * beam, heads, 0, width)  # noqa: E731
+    return DecoderState(
+        self_k=[empty(cfg.key_dim) for _ in model.decoder], self_v=[empty(cfg.value_dim) for _ in model.decoder],
+        cross_k=[k.flatten(0, 1).contiguous() for k, _ in cross], cross_v=[v.flatten(0, 1).contiguous() for _, v in cross],
+        cross_bias=bias.expand(n, heads, 1, -1).reshape(n * heads, 1, -1),
+        weights=[step_weights(layer) for layer in model.decoder], positions=model.position_table.to(memory.dtype), beam=beam,
+    )
+
+
+def _keys_values(attn: MultiHeadAttention, memory: Tensor) -> tuple[Tensor, Tensor]:
+    """The keys (N, h, S, d_k) and values (N, h, S, d_v) of ``attn`` over the encoder's output ``memory``."""
+    q = attn.sizes[0]
+    k, v = F.linear(memory, attn.in_proj_weight[q:], attn.in_proj_bias[q:]).split(attn.sizes[1:], dim=-1)
+    return attn.split_heads(k), attn.split_heads(v)
+
+
+def decode_step(model: Transformer, tokens: Tensor, state: DecoderState) -> Tensor:
+    """The last tokens (R,) at position ``state.step`` → next-token log-probabilities (R, V) in float32.
+
+    Advances ``state.step``; equal to the full decoder's output at that position.
+    """
+    t = state.step
+    model.check_positions(t + 1)
+    y = F.embedding(tokens, model.tgt_embed.weight).mul_(model.embed_scale).add_(state.positions[t])  # (R, d)
+    for i, layer in enumerate(model.decoder):
+        y = _layer_step(layer, y, state, i)
+    state.step = t + 1
+    logits = model.logits(model.decoder_norm(y)).float()  # a fresh tensor (R, V)
+    # In place: a second (R, V) tensor per step is a large allocation, whose fresh pages cost as much as
+    # the softmax itself.
+    return torch.log_softmax(logits, -1, out=logits)
+
+
+def _layer_step(layer: DecoderLayer, y: Tensor, state: DecoderState, i: int) -> Tensor:
+    """Decoder layer ``i`` at one position y (R, d), R = sentences × beam: appends its keys and values to the
+    self-attention cache. The function of ``DecoderLayer.forward`` in evaluation mode."""
+    w, sa = state.weights[i], layer.self_attn
+    r, heads, dk, dv = y.size(0), sa.heads, sa.d_k, sa.d_v
+
+    def self_attention(h: Tensor) -> Tensor:
+        qkv = torch.addmm(w.qkv_b, h, w.qkv_w).view(r, heads, 1, 2 * dk + dv)  # a head's q, k, v side by side
+        k, v = state.append(i, qkv[..., dk : 2 * dk], qkv[..., 2 * dk :])  # (R·h, t + 1, d_k or d_v)
+        out = attend_heads(qkv.view(r * heads, 1, -1)[..., :dk], k, v)  # (R·h, 1, d_v)
+        return torch.addmm(w.self_out_b, out.view(r, heads * dv), w.self_out_w)
+
+    def cross_attention(h: Tensor) -> Tensor:
+        # The beam's queries of a sentence attend as one block: (R, h·d_k) → (N·h, beam, d_k).
+        n, beam = r // state.beam, state.beam
+        q = torch.addmm(w.cross_q_b, h, w.cross_q_w).view(n, beam, heads, dk).transpose(1, 2).reshape(n * heads, beam, dk)
+        out = attend_heads(q, state.cross_k[i], state.cross_v[i], state.cross_bias)  # (N·h, beam, d_v)
+        out = out.view(n, heads, beam, dv).transpose(1, 2).reshape(r, heads * dv)
+        return torch.addmm(w.cross_out_b, out, w.cross_out_w)
+
+    def feed_forward(h: Tensor) -> Tensor:
+        return torch.addmm(w.fc2_b, torch.addmm(w.fc1_b, h, w.fc1_w).relu_(), w.fc2_w)
+
+    y = _residual_step(layer.self_block, y, self_attention)
+    y = _residual_step(layer.cross_block, y, cross_attention)
+    return _residual_step(layer.ffn_block, y, feed_forward)
+
+
+def _residual_step(block: Residual, x: Tensor, sublayer: Callable[[Tensor], Tensor]) -> Tensor:
+    """``block(x, sublayer)`` without dropout, its layer norm called as a function."""
+    n = block.norm
+    if block.pre_norm:
+        return x + sublayer(F.layer_norm(x, n.normalized_shape, n.weight, n.bias, n.eps))
+    return F.layer_norm(sublayer(x).add_(x), n.normalized_shape, n.weight, n.bias, n.eps)

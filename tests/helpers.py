@@ -1,0 +1,84 @@
+"""What several test modules build the same way: the tiny model, a checkpoint of it, and a reader of the
+attention page. (Test modules never import each other; they import from here.)"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import sentencepiece as spm
+import torch
+
+from nmt import checkpoint
+from nmt.model.config import model_config
+from nmt.model.transformer import Transformer
+
+TINY = dict(d_model=32, d_ff=64, heads=2, dropout=0.0)  # two layers of each stack (the preset's)
+
+
+def tiny_model(vocab_size: int = 40, seed: int = 0, offset_vectors: bool = False, **overrides: Any) -> Transformer:
+    """The tests' Transformer: two layers of width 32, two heads, no dropout, weights drawn from ``seed``, in
+    evaluation mode. ``offset_vectors`` moves every bias and layer norm off its initial value (0 or 1), so
+    that a misplaced one shows; ``overrides`` change any ``ModelConfig`` field."""
+    torch.manual_seed(seed)
+    model = Transformer(model_config("tiny", vocab_size=vocab_size, **{**TINY, **overrides}))
+    if offset_vectors:
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.dim() == 1:
+                    p.add_(0.3 * torch.randn_like(p))
+    return model.eval()
+
+
+def vocab_tensor(spm_model: Path) -> torch.Tensor:
+    """The SentencePiece model as a checkpoint carries it: its bytes as a uint8 tensor."""
+    return torch.frombuffer(bytearray(spm_model.read_bytes()), dtype=torch.uint8)
+
+
+def random_checkpoint(spm_model: Path, path: Path, **overrides: Any) -> Path:
+    """An untrained tiny model (``offset_vectors``, seed 0) with ``spm_model``'s vocabulary, saved as a
+    checkpoint that searches with beam 2 and at most |source| + 1 + 6 output tokens (its [decode] settings)."""
+    size = spm.SentencePieceProcessor(model_file=str(spm_model)).get_piece_size()
+    model = tiny_model(size, offset_vectors=True, **overrides)
+    checkpoint.save({"model": model.state_dict(), "model_config": asdict(model.cfg), "vocab": vocab_tensor(spm_model),
+                     "config": {"decode": {"beam": 2, "max_len_b": 6}}, "manifest": {"src": "en", "tgt": "de"}}, path)
+    return path
+
+
+class Grids(HTMLParser):
+    """Collects each map of the page: its data attributes, rows × columns, header labels and cell titles."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.grids: list[dict] = []
+        self.external: list[str] = []
+        self.scripts = 0
+        self._in: str | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag == "script":
+            self.scripts += 1
+        if any(k in a for k in ("src", "href")) or tag in ("link", "iframe", "img"):
+            self.external.append(f"{tag} {a}")
+        if tag == "section" and "grid" in (a.get("class") or ""):
+            self.grids.append({"kind": a["data-kind"], "layer": int(a["data-layer"]), "head": a["data-head"],
+                               "hidden": "hidden" in a, "cols": [], "rows": [], "cells": []})
+        elif tag == "tr" and self.grids:
+            self.grids[-1]["cells"].append([])
+        elif tag == "td":
+            self.grids[-1]["cells"][-1].append(a)
+        elif tag == "th":
+            self._in = a.get("class")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "th":
+            self._in = None
+
+    def handle_data(self, data: str) -> None:
+        if self._in == "col":
+            self.grids[-1]["cols"].append(data)
+        elif self._in == "row":
+            self.grids[-1]["rows"].append(data)

@@ -1,0 +1,96 @@
+"""Incremental decoding (``nmt.decode.incremental``): one position at a time with cached keys and values, it
+scores every prefix as the full decoder does, through reorders and sentences leaving the batch."""
+
+import copy
+
+import pytest
+import torch
+
+from nmt.decode.incremental import attend_heads, decode_step, grouped_qkv, init_state
+from nmt.model.attention import MultiHeadAttention, naive_attention
+from tests.helpers import tiny_model
+
+
+@pytest.mark.parametrize("variant", [{}, {"pre_norm": True}, {"d_k": 16, "d_v": 48}, {"positions": "learned"}])
+def test_incremental_decoding_equals_full_decoder(variant: dict) -> None:
+    model = tiny_model(**variant)
+    src = torch.tensor([[5, 6, 7, 8, 3], [9, 10, 3, 0, 0]])
+    tgt = torch.tensor([[2, 11, 12, 13, 14, 15], [2, 16, 17, 18, 19, 20]])
+    full = model(src, tgt).log_softmax(-1)
+    state = init_state(model, model.encode(src))
+    steps = torch.stack([decode_step(model, tgt[:, i], state) for i in range(tgt.size(1))], 1)
+    torch.testing.assert_close(steps, full, atol=1e-5, rtol=1e-5)
+
+
+def test_state_reorders_hypotheses_and_drops_sentences() -> None:
+    model = tiny_model()
+    src = torch.tensor([[5, 6, 3], [9, 3, 0]])
+    with torch.no_grad():  # states are copied below, which autograd's graph would forbid
+        # Two sentences, a beam of 2 each: rows (0, 1) belong to sentence 0, rows (2, 3) to sentence 1.
+        state = init_state(model, model.encode(src), beam=2)
+        decode_step(model, torch.tensor([2, 2, 2, 2]), state)
+        decode_step(model, torch.tensor([7, 8, 9, 10]), state)
+        swapped = copy.deepcopy(state)
+        swapped.reorder(torch.tensor([1, 0, 3, 2]))  # beams swap within each sentence
+        a = decode_step(model, torch.tensor([11, 12, 13, 14]), state)
+        b = decode_step(model, torch.tensor([12, 11, 14, 13]), swapped)
+        torch.testing.assert_close(a, b[[1, 0, 3, 2]], atol=1e-6, rtol=1e-6)
+        # Sentence 0 leaves the batch; sentence 1 goes on with its second hypothesis twice.
+        alone = copy.deepcopy(state)
+        alone.reorder(torch.tensor([3, 3]), sentences=torch.tensor([1]))
+        c = decode_step(model, torch.tensor([6, 6]), alone)
+        d = decode_step(model, torch.tensor([20, 5, 20, 6]), state)
+        torch.testing.assert_close(c, d[[3, 3]], atol=1e-6, rtol=1e-6)
+
+
+def test_incremental_decoding_through_many_reorders_equals_full_decoder() -> None:
+    """Forty steps of a beam of 3 whose rows swap at every step still score every row as the full decoder
+    scores its own prefix."""
+    model = tiny_model()
+    src = torch.tensor([[5, 6, 7, 8, 3], [9, 10, 3, 0, 0]])
+    with torch.no_grad():
+        state = init_state(model, model.encode(src), beam=3)
+        prefixes = torch.full((6, 1), 2)
+        for _ in range(40):
+            decode_step(model, prefixes[:, -1], state)
+            rows = torch.randint(0, 3, (6,)) + torch.arange(6) // 3 * 3  # each row continues a row of its sentence
+            tokens = torch.randint(3, 40, (6, 1))  # random, so the rows of a sentence differ
+            prefixes = torch.cat([prefixes[rows], tokens], dim=1)
+            state.reorder(rows)
+        full = model(src.repeat_interleave(3, 0), prefixes).log_softmax(-1)[:, -1]
+        torch.testing.assert_close(decode_step(model, prefixes[:, -1], state), full, atol=1e-4, rtol=1e-4)
+
+
+def test_attend_heads_equals_reference_attention_on_strided_inputs() -> None:
+    """Decoding's attention: heads folded into the batch, keys and values read through views, an additive
+    padding bias; equal to softmax(QKᵀ/√d_k)V with the mask."""
+    torch.manual_seed(0)
+    q = torch.randn(6, 3, 40)[..., :8]  # strided views, as the step's slices of a projection are
+    kv = torch.randn(6, 5, 20)
+    k, v = kv[..., :8], kv[..., 8:]
+    allowed = torch.tensor([True, True, True, False, False]).expand(6, 1, 5)
+    bias = torch.zeros(6, 1, 5).masked_fill(~allowed, float("-inf"))
+    torch.testing.assert_close(attend_heads(q, k, v, bias), naive_attention(q, k, v, allowed), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(attend_heads(q, k, v), naive_attention(q, k, v), atol=1e-5, rtol=1e-5)
+
+
+def test_grouped_qkv_puts_each_heads_query_key_value_side_by_side() -> None:
+    torch.manual_seed(0)
+    a = MultiHeadAttention(64, 4, d_k=8, d_v=24)
+    x = torch.randn(3, 64)
+    q, k, v = a.project(x[:, None])  # (3, h, 1, d_k or d_v)
+    weight, bias = grouped_qkv(a)
+    grouped = torch.addmm(bias, x, weight).view(3, 4, 8 + 8 + 24)
+    torch.testing.assert_close(grouped[..., :8], q[:, :, 0])
+    torch.testing.assert_close(grouped[..., 8:16], k[:, :, 0])
+    torch.testing.assert_close(grouped[..., 16:], v[:, :, 0])
+
+
+def test_positions_beyond_the_table_are_refused() -> None:
+    model = tiny_model(max_positions=4)
+    with torch.no_grad():
+        state = init_state(model, model.encode(torch.tensor([[5, 3]])))
+        for token in (2, 5, 6, 7):
+            decode_step(model, torch.tensor([token]), state)
+        with pytest.raises(ValueError, match="5 positions exceeds max_positions 4"):
+            decode_step(model, torch.tensor([8]), state)
