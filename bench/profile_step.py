@@ -43,13 +43,13 @@ def main() -> None:
         batches = trainer.epoch_batches(1)
         sync = torch.cuda.synchronize if use_cuda else (lambda: None)
         for b in batches[: args.warmup]:
-            trainer.train_step([b], (0.0, 0.0))
+            trainer.train_step([b])
         sync()
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if use_cuda else [])
         started = time.perf_counter()
         with profile(activities=activities) as prof:
             for b in batches[args.warmup : args.warmup + args.steps]:
-                trainer.train_step([b], (0.0, 0.0))
+                trainer.train_step([b])
             sync()
         per_step = (time.perf_counter() - started) / args.steps
     line = f"{args.arch} {args.precision} max_tokens {args.max_tokens}: {per_step * 1000:.1f} ms per update under the profiler"

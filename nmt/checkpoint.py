@@ -120,6 +120,26 @@ def average_last_of(run_dir: Path) -> int | None:
     return load(found[-1]).get("config", {}).get("average_last")
 
 
+def to_average(inputs: list[Path], last: int | None = None) -> list[Path]:
+    """The checkpoints ``nmt average`` averages: the files given, or, for one run folder, its newest ``last``
+    numbered checkpoints (by default the number its recipe averages, ``[average] last``)."""
+    if len(inputs) == 1 and inputs[0].is_dir():
+        run_dir = inputs[0]
+        count = last or average_last_of(run_dir)
+        if not count:
+            raise NmtError(f"{run_dir} has no checkpoint that says how many to average; give --last N")
+        found = numbered(run_dir)
+        if len(found) < count:
+            raise NmtError(f"{run_dir} has {len(found)} numbered checkpoints, fewer than --last {count}")
+        return found[-count:]
+    if last is not None:
+        raise NmtError("--last N takes exactly one run folder")
+    for p in inputs:
+        if p.is_dir():
+            raise NmtError(f"{p} is a folder; give checkpoint files, or the folder alone")
+    return inputs
+
+
 def average(paths: list[Path], out: Path) -> dict[str, Any]:
     """Element-wise mean of the parameters of ``paths`` in float32, holding at most two models in memory.
 

@@ -39,6 +39,17 @@ def _command_line() -> str:
     return shlex.join(["nmt", *sys.argv[1:]])
 
 
+# Search options shared by the commands that decode (translate, attend), defined once. Unset (None) means the
+# checkpoint's [decode] settings, else the defaults of nmt.decode.config.DecodeConfig.
+Beam = Annotated[Optional[int], typer.Option(help="Beam size (paper: 4) [default: the checkpoint's [decode] settings, else the paper's].")]
+Lenpen = Annotated[Optional[float], typer.Option(help="Length penalty α. With --penalty gnmt the score is divided by ((5+|Y|)/6)^α, the paper's α=0.6; with --penalty fairseq by |Y|^α, which is what fairseq's --lenpen means (fairseq's 0.6 is not the paper's 0.6).")]
+Penalty = Annotated[Optional[str], typer.Option(help="gnmt (paper, tensor2tensor) or fairseq.")]
+MaxLenA = Annotated[Optional[float], typer.Option(help="Output length limit a·source length + b (paper: source + 50).")]
+MaxLenB = Annotated[Optional[int], typer.Option(help="See --max-len-a.")]
+Stop = Annotated[Optional[str], typer.Option(help="beam: stop once --beam hypotheses have finished, as fairseq, Marian and CTranslate2 do. bound: tensor2tensor's search, as the paper's Table 2 was decoded: hypotheses finish from all 2·beam candidates, and the search ends when no live hypothesis can beat the finished ones (1.7-3.4x slower, a few lines change) [default: the checkpoint's [decode] settings, else beam].")]
+Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+
+
 @app.command()
 def prepare(
     corpus: Annotated[str, typer.Argument(help="wmt14-en-de, wmt14-en-fr, gettext-en-de, gettext-en-fr or local.")],
@@ -143,14 +154,9 @@ def train(
     )
     result = run(cfg, dry_run=dry_run, reset=reset)
     if dry_run:
-        from rich.table import Table
+        from nmt.train.report import plan_table
 
-        table = Table(title=f"dry run: {cfg.arch} on {cfg.data}")
-        table.add_column("setting")
-        table.add_column("value", justify="right")
-        for key, value in result.items():
-            table.add_row(key, f"{value:,}" if isinstance(value, int) else f"{value:.4g}" if isinstance(value, float) else str(value))
-        console.print(table)
+        console.print(plan_table(result, f"dry run: {cfg.arch} on {cfg.data}"))
     else:
         console.print(f"done: {result.get('updates', 0)} updates in {result.get('seconds', 0):.0f} s; best valid nll {result.get('best_valid_nll', float('nan')):.4f}")
 
@@ -164,22 +170,7 @@ def average(
     """Average checkpoints' parameters, as the paper did (§6.1)."""
     from nmt import checkpoint
 
-    if len(inputs) == 1 and inputs[0].is_dir():
-        run_dir = inputs[0]
-        count = last or checkpoint.average_last_of(run_dir)
-        if not count:
-            raise NmtError(f"{run_dir} has no checkpoint that says how many to average; give --last N")
-        found = checkpoint.numbered(run_dir)
-        if len(found) < count:
-            raise NmtError(f"{run_dir} has {len(found)} numbered checkpoints, fewer than --last {count}")
-        paths = found[-count:]
-    else:
-        if last is not None:
-            raise NmtError("--last N takes exactly one run folder")
-        paths = inputs
-        for p in paths:
-            if p.is_dir():
-                raise NmtError(f"{p} is a folder; give checkpoint files, or the folder alone")
+    paths = checkpoint.to_average(inputs, last)
     checkpoint.average(paths, output)
     console.print(f"averaged {len(paths)} checkpoints ({', '.join(p.name for p in paths)}) → {output}")
 
@@ -189,17 +180,17 @@ def translate(
     checkpoints: Annotated[list[Path], typer.Argument(help="One checkpoint, or several to ensemble (log of averaged probabilities).")],
     input: Annotated[Optional[Path], typer.Option("--input", "-i", help="Read this file instead of stdin.")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write here (atomically) instead of stdout.")] = None,
-    beam: Annotated[Optional[int], typer.Option(help="Beam size (paper: 4) [default: the checkpoint's [decode] settings, else the paper's].")] = None,
-    lenpen: Annotated[Optional[float], typer.Option(help="Length penalty α. With --penalty gnmt the score is divided by ((5+|Y|)/6)^α, the paper's α=0.6; with --penalty fairseq by |Y|^α, which is what fairseq's --lenpen means (fairseq's 0.6 is not the paper's 0.6).")] = None,
-    penalty: Annotated[Optional[str], typer.Option(help="gnmt (paper, tensor2tensor) or fairseq.")] = None,
-    max_len_a: Annotated[Optional[float], typer.Option(help="Output length limit a·source length + b (paper: source + 50).")] = None,
-    max_len_b: Annotated[Optional[int], typer.Option(help="See --max-len-a.")] = None,
+    beam: Beam = None,
+    lenpen: Lenpen = None,
+    penalty: Penalty = None,
+    max_len_a: MaxLenA = None,
+    max_len_b: MaxLenB = None,
+    stop: Stop = None,
     max_tokens: Annotated[Optional[int], typer.Option(help="Source tokens per batch.")] = None,
-    stop: Annotated[Optional[str], typer.Option(help="beam: stop once --beam hypotheses have finished, as fairseq, Marian and CTranslate2 do. bound: search until no live hypothesis can beat the best finished one (exact; tensor2tensor, the paper's recipes; 1.7-3.4x slower, a few lines change) [default: the checkpoint's [decode] settings, else beam].")] = None,
     buffer_size: Annotated[Optional[int], typer.Option(help="Lines read before translating [default: 2000; 1 when stdin is a terminal]. 1 answers each line as it arrives.")] = None,
     nbest: Annotated[Optional[int], typer.Option(help="Print the N best translations per line as LINE<TAB>SCORE<TAB>TEXT (LINE from 1).")] = None,
     scores: Annotated[bool, typer.Option("--scores", help="Prefix each translation with its length-penalised log-probability and a tab.")] = False,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    device: Device = "auto",
     dtype: Annotated[str, typer.Option(help="fp32, bf16 or fp16. Half precision is for GPUs: on a CPU it is slower than fp32 (a warning says so).")] = "fp32",
     threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch.")] = None,
 ) -> None:
@@ -219,8 +210,8 @@ def translate(
         raise NmtError(f"{input}: file not found")
     interactive = input is None and sys.stdin.isatty()
     size = buffer_size or (1 if interactive else 2000)
-    overrides = dict(beam=beam, lenpen=lenpen, penalty=penalty, max_len_a=max_len_a, max_len_b=max_len_b, max_tokens=max_tokens,
-                     nbest=nbest, stop=stop)
+    overrides = dict(beam=beam, lenpen=lenpen, penalty=penalty, max_len_a=max_len_a, max_len_b=max_len_b, stop=stop,
+                                  max_tokens=max_tokens, nbest=nbest)
     translator = Translator(checkpoints, TranslateConfig(buffer_size=size, scores=scores, device=device, dtype=dtype), **overrides)
     source = open(input, "rb") if input else sys.stdin.buffer
     try:
@@ -248,43 +239,11 @@ def score(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
 ) -> None:
     """Score translations with sacreBLEU (signature included) and, on request, the paper's tokenized BLEU."""
-    import json
-
     from nmt import evaluate
 
-    def read(path: Optional[Path], what: str) -> list[str]:
-        if path is None:
-            return sys.stdin.read().splitlines()
-        if not path.exists():
-            raise NmtError(f"{path}: {what} file not found")
-        return path.read_text(encoding="utf-8", errors="replace").splitlines()
-
-    if (ref is None) == (test_set is None):
-        raise NmtError("give the reference as --ref FILE or as --test-set NAME --language-pair SRC-TGT (one of the two)")
-    if test_set is not None:
-        refs, ref_name = evaluate.test_set_references(test_set, language_pair), f"{test_set} {language_pair}"
-        target = (language_pair or "").rsplit("-", 1)[-1]
-    else:
-        assert ref is not None
-        refs, ref_name, target = read(ref, "reference"), str(ref), ref.suffix.lstrip(".")
-    hyps = read(hyp, "hypothesis")
-    evaluate.check_lengths(hyps, refs, str(hyp or "stdin"), ref_name)
-    names = [m.strip().lower() for m in metrics.split(",") if m.strip()]
-    results = evaluate.sacre(hyps, refs, names, test_set, language_pair)
-    if tokenized:
-        results.append(evaluate.tokenized_bleu(hyps, refs, lang or target or "en"))
-    significance = []
-    if paired_bs is not None:
-        baseline = read(paired_bs, "baseline")
-        evaluate.check_lengths(baseline, refs, str(paired_bs), ref_name)
-        significance = evaluate.paired_bootstrap(hyps, baseline, refs, names)
-    if json_out:
-        print(json.dumps({"scores": [r.__dict__ for r in results], "paired_bootstrap": significance}, indent=1))
-        return
-    for r in results:
-        print(f"{r.text}\n  {r.kind}; signature: {r.signature}")
-    for s in significance:
-        print(f"paired bootstrap {s['metric']}: system {s['system']:.2f} (mean {s['mean']:.2f} ± {s['ci']:.2f}) vs baseline {s['baseline']:.2f}, p = {s['p_value']:.4f}")
+    report = evaluate.score(evaluate.ScoreRequest(ref=ref, hyp=hyp, test_set=test_set, language_pair=language_pair, metrics=metrics,
+                                                  tokenized=tokenized, lang=lang, paired_bs=paired_bs))
+    sys.stdout.write(report.json() if json_out else report.text())
 
 
 @app.command()
@@ -315,13 +274,13 @@ def attend(
     head: Annotated[Optional[int], typer.Option(help="Head, from 1 [default: the average of the heads].")] = None,
     html: Annotated[Optional[Path], typer.Option(help="Also write one self-contained HTML page with every layer and head of the three attentions, a picker, and the tokens and weight of a cell on hover.")] = None,
     svg: Annotated[Optional[Path], typer.Option(help="Also write the terminal's map as a standalone SVG. (No PNG: it would need an image library.)")] = None,
-    beam: Annotated[Optional[int], typer.Option(help="Beam size [default: the checkpoint's [decode] settings, as nmt translate].")] = None,
-    lenpen: Annotated[Optional[float], typer.Option(help="Length penalty α (see nmt translate).")] = None,
-    penalty: Annotated[Optional[str], typer.Option(help="gnmt (paper, tensor2tensor) or fairseq.")] = None,
-    max_len_a: Annotated[Optional[float], typer.Option(help="Output length limit a·source length + b (paper: source + 50).")] = None,
-    max_len_b: Annotated[Optional[int], typer.Option(help="See --max-len-a.")] = None,
-    stop: Annotated[Optional[str], typer.Option(help="bound or beam (see nmt translate).")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    beam: Beam = None,
+    lenpen: Lenpen = None,
+    penalty: Penalty = None,
+    max_len_a: MaxLenA = None,
+    max_len_b: MaxLenB = None,
+    stop: Stop = None,
+    device: Device = "auto",
 ) -> None:
     """Translate one sentence with beam search (or force-decode --reference) and show its attention: the
     decoder's attention to the source as a heatmap on the terminal (plain numbers when not a terminal), for

@@ -17,9 +17,12 @@ That number is about 0.7–1.5 higher than sacreBLEU on the same output, so we a
 from __future__ import annotations
 
 import difflib
+import json
 import re
+import sys
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 from sacrebleu.metrics import BLEU, CHRF, TER
 from sacremoses import MosesTokenizer
@@ -147,3 +150,66 @@ def paired_bootstrap(hyps: list[str], baseline: list[str], refs: list[str], metr
         out.append({"metric": name, "baseline": base.score, "system": ours.score, "p_value": float(ours.p_value),
                     "mean": float(ours.mean), "ci": float(ours.ci)})
     return out
+
+
+@dataclass
+class ScoreRequest:
+    """What ``nmt score`` compares: hypotheses (a file, or None for stdin) against a reference file or a
+    sacreBLEU test set, with which metrics."""
+
+    ref: Path | None = None
+    hyp: Path | None = None
+    test_set: str | None = None
+    language_pair: str | None = None
+    metrics: str = "bleu"  # comma-separated
+    tokenized: bool = False  # also the paper's tokenized BLEU
+    lang: str | None = None  # target language for --tokenized
+    paired_bs: Path | None = None  # baseline hypotheses for the paired bootstrap
+
+
+@dataclass
+class ScoreReport:
+    scores: list[Score]
+    paired_bootstrap: list[dict]
+
+    def text(self) -> str:
+        lines = [f"{r.text}\n  {r.kind}; signature: {r.signature}" for r in self.scores]
+        lines += [f"paired bootstrap {s['metric']}: system {s['system']:.2f} (mean {s['mean']:.2f} ± {s['ci']:.2f}) vs baseline "
+                  f"{s['baseline']:.2f}, p = {s['p_value']:.4f}" for s in self.paired_bootstrap]
+        return "\n".join(lines) + "\n"
+
+    def json(self) -> str:
+        return json.dumps({"scores": [r.__dict__ for r in self.scores], "paired_bootstrap": self.paired_bootstrap}, indent=1) + "\n"
+
+
+def _read_lines(path: Path | None, what: str) -> list[str]:
+    if path is None:
+        return sys.stdin.read().splitlines()
+    if not path.exists():
+        raise NmtError(f"{path}: {what} file not found")
+    return path.read_text(encoding="utf-8", errors="replace").splitlines()
+
+
+def score(req: ScoreRequest) -> ScoreReport:
+    """``nmt score``: sacreBLEU's metrics (signatures included), the paper's tokenized BLEU when asked, and
+    sacreBLEU's paired bootstrap against a baseline."""
+    if (req.ref is None) == (req.test_set is None):
+        raise NmtError("give the reference as --ref FILE or as --test-set NAME --language-pair SRC-TGT (one of the two)")
+    if req.test_set is not None:
+        refs, ref_name = test_set_references(req.test_set, req.language_pair), f"{req.test_set} {req.language_pair}"
+        target = (req.language_pair or "").rsplit("-", 1)[-1]
+    else:
+        assert req.ref is not None
+        refs, ref_name, target = _read_lines(req.ref, "reference"), str(req.ref), req.ref.suffix.lstrip(".")
+    hyps = _read_lines(req.hyp, "hypothesis")
+    check_lengths(hyps, refs, str(req.hyp or "stdin"), ref_name)
+    names = [m.strip().lower() for m in req.metrics.split(",") if m.strip()]
+    results = sacre(hyps, refs, names, req.test_set, req.language_pair)
+    if req.tokenized:
+        results.append(tokenized_bleu(hyps, refs, req.lang or target or "en"))
+    significance = []
+    if req.paired_bs is not None:
+        baseline = _read_lines(req.paired_bs, "baseline")
+        check_lengths(baseline, refs, str(req.paired_bs), ref_name)
+        significance = paired_bootstrap(hyps, baseline, refs, names)
+    return ScoreReport(results, significance)

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterator, TextIO
 
-import numpy as np
 import sentencepiece as spm
 import torch
 
@@ -152,33 +151,3 @@ def read_lines(source: BinaryIO) -> Iterator[tuple[int, str]]:
             text = raw.decode("utf-8", errors="replace")
             print(f"nmt: warning: line {line_no}: invalid UTF-8 replaced by U+FFFD", file=sys.stderr)
         yield line_no, text
-
-
-@torch.inference_mode()
-def bleu_of_pairs(model: Transformer, vocab: torch.Tensor, pairs: list[tuple[np.ndarray, np.ndarray]], decode: DecodeConfig) -> tuple[float, list[str]]:
-    """sacreBLEU of the beam-searched translations of (source ids, reference ids) pairs, both decoded to
-    text, and the translations.
-
-    What validation BLEU during training reports: the run's own [decode] settings, no normalisation.
-    """
-    import sacrebleu
-
-    proc = spm.SentencePieceProcessor(model_proto=vocab.numpy().tobytes())
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    hyps, refs = [], []
-    for start in range(0, len(pairs), 64):
-        chunk = pairs[start : start + 64]
-        width = max(len(src) for src, _ in chunk) + 1
-        src = torch.full((len(chunk), width), PAD, dtype=torch.long)
-        for row, (ids, _) in enumerate(chunk):
-            src[row, : len(ids)] = torch.as_tensor(ids.astype(np.int64))
-            src[row, len(ids)] = EOS
-        limits = [decode.max_output_len(len(ids), model.cfg.max_positions) for ids, _ in chunk]
-        found = beam_search(Scorer([model]), src.to(device), limits, beam=decode.beam, alpha=decode.lenpen, penalty=decode.penalty,
-                            stop=decode.stop)
-        hyps += [proc.decode(h[0].tokens if h else []) for h in found]
-        refs += [proc.decode(tgt.tolist()) for _, tgt in chunk]
-    model.train(was_training)
-    return sacrebleu.corpus_bleu(hyps, [refs]).score, hyps

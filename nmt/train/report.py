@@ -5,18 +5,45 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from nmt.console import console
 
 # Dense bf16 peak FLOP/s by device name, for model FLOPs utilisation; unknown devices report no MFU.
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
-# The per-update statistics vector every rank fills and all-reduces (float64, this order).
-STATS = ["loss", "nll", "tgt_tokens", "src_tokens", "slots", "oom", "save", "stop", "skipped"]
+
+
+@dataclass
+class Stats:
+    """Sums over the batches of an update (or the updates of a log window), across ranks. Every rank fills
+    its share, and one all-reduce of ``vector`` adds them up."""
+
+    loss: float = 0.0  # label-smoothed, summed over target tokens
+    nll: float = 0.0
+    tgt_tokens: float = 0.0  # real target tokens, EOS included
+    src_tokens: float = 0.0
+    slots: float = 0.0  # token slots of the batches, padding included
+    oom: float = 0.0  # ranks that ran out of memory
+    save: float = 0.0  # the main rank asks every rank to save now (--save-minutes) ...
+    stop: float = 0.0  # ... or to stop (--max-time)
+    skipped: float = 0.0  # updates skipped for a non-finite gradient or lack of memory
+
+    def vector(self, device: torch.device) -> torch.Tensor:
+        """The fields, in order, as one float64 tensor (what the ranks all-reduce)."""
+        return torch.tensor(astuple(self), dtype=torch.float64, device=device)
+
+    @classmethod
+    def of(cls, values: list[float]) -> "Stats":
+        """Stats from a vector's values, in field order."""
+        return cls(*values)
+
+    def __add__(self, other: "Stats") -> "Stats":
+        return Stats(*(a + b for a, b in zip(astuple(self), astuple(other))))
+
 SHOWN = ("loss", "ppl", "lr", "tgt_tok_s", "mfu", "valid_ppl")  # the figures the progress bar keeps
 
 
@@ -28,25 +55,24 @@ def peak_flops(device: torch.device, precision: str) -> float | None:
     return next((v for k, v in PEAK_FLOPS.items() if k in name), None)
 
 
-def window_record(window: np.ndarray, seconds: float, update: int, epoch: int, updates_in_window: int, remaining_updates: int,
+def window_record(s: Stats, seconds: float, update: int, epoch: int, updates_in_window: int, remaining_updates: int,
                   lr: float, flops_per_token: float, peak: float | None, world: int, seconds_left: float | None = None) -> dict[str, Any]:
-    """The log line for a window of updates, from the summed ``STATS`` of its updates.
+    """The log line for a window of updates, from the summed ``Stats`` of its updates.
 
     ``eta_min`` is the time to whichever limit comes first: the remaining updates at this window's pace,
     or ``seconds_left`` of --max-time.
     """
-    s = dict(zip(STATS, window.tolist()))
-    ntok = max(s["tgt_tokens"], 1)
-    tok_per_s = s["tgt_tokens"] / max(seconds, 1e-9)
+    ntok = max(s.tgt_tokens, 1)
+    tok_per_s = s.tgt_tokens / max(seconds, 1e-9)
     record = {
-        "update": update, "epoch": epoch, "loss": s["loss"] / ntok, "ppl": math.exp(min(s["nll"] / ntok, 50)),
+        "update": update, "epoch": epoch, "loss": s.loss / ntok, "ppl": math.exp(min(s.nll / ntok, 50)),
         "lr": lr, "tgt_tok_s": tok_per_s,
-        "pad_efficiency": (s["src_tokens"] + s["tgt_tokens"]) / max(s["slots"], 1),
-        "skipped": int(s["skipped"]),  # updates skipped for a non-finite gradient or lack of memory
+        "pad_efficiency": (s.src_tokens + s.tgt_tokens) / max(s.slots, 1),
+        "skipped": int(s.skipped),
     }
     if peak:
         record["mfu"] = tok_per_s * flops_per_token / (peak * world)
-    record["tgt_tokens_per_update"] = s["tgt_tokens"] / max(updates_in_window, 1)  # real, not padded
+    record["tgt_tokens_per_update"] = s.tgt_tokens / max(updates_in_window, 1)  # real, not padded
     eta = remaining_updates * seconds / max(updates_in_window, 1)
     record["eta_min"] = min(eta, max(seconds_left, 0.0)) / 60 if seconds_left is not None else eta / 60
     return record
@@ -105,3 +131,15 @@ class Reporter:
             self.tensorboard.close()
         if self.bar is not None:
             self.bar.stop()
+
+
+def plan_table(plan: dict[str, Any], title: str):  # noqa: ANN201 - a rich Table
+    """``nmt train --dry-run``'s plan as a table: one setting per row, numbers with thousands separators."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("setting")
+    table.add_column("value", justify="right")
+    for key, value in plan.items():
+        table.add_row(key, f"{value:,}" if isinstance(value, int) else f"{value:.4g}" if isinstance(value, float) else str(value))
+    return table

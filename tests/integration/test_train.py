@@ -24,7 +24,6 @@ from nmt.train.distributed import Dist, free_port
 from nmt.train.launch import run
 from nmt.train.loop import Trainer
 from nmt.train.loss import label_smoothed_nll
-from nmt.train.report import STATS
 
 TINY = {"d_model": 64, "d_ff": 128, "heads": 2}
 
@@ -294,14 +293,14 @@ def test_an_update_out_of_memory_is_skipped_and_the_next_one_runs(small_data: Pa
         raise torch.cuda.OutOfMemoryError("CUDA out of memory (raised by the test)")
 
     trainer.step_features = out_of_memory
-    stats = trainer.train_step([batches[0]], (0.0, 0.0))
-    assert stats[STATS.index("oom")] == 1 and stats[STATS.index("skipped")] == 1
+    stats = trainer.train_step([batches[0]])
+    assert stats.oom == 1 and stats.skipped == 1
     assert trainer.progress.update == 0 and trainer.progress.skipped == 1
     assert all(torch.equal(v, before[k]) for k, v in trainer.model.state_dict().items())
     assert all(not p.grad.any() for p in trainer.params)
     trainer.step_features = features
-    stats = trainer.train_step([batches[1]], (0.0, 0.0))
-    assert stats[STATS.index("oom")] == 0 and stats[STATS.index("tgt_tokens")] > 0
+    stats = trainer.train_step([batches[1]])
+    assert stats.oom == 0 and stats.tgt_tokens > 0
     assert trainer.progress.update == 1 and trainer.progress.nonfinite == 0
     assert any(not torch.equal(v, before[k]) for k, v in trainer.model.state_dict().items())
 

@@ -1,6 +1,6 @@
 """nmt.checkpoint: safe save and load, a run folder's saving policy, models from checkpoints, averaging.
 
-Checkpoints are built here as the trainer builds them (``Trainer.payload``), from tiny untrained models.
+Checkpoints are built here as the trainer builds them (``nmt.train.resume.payload``), from tiny untrained models.
 """
 
 import os

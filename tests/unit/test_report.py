@@ -2,17 +2,22 @@
 
 import math
 
-import numpy as np
 import pytest
+import torch
 
-from nmt.train.report import STATS, window_record
+from nmt.train.report import Stats, window_record
 
 
-def window(**values: float) -> np.ndarray:
-    w = np.zeros(len(STATS))
-    for k, v in values.items():
-        w[STATS.index(k)] = v
-    return w
+def window(**values: float) -> Stats:
+    return Stats(**values)
+
+
+def test_stats_add_up_and_travel_as_one_vector() -> None:
+    a, b = Stats(loss=1.0, tgt_tokens=3, oom=1), Stats(loss=2.5, slots=7, save=1)
+    total = a + b
+    assert total == Stats(loss=3.5, tgt_tokens=3, slots=7, oom=1, save=1)
+    vector = total.vector(torch.device("cpu"))
+    assert vector.dtype == torch.float64 and Stats.of(vector.tolist()) == total
 
 
 def test_figures_of_a_window() -> None:
