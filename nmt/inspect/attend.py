@@ -30,7 +30,10 @@ from nmt.data.text import normalise
 from nmt.decode.translate import TranslateConfig, Translator
 from nmt.errors import NmtError
 from nmt.inspect.record import attention_maps
-from nmt.inspect.render import Heatmap, html_page, svg, terminal
+from nmt.inspect.render import Heatmap
+from nmt.inspect.render.page import html_page
+from nmt.inspect.render.svg import svg
+from nmt.inspect.render.terminal import terminal
 from nmt.tokens import BOS, EOS, SPECIAL_PIECES
 
 KINDS = {"cross": "decoder–encoder attention", "encoder": "encoder self-attention", "decoder": "decoder self-attention (masked)"}

@@ -23,7 +23,10 @@ from nmt.data.text import normalise
 from nmt.decode.translate import TranslateConfig, Translator
 from nmt.errors import NmtError
 from nmt.inspect.attend import KINDS, AttendConfig, compute, run
-from nmt.inspect.render import Heatmap, html_page, svg, terminal
+from nmt.inspect.render import Heatmap
+from nmt.inspect.render.page import html_page
+from nmt.inspect.render.svg import svg
+from nmt.inspect.render.terminal import terminal
 from nmt.tokens import BOS, EOS
 from tests.helpers import Grids, random_checkpoint
 
