@@ -1,12 +1,19 @@
 """Batched beam search over a model's incremental decoding.
 
-Per step, each sentence's k live hypotheses are extended and the 2k best candidates kept: those of the
-top k that end in EOS join the sentence's finished list (scored with the length penalty), and the best k
-that do not stay alive. (Only the top k may finish, so that beam 1 is exactly greedy decoding.)
-With ``stop="beam"`` a sentence stops once ``beam`` hypotheses have finished, as fairseq, Marian and
-CTranslate2 do. With ``stop="bound"`` it stops when its n-th best finished score (n = ``nbest``) can no
-longer be beaten: tensor2tensor's rule, comparing it with the best live log-probability under the penalty
-of the maximum length (log-probabilities only fall, and the penalty only grows). That search is exact.
+Per step, each sentence's k live hypotheses are extended and the 2k best candidates kept; the best k that do
+not end in EOS stay alive. The two stopping rules differ in which candidates may finish, and when a
+sentence's search ends:
+
+- ``stop="beam"`` (fairseq, Marian, CTranslate2): the EOS candidates among the top k finish (so beam 1 is
+  exactly greedy decoding), and a sentence stops once ``beam`` hypotheses have finished.
+- ``stop="bound"`` (tensor2tensor's ``beam_search``, as the paper's Table 2 was decoded): the EOS candidates
+  among all 2k are offered to the sentence's finished set, which keeps its ``beam`` best (``grow_finished``),
+  and a sentence stops once the lowest score in that set is greater than its best live log-probability
+  divided by the penalty of the maximum length (log-probabilities only fall, and the penalty only grows, so
+  no live hypothesis can then enter the set). tensor2tensor tests the bound for the whole batch at once; here
+  each sentence stops on its own, which gives each sentence the result of a batch of one, whatever else is
+  in the batch. With ``nbest`` > 1, a sentence also waits for ``nbest`` finished hypotheses.
+
 Finished sentences leave the batch, so no work is spent on them.
 
 The bookkeeping stays on the device as tensors; only the few hypotheses that finish at a step are read back
@@ -79,8 +86,9 @@ def beam_search(
     limits = torch.tensor(max_lens, device=device)
     # In float64, as the scores of finished hypotheses are: the stopping test compares the two.
     bound_penalty = torch.tensor([length_penalty(m, alpha, penalty) for m in max_lens], dtype=torch.float64, device=device)
-    # The nbest-th best finished score of each sentence (-inf until it has nbest), what its search must beat.
-    nth_best = torch.full((n,), float("-inf"), dtype=torch.float64, device=device)
+    # The lowest score of each sentence's finished set (its best ``beam``), -inf until ``nbest`` have
+    # finished: what the bound compares with.
+    lowest = torch.full((n,), float("-inf"), dtype=torch.float64, device=device)
     count = torch.zeros(n, dtype=torch.long, device=device)  # hypotheses finished so far, per sentence
     scores = torch.zeros(n, 1, device=device)  # (sentences, rows per sentence r)
     history = torch.zeros(n, 0, dtype=torch.long, device=device)
@@ -116,17 +124,16 @@ def beam_search(
         alive_scores = top_scores.gather(1, order).masked_fill(is_eos.gather(1, order), float("-inf"))
         alive_beam, alive_token = top_beam.gather(1, order), top_token.gather(1, order)
 
-        finishing = is_eos[:, :k] & torch.isfinite(top_scores[:, :k])
+        may_finish = is_eos if stop == "bound" else is_eos[:, :k]
+        finishing = may_finish & torch.isfinite(top_scores[:, : may_finish.size(1)])
         if bool(finishing.any()):
-            nth_best = _finish(finishing, top_scores, top_beam, history, active, t + 1, alpha, penalty, nbest, finished, nth_best, r)
+            lowest = _finish(finishing, top_scores, top_beam, history, active, t + 1, alpha, penalty, k, nbest, finished, lowest, r)
             count = count + finishing.sum(1)
         best_alive = alive_scores[:, 0]
-        # A sentence with no live hypothesis left is done: under the bound rule -inf / penalty is -inf, which
-        # any n-th best beats.
         if stop == "beam":
             done = (count >= k) | (best_alive == float("-inf"))
-        else:
-            done = nth_best >= best_alive.double() / bound_penalty
+        else:  # a sentence with no live hypothesis left is done too: -inf / penalty is -inf
+            done = (lowest > best_alive.double() / bound_penalty) | (best_alive == float("-inf"))
         if t + 1 in limit_steps:
             done |= limits <= t + 1
         finished_now = int(done.sum())
@@ -135,7 +142,7 @@ def beam_search(
         if finished_now:
             keep = torch.nonzero(~done).flatten()
             alive_beam, alive_token, alive_scores = alive_beam[keep], alive_token[keep], alive_scores[keep]
-            active, limits, bound_penalty, nth_best, count = active[keep], limits[keep], bound_penalty[keep], nth_best[keep], count[keep]
+            active, limits, bound_penalty, lowest, count = active[keep], limits[keep], bound_penalty[keep], lowest[keep], count[keep]
             base = keep[:, None] * r
         else:
             keep = None
@@ -145,15 +152,14 @@ def beam_search(
         scorer.reorder(states, rows, keep, k)
         last = alive_token.flatten()
         scores = alive_scores
-    for hyps in finished:
-        hyps.sort(key=lambda h: -h.score)
-    return finished
+    return [sorted(hyps, key=lambda h: -h.score)[:nbest] for hyps in finished]
 
 
 def _finish(finishing: Tensor, top_scores: Tensor, top_beam: Tensor, history: Tensor, active: Tensor, length: int,
-            alpha: float, penalty: str, nbest: int, finished: list[list[Hypothesis]], nth_best: Tensor, r: int) -> Tensor:
-    """Move the hypotheses that end with EOS at this step into their sentences' finished lists (only these
-    are read back to the host); returns the updated n-th best finished score of every active sentence."""
+            alpha: float, penalty: str, keep: int, nbest: int, finished: list[list[Hypothesis]], lowest: Tensor, r: int) -> Tensor:
+    """Move the hypotheses that end with EOS at this step into their sentences' finished lists, which keep
+    their ``keep`` best (only these hypotheses are read back to the host); returns the updated lowest score
+    of every active sentence's finished list, -inf while it holds fewer than ``nbest``."""
     where = torch.nonzero(finishing)  # (F, 2): (active sentence, candidate)
     i, j = where[:, 0], where[:, 1]
     rows = i * r + top_beam[i, j]  # r rows per sentence
@@ -165,13 +171,13 @@ def _finish(finishing: Tensor, top_scores: Tensor, top_beam: Tensor, history: Te
     for a, sent, toks, logprob in zip(i.tolist(), sentences, tokens, logprobs):
         finished[sent].append(Hypothesis(toks, logprob / lp, logprob))
         touched[a] = sent
-    nth_best = nth_best.clone()
+    lowest = lowest.clone()
     for a, sent in touched.items():
-        hyps = sorted(finished[sent], key=lambda h: -h.score)[:nbest]
+        hyps = sorted(finished[sent], key=lambda h: -h.score)[:keep]
         finished[sent] = hyps
         if len(hyps) >= nbest:
-            nth_best[a] = hyps[-1].score
-    return nth_best
+            lowest[a] = hyps[-1].score
+    return lowest
 
 
 @torch.no_grad()

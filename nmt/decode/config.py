@@ -24,11 +24,13 @@ class DecodeConfig:
     max_len_b: int = 50
     nbest: int = 1
     max_tokens: int = 4096  # source tokens per batch, before the beam multiplies them
-    # When a sentence's search ends. "beam": once `beam` hypotheses have finished, as fairseq, Marian and
-    # CTranslate2 do. "bound": once no live hypothesis can beat the n-th best finished one (tensor2tensor's
-    # bound; exact, and the paper's), which must assume the penalty of the longest possible output and so
-    # searches on long after the answer is settled: 1.7-3.4x the time for a few changed lines
-    # (docs/performance.md). The default is what users of the peers expect; the paper recipes set "bound".
+    # The search's rule (nmt.decode.beam). "beam": hypotheses finish from the top `beam` candidates and a
+    # sentence stops once `beam` have finished, as fairseq, Marian and CTranslate2 do. "bound":
+    # tensor2tensor's search, as the paper's Table 2 was decoded: hypotheses finish from all 2·beam
+    # candidates, and a sentence stops once no live hypothesis can enter its `beam` best finished ones,
+    # which must assume the penalty of the longest possible output and so searches on long after the answer
+    # is settled: 1.7-3.4x the time for a few changed lines (docs/performance.md). The default is what users
+    # of the peers expect; the paper recipes set "bound".
     stop: str = "beam"
 
     def __post_init__(self) -> None:

@@ -97,9 +97,9 @@ def test_streamed_line_is_answered_before_the_next_is_written(trained: Path) -> 
 
 
 @pytest.mark.slow
-def test_output_does_not_depend_on_batching(trained: Path, shared_data: Path) -> None:
+def test_output_does_not_depend_on_batching(trained: Path, real_text: Path) -> None:
     """The whole 2000-line test split: alone, in token batches, and in reverse order, line for line equal."""
-    lines = (shared_data / "gettext-en-de" / "test.en").read_text(encoding="utf-8").splitlines()
+    lines = (real_text / "test.en").read_text(encoding="utf-8").splitlines()
     numbered = list(enumerate(lines, 1))
     limits = {"beam": 4, "max_len_a": 1.0, "max_len_b": 5}  # short outputs keep 2000 single-line searches cheap
     batched = Translator([trained / "checkpoint_60.pt"], TranslateConfig(decode=DecodeConfig(**limits))).translate_buffer(numbered)
@@ -121,8 +121,8 @@ def test_nbest_and_scores_format(trained: Path) -> None:
     assert len(r.stdout.split("\t")) == 2
 
 
-def test_score_equals_sacrebleu_command(shared_data: Path, tmp_path: Path) -> None:
-    ref = shared_data / "gettext-en-de" / "test.de"
+def test_score_equals_sacrebleu_command(real_text: Path, tmp_path: Path) -> None:
+    ref = real_text / "test.de"
     hyp = tmp_path / "hyp.de"
     # A real system-like hypothesis: the reference with every third line replaced by another line.
     refs = ref.read_text(encoding="utf-8").splitlines()

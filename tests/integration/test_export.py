@@ -145,12 +145,12 @@ def test_ct2_folder_describes_itself(ct2_dir: Path, trained: Path) -> None:
 
 
 @pytest.mark.slow
-def test_ct2_translates_like_nmt_translate(ct2_dir: Path, trained: Path, shared_data: Path) -> None:
+def test_ct2_translates_like_nmt_translate(ct2_dir: Path, trained: Path, real_text: Path) -> None:
     """The public test split (2000 lines), beam 4, |Y|^0.6, the same stopping rule (``--stop beam``): ≥ 97 %
     identical lines, BLEU within 0.1 (the rest: float32 rounding in other kernels decides near-ties). Greedy
     search: identical lines."""
-    src = (shared_data / "gettext-en-de" / "test.en").read_text(encoding="utf-8").splitlines()
-    ref = (shared_data / "gettext-en-de" / "test.de").read_text(encoding="utf-8").splitlines()
+    src = (real_text / "test.en").read_text(encoding="utf-8").splitlines()
+    ref = (real_text / "test.de").read_text(encoding="utf-8").splitlines()
     ct2 = CT2Translator(ct2_dir, threads=1)
     ours = [line.rstrip("\n") for line in Translator([trained], TranslateConfig(decode=FAIRSEQ)).translate_buffer(list(enumerate(src, 1)))]
     theirs = ct2.translate(src, FAIRSEQ)

@@ -38,10 +38,10 @@ def sgml(lines: list[str], lang: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def wmt_mirror(shared_data: Path):
+def wmt_mirror(real_text: Path):
     """Tiny archives with the members and layout of the real WMT14 EN-DE downloads."""
-    en = (shared_data / "gettext-en-de" / "train.en").read_text(encoding="utf-8").splitlines()
-    de = (shared_data / "gettext-en-de" / "train.de").read_text(encoding="utf-8").splitlines()
+    en = (real_text / "train.en").read_text(encoding="utf-8").splitlines()
+    de = (real_text / "train.de").read_text(encoding="utf-8").splitlines()
     take = lambda a, b: ("\n".join(en[a:b]) + "\n", "\n".join(de[a:b]) + "\n")  # noqa: E731
     m = Mirror()
     parts = {

@@ -11,12 +11,12 @@ from nmt.train.loop import Trainer
 
 
 @pytest.mark.slow
-def test_tiny_drives_dev_perplexity_down(shared_data: Path, tmp_path: Path) -> None:
+def test_tiny_drives_dev_perplexity_down(real_text: Path, tmp_path: Path) -> None:
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     for split, n in (("train", 60000), ("dev", 1444)):
         for lang in ("en", "de"):
-            lines = (shared_data / "gettext-en-de" / f"{split}.{lang}").read_text(encoding="utf-8").splitlines()[:n]
+            lines = (real_text / f"{split}.{lang}").read_text(encoding="utf-8").splitlines()[:n]
             (corpus / f"{split}.{lang}").write_text("\n".join(lines) + "\n", encoding="utf-8")
     data = tmp_path / "data"
     prepare(PrepareConfig(corpus="local", dest=data, src="en", tgt="de", train=str(corpus / "train"),

@@ -82,10 +82,14 @@ def test_nbest_equals_the_n_best_outputs(seed: int, shift: float, alpha: float, 
 
 def reference_search(model: Transformer, shift: float, src: torch.Tensor, max_len: int, k: int, alpha: float,
                      kind: str, stop: str, nbest: int) -> list[tuple[list[int], float]]:
-    """One sentence, written as the rule reads, with no cache, batching or tensors of candidates: each step
-    ranks every one-token extension of the live hypotheses, the EOS ones among the best k finish, the best
-    k others live on; EOS is forced at the limit. "beam" ends once k have finished (fairseq, CTranslate2),
-    "bound" once no live hypothesis can beat the n-th best finished one under the longest output's penalty."""
+    """One sentence, written as each rule reads, with no cache, batching or tensors of candidates. Each step
+    ranks every one-token extension of the live hypotheses and keeps the best 2k; EOS is forced at the limit.
+
+    "beam" (fairseq, CTranslate2): the EOS candidates among the best k finish, the best k others live on, and
+    the search ends once k have finished. "bound" (tensor2tensor's beam_search.py): the EOS candidates among
+    all 2k are offered to the finished set, which keeps the best k (grow_finished); the best k others live on
+    (grow_alive); the search ends when the lowest score in the finished set is greater than the best live
+    log-probability divided by the penalty of the longest output (_is_finished), once nbest have finished."""
     def lprobs(prefix: list[int]) -> list[float]:  # a full forward pass over the prefix, as EosShifted scores
         out = model(src[None], torch.tensor([[BOS, *prefix]]))[0, -1].log_softmax(-1)
         out[EOS] -= shift
@@ -93,6 +97,7 @@ def reference_search(model: Transformer, shift: float, src: torch.Tensor, max_le
         out[0] = out[BOS] = float("-inf")  # PAD and BOS are never output
         return out.tolist()
 
+    by_score = lambda f: -f[1]  # noqa: E731
     live: list[tuple[list[int], float]] = [([], 0.0)]
     finished: list[tuple[list[int], float]] = []
     for t in range(max_len):
@@ -103,14 +108,16 @@ def reference_search(model: Transformer, shift: float, src: torch.Tensor, max_le
                     candidates.append((score + lp, prefix, tok))
         candidates.sort(key=lambda c: -c[0])
         top = candidates[: 2 * k]
-        finished += [(p, sc / length_penalty(t + 1, alpha, kind)) for sc, p, tok in top[:k] if tok == EOS and sc > float("-inf")]
+        may_finish = top if stop == "bound" else top[:k]
+        finished += [(p, sc / length_penalty(t + 1, alpha, kind)) for sc, p, tok in may_finish if tok == EOS and sc > float("-inf")]
+        if stop == "bound":
+            finished = sorted(finished, key=by_score)[:k]
         live = [(p + [tok], sc) for sc, p, tok in top if tok != EOS][:k]
-        best = sorted(finished, key=lambda f: -f[1])[:nbest]
-        if stop == "beam" and len(finished) >= k or not live:
+        if not live or stop == "beam" and len(finished) >= k:
             break
-        if stop == "bound" and len(best) == nbest and best[-1][1] >= live[0][1] / length_penalty(max_len, alpha, kind):
+        if stop == "bound" and len(finished) >= nbest and finished[-1][1] > live[0][1] / length_penalty(max_len, alpha, kind):
             break
-    return sorted(finished, key=lambda f: -f[1])[:nbest]
+    return sorted(finished, key=by_score)[:nbest]
 
 
 # (seed, EOS shift, α, penalty, nbest), chosen among random models for outputs of mixed lengths, some
