@@ -98,8 +98,8 @@ def test_streamed_line_is_answered_before_the_next_is_written(trained: Path) -> 
 
 @pytest.mark.slow
 def test_output_does_not_depend_on_batching(trained: Path, real_text: Path) -> None:
-    """The whole 2000-line test split: alone, in token batches, and in reverse order, line for line equal."""
-    lines = (real_text / "test.en").read_text(encoding="utf-8").splitlines()
+    """2000 lines of the test split: alone, in token batches, and in reverse order, line for line equal."""
+    lines = (real_text / "test.en").read_text(encoding="utf-8").splitlines()[:2000]
     numbered = list(enumerate(lines, 1))
     limits = {"beam": 4, "max_len_a": 1.0, "max_len_b": 5}  # short outputs keep 2000 single-line searches cheap
     batched = Translator([trained / "checkpoint_60.pt"], TranslateConfig(decode=DecodeConfig(**limits))).translate_buffer(numbered)
