@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import head_of, prepare_local
+
 # Real EN-DE text for the tests that need more than tests/fixtures: the shared corpus beside the checkout
 # (or where NMT_SHARED_DATA points), else the gettext catalogs installed on this machine, as the quick start
 # builds its corpus. A test skipped for want of it says so with this prefix; .ci/run fails on any such skip.
@@ -56,23 +58,14 @@ def real_text(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def small_corpus(tmp_path_factory: pytest.TempPathFactory, real_text: Path) -> Path:
     """The first 3000 training pairs and 200 dev/test pairs of ``real_text``, as local files."""
-    out = tmp_path_factory.mktemp("corpus")
-    for split, n in (("train", 3000), ("dev", 200), ("test", 200)):
-        for lang in ("en", "de"):
-            lines = (real_text / f"{split}.{lang}").read_text(encoding="utf-8").splitlines()[:n]
-            (out / f"{split}.{lang}").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return out
+    return head_of(real_text, tmp_path_factory.mktemp("corpus"), {"train": 3000, "dev": 200, "test": 200})
 
 
 @pytest.fixture(scope="session")
 def small_data(tmp_path_factory: pytest.TempPathFactory, small_corpus: Path) -> Path:
-    """A prepared dataset (vocabulary 1000) made from ``small_corpus``."""
-    from nmt.data.prepare import PrepareConfig, prepare
-
-    dest = tmp_path_factory.mktemp("data-bin") / "small"
-    prepare(PrepareConfig(corpus="local", dest=dest, src="en", tgt="de", train=str(small_corpus / "train"),
-                          valid=str(small_corpus / "dev"), test=str(small_corpus / "test"), vocab_size=1000, workers=1))
-    return dest
+    """A prepared dataset (vocabulary 1000) made from ``small_corpus``. Shared by the whole session: tests must
+    only read it."""
+    return prepare_local(small_corpus, tmp_path_factory.mktemp("data-bin") / "small", 1000)
 
 
 # ------------------------------------------------------------------ the committed fixture corpus (unit tests)
@@ -104,13 +97,6 @@ def fixture_spm(tmp_path_factory: pytest.TempPathFactory, fixture_dir: Path) -> 
 
 @pytest.fixture(scope="session")
 def fixture_data(tmp_path_factory: pytest.TempPathFactory, fixture_dir: Path) -> Path:
-    """The fixture corpus prepared by ``nmt.data.prepare.prepare`` (local corpus, 400 pieces, one worker).
-
-    Shared by the whole session: tests must only read it.
-    """
-    from nmt.data.prepare import PrepareConfig, prepare
-
-    dest = tmp_path_factory.mktemp("fixture-data") / "data"
-    prepare(PrepareConfig(corpus="local", dest=dest, src="en", tgt="de", train=str(fixture_dir / "train"),
-                          valid=str(fixture_dir / "dev"), test=str(fixture_dir / "test"), vocab_size=FIXTURE_VOCAB, workers=1))
-    return dest
+    """The fixture corpus prepared by ``nmt prepare local`` (400 pieces, one worker). Shared by the whole
+    session: tests must only read it."""
+    return prepare_local(fixture_dir, tmp_path_factory.mktemp("fixture-data") / "data", FIXTURE_VOCAB)

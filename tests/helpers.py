@@ -1,5 +1,5 @@
-"""What several test modules build the same way: the tiny model, a checkpoint of it, and a reader of the
-attention page. (Test modules never import each other; they import from here.)"""
+"""What several test modules build the same way: the tiny model, a checkpoint of it, corpora and prepared
+datasets, and a reader of the attention page. (Test modules never import each other; they import from here.)"""
 
 from __future__ import annotations
 
@@ -30,6 +30,27 @@ def tiny_model(vocab_size: int = 40, seed: int = 0, offset_vectors: bool = False
                 if p.dim() == 1:
                     p.add_(0.3 * torch.randn_like(p))
     return model.eval()
+
+
+def head_of(corpus: Path, out: Path, counts: dict[str, int]) -> Path:
+    """The first ``counts[split]`` lines of each split of ``corpus`` ({split}.en and {split}.de), as ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    for split, n in counts.items():
+        for lang in ("en", "de"):
+            lines = (corpus / f"{split}.{lang}").read_text(encoding="utf-8").splitlines()[:n]
+            (out / f"{split}.{lang}").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return out
+
+
+def prepare_local(corpus: Path, dest: Path, vocab_size: int, **options: Any) -> Path:
+    """``nmt prepare local`` of an EN-DE ``corpus`` folder (train, and dev and test where present) into ``dest``,
+    with one worker; ``options`` are further ``PrepareConfig`` fields."""
+    from nmt.data.prepare import PrepareConfig, prepare
+
+    present = lambda split: str(corpus / split) if (corpus / f"{split}.en").exists() else None  # noqa: E731
+    prepare(PrepareConfig(corpus="local", dest=dest, src="en", tgt="de", train=str(corpus / "train"), valid=present("dev"),
+                          test=present("test"), vocab_size=vocab_size, **{"workers": 1, **options}))
+    return dest
 
 
 def vocab_tensor(spm_model: Path) -> torch.Tensor:

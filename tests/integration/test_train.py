@@ -16,7 +16,6 @@ from nmt.recipe import load_recipe
 from nmt.train.config import RunConfig, TrainConfig
 from nmt.data.batching import collate
 from nmt.data.dataset import ParallelDataset
-from nmt.data.prepare import PrepareConfig, prepare
 from nmt.decode.translate import TranslateConfig, Translator
 from nmt.errors import NmtError
 from nmt.tokens import PAD
@@ -24,6 +23,7 @@ from nmt.train.distributed import Dist, free_port
 from nmt.train.launch import run
 from nmt.train.loop import Trainer
 from nmt.train.loss import label_smoothed_nll
+from tests.helpers import prepare_local
 
 TINY = {"d_model": 64, "d_ff": 128, "heads": 2}
 
@@ -119,8 +119,7 @@ def test_resume_refuses_other_batching_and_other_vocabulary(small_data: Path, sm
         run(replace(cfg, train=replace(cfg.train, max_tokens=1024, max_updates=4)))
     # A re-prepared corpus: a new SentencePiece model of the same size, so the architecture check passes.
     other = tmp_path / "other-data"
-    prepare(PrepareConfig(corpus="local", dest=other, src="en", tgt="de", train=str(small_corpus / "train"),
-                          valid=str(small_corpus / "dev"), vocab_size=1000, model_type="unigram", workers=1))
+    prepare_local(small_corpus, other, 1000, model_type="unigram")
     moved = replace(cfg, data=other, train=replace(cfg.train, max_updates=4))
     with pytest.raises(NmtError, match=rf"trained with the vocabulary of {small_data} \(spm.model sha256 \w{{12}}\), but {other}/spm.model is sha256 \w{{12}}"):
         run(moved)

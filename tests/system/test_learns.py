@@ -3,17 +3,15 @@
 import pytest
 import torch
 
-from nmt.model.config import model_config
-from nmt.model.transformer import Transformer
 from nmt.train.loss import label_smoothed_nll
 from nmt.train.schedule import inverse_sqrt_lr
+from tests.helpers import tiny_model
 
 
 @pytest.mark.parametrize("task", ["copy", "reverse"])
 def test_tiny_learns(task: str) -> None:
-    torch.manual_seed(0)
     vocab, length, batch = 20, 8, 64
-    model = Transformer(model_config("tiny", vocab_size=vocab, dropout=0.0, d_model=64, d_ff=256))
+    model = tiny_model(vocab, d_model=64, d_ff=256, heads=4).train()
     opt = torch.optim.Adam(model.parameters(), lr=3e-3, betas=(0.9, 0.98), eps=1e-9)
 
     def sample(rows: int = batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

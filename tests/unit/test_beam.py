@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from nmt.tokens import BOS, EOS
+from tests.helpers import tiny_model
 from nmt.decode.config import DecodeConfig
 from nmt.decode.beam import Scorer, beam_search, greedy_search
 from nmt.decode.penalty import length_penalty
-from nmt.model.config import model_config
 from nmt.model.transformer import Transformer
 
 SRC = torch.tensor([[4, 4, 1, 3], [4, 3, 0, 0]])
@@ -31,9 +31,7 @@ class EosShifted(Scorer):
 
 
 def scorer(seed: int = 3, shift: float = 2.0) -> EosShifted:
-    torch.manual_seed(seed)
-    model = Transformer(model_config("tiny", vocab_size=5, dropout=0.0, d_model=32, d_ff=64, heads=2)).eval()
-    return EosShifted(model, shift)
+    return EosShifted(tiny_model(5, seed), shift)
 
 
 def enumerate_outputs(s: Scorer, i: int, alpha: float, kind: str) -> list[tuple[float, list[int]]]:
@@ -128,8 +126,7 @@ RULE_LENGTHS = [4, 1, 6, 3, 5]
 
 def rule_case(seed: int) -> tuple[Transformer, torch.Tensor, list[int]]:
     """A random model of vocabulary 12 and five sources of different lengths, with limits |source| + 4."""
-    torch.manual_seed(seed)
-    model = Transformer(model_config("tiny", vocab_size=12, dropout=0.0, d_model=32, d_ff=64, heads=2)).eval()
+    model = tiny_model(12, seed)
     src = torch.zeros(len(RULE_LENGTHS), 7, dtype=torch.long)
     for i, n in enumerate(RULE_LENGTHS):
         src[i, :n] = torch.randint(4, 12, (n,))
@@ -191,8 +188,7 @@ def test_search_is_not_trivial_here() -> None:
 
 def test_beam_one_equals_greedy() -> None:
     for seed in range(4):
-        torch.manual_seed(seed)
-        model = Transformer(model_config("tiny", vocab_size=30, dropout=0.0, d_model=32, d_ff=64, heads=2)).eval()
+        model = tiny_model(30, seed)
         src = torch.randint(4, 30, (6, 9))
         lens = [12] * 6
         beam = beam_search(Scorer([model]), src, lens, beam=1, alpha=0.0)
@@ -200,8 +196,7 @@ def test_beam_one_equals_greedy() -> None:
 
 
 def test_batched_equals_one_by_one_and_nbest_sorted() -> None:
-    torch.manual_seed(0)
-    model = Transformer(model_config("tiny", vocab_size=30, dropout=0.0, d_model=32, d_ff=64, heads=2)).eval()
+    model = tiny_model(30)
     lengths = [3, 9, 5, 1, 7]
     src = torch.zeros(5, 10, dtype=torch.long)
     for i, n in enumerate(lengths):
@@ -217,8 +212,7 @@ def test_batched_equals_one_by_one_and_nbest_sorted() -> None:
 
 
 def test_ensemble_of_identical_models_equals_one() -> None:
-    torch.manual_seed(0)
-    model = Transformer(model_config("tiny", vocab_size=30, dropout=0.0, d_model=32, d_ff=64, heads=2)).eval()
+    model = tiny_model(30)
     src = torch.randint(4, 30, (3, 6))
     one = beam_search(Scorer([model]), src, [10] * 3)
     two = beam_search(Scorer([model, model]), src, [10] * 3)

@@ -16,21 +16,9 @@ from nmt import checkpoint
 from nmt.recipe import run_config
 from nmt.train.config import to_plain
 from nmt.errors import NmtError
-from nmt.model.config import model_config
 from nmt.model.transformer import Transformer
+from tests.helpers import TINY, tiny_model, vocab_tensor
 
-TINY = dict(d_model=32, d_ff=64, heads=2)
-
-
-def tiny_model(vocab_size: int, seed: int, **overrides: Any) -> Transformer:
-    """A two-layer Transformer of width 32 with weights drawn from ``seed``."""
-    torch.manual_seed(seed)
-    return Transformer(model_config("tiny", vocab_size=vocab_size, **{**TINY, **overrides}))
-
-
-def vocab_tensor(spm_model: Path) -> torch.Tensor:
-    """The SentencePiece model as a checkpoint carries it: its bytes as a uint8 tensor."""
-    return torch.frombuffer(bytearray(spm_model.read_bytes()), dtype=torch.uint8)
 
 
 def payload(spm_model: Path, seed: int = 0, update: int = 100, average_last: int = 5, optimizer: bool = True,

@@ -109,8 +109,7 @@ def test_dropout_only_where_the_paper_puts_it() -> None:
     """§5.4: P_drop on the embeddings+PE and on each sub-layer's output before the residual add; no attention
     or ReLU dropout by default. Every Dropout module and rate is listed, and a model whose P_drop is 0
     computes the same in training mode as in evaluation mode."""
-    torch.manual_seed(0)
-    model = Transformer(model_config("tiny", vocab_size=40, dropout=0.3))
+    model = tiny_model(dropout=0.3)
     rates = {name: m.p for name, m in model.named_modules() if isinstance(m, torch.nn.Dropout)}
     residual = {f"encoder.{i}.{b}.dropout" for i in range(2) for b in ("attn_block", "ffn_block")}
     residual |= {f"decoder.{i}.{b}.dropout" for i in range(2) for b in ("self_block", "cross_block", "ffn_block")}
@@ -118,7 +117,7 @@ def test_dropout_only_where_the_paper_puts_it() -> None:
     assert rates == {"dropout": 0.3, **{n: 0.3 for n in residual}, **{n: 0.0 for n in relu}}
     assert all(m.dropout == 0.0 for m in model.modules() if isinstance(m, MultiHeadAttention))
     src, tgt = torch.tensor([[5, 6, 7, 3]]), torch.tensor([[2, 10, 11]])
-    off = Transformer(model_config("tiny", vocab_size=40, dropout=0.0))
+    off = tiny_model()
     torch.testing.assert_close(off.train()(src, tgt), off.eval()(src, tgt))
     assert not torch.allclose(model.train()(src, tgt), model.eval()(src, tgt))
 
