@@ -105,7 +105,7 @@ def parse(body: bytes, model: type[BaseModel]) -> Any:
     try:
         return model.model_validate_json(text)
     except ValidationError as err:
-        first = err.errors()[0]
+        first = min(err.errors(), key=lambda e: e["type"] != "missing")  # "text: Field required" before "txt: Extra inputs"
         if first["type"] == "json_invalid":
             raise ApiError(400, "json", "body", first["msg"].replace("\n", " ")) from None
         where = field_name(first["loc"]) or "body"

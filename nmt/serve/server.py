@@ -17,7 +17,7 @@ import socket
 import sys
 import threading
 import time
-from typing import Iterator
+from typing import Callable, Iterator
 
 import uvicorn
 
@@ -104,29 +104,16 @@ def load(cfg: ServeConfig) -> Engine:
     return TorchEngine(cfg.checkpoints, device=cfg.device, dtype=cfg.dtype, **decode)
 
 
-def serve(cfg: ServeConfig) -> None:
-    """Serve until SIGTERM or Ctrl-C; NmtError if the socket or the model cannot be had."""
-    if cfg.threads:
-        import torch
-
-        torch.set_num_threads(cfg.threads)
-    sock = bind(cfg.host, cfg.port)
-    host, port = sock.getsockname()[:2]
-    state = State(cfg.limits)
-    app = create_app(state)
-    server = _Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", timeout_graceful_shutdown=None,
-                                    server_header=False), state)
-    shown = f"[{host}]" if ":" in host else host
-    print(f"nmt serve: listening on http://{shown}:{port}/ ({reach(cfg.host, port)})", flush=True)
-    failure: list[str] = []
+def start_loading(cfg: ServeConfig, state: State, failed: Callable[[str], None]) -> threading.Thread:
+    """Load the model in a thread, then start the batcher and mark ``state`` ready; ``failed`` gets nmt's
+    one-line error instead. The port answers meanwhile: ``/health`` says ``loading``."""
 
     def loader() -> None:
         start = time.monotonic()
         try:
             engine = load(cfg)
         except Exception as err:  # noqa: BLE001 - reported as nmt's one-line error, and the server stops
-            failure.append(str(err) if isinstance(err, NmtError) else f"{type(err).__name__}: {err}")
-            server.should_exit = True
+            failed(str(err) if isinstance(err, NmtError) else f"{type(err).__name__}: {err}")
             return
         batcher = Batcher(engine, state.metrics, cfg.limits.max_queue, cfg.max_wait_ms / 1000)
         batcher.start()
@@ -137,7 +124,31 @@ def serve(cfg: ServeConfig) -> None:
         print(f"nmt serve: ready in {time.monotonic() - start:.1f} s: {engine.description}; beam {d.beam}, {d.penalty} penalty "
               f"α {d.lenpen}, stop {d.stop}; batches of {d.max_tokens} tokens after at most {cfg.max_wait_ms:g} ms", flush=True)
 
-    threading.Thread(target=loader, name="nmt-load", daemon=True).start()
+    thread = threading.Thread(target=loader, name="nmt-load", daemon=True)
+    thread.start()
+    return thread
+
+
+def serve(cfg: ServeConfig) -> None:
+    """Serve until SIGTERM or Ctrl-C; NmtError if the socket or the model cannot be had."""
+    if cfg.threads:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
+    sock = bind(cfg.host, cfg.port)
+    host, port = sock.getsockname()[:2]
+    state = State(cfg.limits)
+    server = _Server(uvicorn.Config(create_app(state), log_level="warning", access_log=False, lifespan="on",
+                                    timeout_graceful_shutdown=None, server_header=False), state)
+    shown = f"[{host}]" if ":" in host else host
+    print(f"nmt serve: listening on http://{shown}:{port}/ ({reach(cfg.host, port)})", flush=True)
+    failure: list[str] = []
+
+    def failed(message: str) -> None:
+        failure.append(message)
+        server.should_exit = True
+
+    start_loading(cfg, state, failed)
     try:
         server.run(sockets=[sock])
     finally:
