@@ -281,3 +281,25 @@ def test_a_model_that_cannot_load_is_one_line_and_exit_2(tmp_path: Path) -> None
     assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith(f"nmt: error: {bad}: not a readable nmt checkpoint")
     r = subprocess.run([sys.executable, "-m", "nmt", "serve", "--port", "0"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr == "nmt: error: give checkpoints, or --ctranslate2 DIR (one of the two)\n"
+
+
+def test_a_ctranslate2_folder_is_served_as_ct2translator_translates(lines: list[str], tmp_path: Path) -> None:
+    pytest.importorskip("ctranslate2")
+    from nmt.decode.config import decode_config
+    from nmt.export import export
+    from nmt.export.ct2 import CT2Translator
+
+    folder = tmp_path / "ct2"
+    export(CKPT, "ctranslate2", folder)
+    r = subprocess.run([sys.executable, "-m", "nmt", "serve", "--ctranslate2", str(folder), "--port", "0"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)  # the checkpoint's [decode] has the gnmt penalty
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("nmt: error: CTranslate2 divides scores by |Y|^α: use --penalty fairseq")
+    ct2 = CT2Translator(folder, threads=1)
+    wanted = ct2.translate(lines, decode_config({"decode": ct2.info["decode"]}, penalty="fairseq"))
+    with ServeProcess("--ctranslate2", str(folder), "--penalty", "fairseq", "--threads", "1") as s:
+        status, _, answer = http(s.port, "POST", "/v1/translate", {"text": lines})
+        assert status == 200 and [t["text"] for t in answer["translations"]] == wanted
+        status, _, answer = http(s.port, "POST", "/v1/translate", {"text": lines[:2], "nbest": 2})
+        assert (status, answer["error"]) == (422, "nbest: not available with a CTranslate2 model")
+        status, _, answer = http(s.port, "POST", "/v1/attention", {"text": lines[0]})
+        assert status == 200 and answer["translation"] == wanted[0] and answer["maps_html"] is None and "CTranslate2" in answer["note"]
