@@ -12,6 +12,7 @@ import typer
 from nmt import __version__
 from nmt.console import console
 from nmt.errors import NmtError
+from nmt.serve.config import Limits, ServeConfig  # their defaults are nmt serve's (a light module: no torch, no FastAPI)
 
 app = typer.Typer(
     help="Neural machine translation: the Transformer of Vaswani et al. (2017), from raw text to BLEU.",
@@ -312,12 +313,12 @@ def serve(
     max_len_b: MaxLenB = None,
     stop: Stop = None,
     max_tokens: MaxTokens = None,
-    max_wait_ms: Annotated[float, typer.Option(help="How long the first segment of a batch waits for segments of other requests to join it.")] = 5.0,
-    max_queue: Annotated[int, typer.Option(help="Segments accepted and not yet answered, over all requests; past it, 503 with Retry-After.")] = 4096,
-    max_segments: Annotated[int, typer.Option(help="Segments in one request.")] = 256,
-    max_segment_chars: Annotated[int, typer.Option(help="Characters in one segment (and the model's own limit in tokens).")] = 4000,
-    max_body_bytes: Annotated[int, typer.Option(help="Bytes in one request's body.")] = 1_000_000,
-    max_beam: Annotated[int, typer.Option(help="The widest beam a request may ask for.")] = 16,
+    max_wait_ms: Annotated[float, typer.Option(help="How long the first segment of a batch waits for segments of other requests to join it.")] = ServeConfig.max_wait_ms,
+    max_queue: Annotated[int, typer.Option(help="Segments accepted and not yet answered, over all requests; past it, 503 with Retry-After.")] = Limits.max_queue,
+    max_segments: Annotated[int, typer.Option(help="Segments in one request.")] = Limits.max_segments,
+    max_segment_chars: Annotated[int, typer.Option(help="Characters in one segment (and the model's own limit in tokens).")] = Limits.max_segment_chars,
+    max_body_bytes: Annotated[int, typer.Option(help="Bytes in one request's body.")] = Limits.max_body_bytes,
+    max_beam: Annotated[int, typer.Option(help="The widest beam a request may ask for.")] = Limits.max_beam,
     device: Device = "auto",
     dtype: Dtype = "fp32",
     threads: Threads = None,
@@ -326,8 +327,6 @@ def serve(
     (Prometheus), and at / a page that shows a sentence's translation and attention. Segments of concurrent
     requests are decoded together, each exactly as 'nmt translate' translates it (docs/serve.md).
     """
-    from nmt.serve.config import Limits, ServeConfig
-
     try:
         from nmt.serve.server import serve as run
     except ImportError as err:
