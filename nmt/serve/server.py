@@ -51,7 +51,8 @@ class _Server(uvicorn.Server):
         if not self.should_exit:
             depth = self.state.batcher.depth if self.state.batcher else 0
             # os.write, not print: a signal handler may interrupt a print of the main thread.
-            os.write(2, f"nmt serve: {signal.Signals(sig).name}: no new connections; finishing {depth} queued segments\n".encode())
+            queued = f"{depth} queued segment{'' if depth == 1 else 's'}"
+            os.write(2, f"nmt serve: {signal.Signals(sig).name}: no new connections; finishing {queued}\n".encode())
         self.state.stopping = True
         super().handle_exit(sig, frame)  # type: ignore[arg-type]
 

@@ -1,0 +1,168 @@
+"""nmt serve under load: throughput and latency at 1, 8 and 64 concurrent clients, against the same lines
+translated from a file as ``nmt translate`` does, and the latency of one short sentence on an idle server.
+
+    python bench/serve.py runs/quickstart/averaged.pt --lines data-bin/gettext-en-de/test.en --n 1000
+
+The file baseline is ``nmt translate``'s own path (``Translator.translate_stream``, buffers of 2000 lines
+sorted by length, batches of --max-tokens), timed in this process without the start-up. Then ``nmt serve``
+runs in a subprocess (``--port 0``) and each client is a thread with one keep-alive connection sending one
+line per request, the next line as soon as the answer is in, until every line is translated; the clients
+share the machine with the server, as they would on a 2-core box. Every answer is checked against the file's
+output line for line (``identical``). Prints a Markdown table and, with --json, the raw figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import io
+import json
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def file_baseline(checkpoint: Path, lines: list[str], threads: int | None) -> tuple[float, list[str]]:
+    """Seconds ``nmt translate`` spends on ``lines`` (model loaded), and its output lines."""
+    import torch
+
+    from nmt.decode.translate import TranslateConfig, Translator
+
+    if threads:
+        torch.set_num_threads(threads)
+    translator = Translator([checkpoint], TranslateConfig(device="cpu"))
+    translator.translate_buffer(list(enumerate(lines[:50], 1)))  # warm-up
+    source, out = io.BytesIO("".join(line + "\n" for line in lines).encode()), io.StringIO()
+    start = time.perf_counter()
+    translator.translate_stream(source, out, 2000)
+    return time.perf_counter() - start, out.getvalue().split("\n")[:-1]
+
+
+class Server:
+    """``nmt serve`` in a subprocess on a free loopback port."""
+
+    def __init__(self, checkpoint: Path, extra: list[str]) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "nmt", "serve", str(checkpoint), "--port", "0", *extra], cwd=ROOT,
+                                     stdout=subprocess.PIPE, text=True)
+        self.port = int(re.search(r":(\d+)/", self.proc.stdout.readline()).group(1))
+        while True:
+            try:
+                if self.request("GET", "/health")[0] == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.2)
+
+    def request(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=300)
+        conn.request(method, path, json.dumps(body) if body else None)
+        r = conn.getresponse()
+        return r.status, json.loads(r.read())
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(60)
+
+
+def load(port: int, lines: list[str], clients: int) -> tuple[float, list[float], list[str]]:
+    """``clients`` threads, one line per request, until all ``lines`` are answered: (seconds, latencies, outputs)."""
+    outputs = [""] * len(lines)
+    latencies: list[float] = []
+    cursor = iter(range(len(lines)))
+    lock = threading.Lock()
+
+    def client() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+        headers = {"Content-Type": "application/json"}
+        while True:
+            with lock:
+                i = next(cursor, None)
+            if i is None:
+                break
+            start = time.perf_counter()
+            conn.request("POST", "/v1/translate", json.dumps({"text": [lines[i]]}), headers)
+            response = conn.getresponse()
+            body = json.loads(response.read())
+            took = time.perf_counter() - start
+            assert response.status == 200, body
+            with lock:
+                latencies.append(took)
+            outputs[i] = body["translations"][0]["text"]
+        conn.close()
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - start, latencies, outputs
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.machine()
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("--lines", type=Path, required=True, help="source lines, one a line")
+    parser.add_argument("--n", type=int, default=1000, help="how many of them")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 64])
+    parser.add_argument("--threads", type=int, default=None, help="torch threads, for the file and the server alike")
+    parser.add_argument("--serve-args", default="", help="more options for nmt serve, e.g. '--max-wait-ms 10'")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+
+    lines = [line for line in args.lines.read_text(encoding="utf-8").splitlines() if line.strip()][: args.n]
+    seconds, reference = file_baseline(args.checkpoint, lines, args.threads)
+    rows = [{"setup": "nmt translate, a file", "clients": 0, "seconds": seconds, "lines_per_s": len(lines) / seconds}]
+    extra = (["--threads", str(args.threads)] if args.threads else []) + args.serve_args.split()
+    server = Server(args.checkpoint, extra)
+    try:
+        load(server.port, lines[:64], 8)  # warm-up
+        for clients in args.clients:
+            took, latencies, outputs = load(server.port, lines, clients)
+            rows.append({"setup": "nmt serve", "clients": clients, "seconds": took, "lines_per_s": len(lines) / took,
+                         "p50_ms": 1000 * statistics.median(latencies), "p99_ms": 1000 * percentile(latencies, 0.99),
+                         "identical": sum(a == b for a, b in zip(outputs, reference)) / len(lines)})
+        short = []
+        for _ in range(50):  # one short sentence at a time on an idle server
+            start = time.perf_counter()
+            server.request("POST", "/v1/translate", {"text": ["Open the file."]})
+            short.append(time.perf_counter() - start)
+    finally:
+        server.stop()
+    base = rows[0]["lines_per_s"]
+    print(f"{len(lines)} lines of {args.lines}, {args.checkpoint}; {cpu_name()}, torch threads {args.threads or 'default'}\n")
+    print("| setup | clients | lines/s | × file | p50 ms | p99 ms | identical |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        if r["clients"]:
+            print(f"| {r['setup']} | {r['clients']} | {r['lines_per_s']:.1f} | {r['lines_per_s'] / base:.2f} | {r['p50_ms']:.0f} | "
+                  f"{r['p99_ms']:.0f} | {100 * r['identical']:.1f} % |")
+        else:
+            print(f"| {r['setup']} | | {r['lines_per_s']:.1f} | 1.00 | | | |")
+    print(f"\none short sentence (\"Open the file.\") on an idle server: p50 {1000 * statistics.median(short):.1f} ms, "
+          f"p99 {1000 * percentile(short, 0.99):.1f} ms")
+    if args.json:
+        print(json.dumps({"rows": rows, "short_ms": [1000 * s for s in short]}))
+
+
+if __name__ == "__main__":
+    main()
