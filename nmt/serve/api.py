@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from nmt.serve.config import Limits
 from nmt.serve.engine import Engine, Output
@@ -86,11 +86,14 @@ async def read_body(request: Request, limit: int) -> bytes:
     if declared.isdigit() and int(declared) > limit:
         raise ApiError(413, "body_too_large", "body", f"{int(declared)} bytes; the limit is {limit}")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, "body_too_large", "body", f"over the limit of {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, "body_too_large", "body", f"over the limit of {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:  # the client left half-way through its body: nothing to answer, nothing queued
+        raise ApiError(499, "disconnected", "body", "the client left before its body was read") from None
     return b"".join(chunks)
 
 

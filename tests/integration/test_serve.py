@@ -174,6 +174,16 @@ def test_body_over_the_limit_without_a_length_is_refused_while_it_streams(server
     assert answer.startswith(b"HTTP/1.1 413") and b'"field":"body"' in answer
 
 
+def test_a_client_that_leaves_during_its_body_is_counted_and_forgotten(server: ServeProcess) -> None:
+    gone = server.metric("nmt_requests_total", endpoint="translate", status="499")
+    conn = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+    conn.sendall(b'POST /v1/translate HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{"text": ["Open')
+    time.sleep(0.2)
+    conn.close()
+    wait_for(lambda: server.metric("nmt_requests_total", endpoint="translate", status="499") == gone + 1)
+    assert http(server.port, "POST", "/v1/translate", {"text": ["Quit"]})[0] == 200
+
+
 def test_other_errors_are_one_line_json(server: ServeProcess) -> None:
     assert http(server.port, "GET", "/nowhere")[::2] == (404, {"error": "/nowhere: Not Found", "field": "path"})
     status, _, answer = http(server.port, "GET", "/v1/translate")
