@@ -66,6 +66,14 @@ class Server:
         r = conn.getresponse()
         return r.status, json.loads(r.read())
 
+    def metrics(self) -> dict[str, float]:
+        """The batch histograms' sums and counts from /metrics."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+        wanted = ("nmt_batch_segments_sum", "nmt_batch_segments_count", "nmt_batch_seconds_sum")
+        return {name: float(value) for name, value in (line.split(" ") for line in text.splitlines() if line.startswith(wanted))}
+
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(60)
@@ -126,6 +134,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 64])
     parser.add_argument("--threads", type=int, default=None, help="torch threads, for the file and the server alike")
     parser.add_argument("--serve-args", default="", help="more options for nmt serve, e.g. '--max-wait-ms 10'")
+    parser.add_argument("--short", default="The document could not be saved.", help="the short sentence timed alone")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
@@ -137,28 +146,32 @@ def main() -> None:
     try:
         load(server.port, lines[:64], 8)  # warm-up
         for clients in args.clients:
+            before = server.metrics()
             took, latencies, outputs = load(server.port, lines, clients)
+            after = {k: v - before[k] for k, v in server.metrics().items()}
             rows.append({"setup": "nmt serve", "clients": clients, "seconds": took, "lines_per_s": len(lines) / took,
+                         "batch": after["nmt_batch_segments_sum"] / after["nmt_batch_segments_count"],
+                         "busy": after["nmt_batch_seconds_sum"] / took,
                          "p50_ms": 1000 * statistics.median(latencies), "p99_ms": 1000 * percentile(latencies, 0.99),
                          "identical": sum(a == b for a, b in zip(outputs, reference)) / len(lines)})
         short = []
         for _ in range(50):  # one short sentence at a time on an idle server
             start = time.perf_counter()
-            server.request("POST", "/v1/translate", {"text": ["Open the file."]})
+            server.request("POST", "/v1/translate", {"text": [args.short]})
             short.append(time.perf_counter() - start)
     finally:
         server.stop()
     base = rows[0]["lines_per_s"]
     print(f"{len(lines)} lines of {args.lines}, {args.checkpoint}; {cpu_name()}, torch threads {args.threads or 'default'}\n")
-    print("| setup | clients | lines/s | × file | p50 ms | p99 ms | identical |")
-    print("|---|---|---|---|---|---|---|")
+    print("| setup | clients | lines/s | × file | p50 ms | p99 ms | segments a batch | decoder busy | identical |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if r["clients"]:
             print(f"| {r['setup']} | {r['clients']} | {r['lines_per_s']:.1f} | {r['lines_per_s'] / base:.2f} | {r['p50_ms']:.0f} | "
-                  f"{r['p99_ms']:.0f} | {100 * r['identical']:.1f} % |")
+                  f"{r['p99_ms']:.0f} | {r['batch']:.1f} | {100 * r['busy']:.0f} % | {100 * r['identical']:.1f} % |")
         else:
-            print(f"| {r['setup']} | | {r['lines_per_s']:.1f} | 1.00 | | | |")
-    print(f"\none short sentence (\"Open the file.\") on an idle server: p50 {1000 * statistics.median(short):.1f} ms, "
+            print(f"| {r['setup']} | | {r['lines_per_s']:.1f} | 1.00 | | | | | |")
+    print(f"\none short sentence ({args.short!r}) on an idle server: p50 {1000 * statistics.median(short):.1f} ms, "
           f"p99 {1000 * percentile(short, 0.99):.1f} ms")
     if args.json:
         print(json.dumps({"rows": rows, "short_ms": [1000 * s for s in short]}))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator, Sequence, TextIO
+from typing import BinaryIO, Callable, Iterator, Sequence, TextIO
 
 import sentencepiece as spm
 import torch
@@ -98,9 +98,11 @@ class Translator:
         return (decode or self.decode).max_output_len(n_src, min(m.cfg.max_positions for m in self.models))
 
     @torch.inference_mode()
-    def translate_ids(self, sources: list[list[int]], decode: DecodeConfig | None = None) -> list[list[Hypothesis]]:
+    def translate_ids(self, sources: list[list[int]], decode: DecodeConfig | None = None,
+                      on_done: Callable[[int, list[Hypothesis]], None] | None = None) -> list[list[Hypothesis]]:
         """Hypotheses for each source (ids without EOS), batched by tokens, in input order; searched with
-        ``decode`` (``nmt serve``'s per-request settings) instead of the translator's own when given."""
+        ``decode`` (``nmt serve``'s per-request settings) instead of the translator's own when given, and
+        handed to ``on_done(source index, hypotheses)`` as each source's search ends."""
         d = decode or self.decode
         results: list[list[Hypothesis]] = [[] for _ in sources]
         for chunk in token_batches([len(s) for s in sources], d.max_tokens):
@@ -109,8 +111,9 @@ class Translator:
             for row, i in enumerate(chunk):
                 src[row, : len(sources[i])] = torch.tensor(sources[i], dtype=torch.long)
                 src[row, len(sources[i])] = EOS
+            done = None if on_done is None else (lambda row, hyps, chunk=chunk: on_done(chunk[row], hyps))
             hyps = beam_search(self.scorer, src.to(self.device), [self.max_len(len(sources[i]), d) for i in chunk],
-                               beam=d.beam, alpha=d.lenpen, penalty=d.penalty, nbest=d.nbest, stop=d.stop)
+                               beam=d.beam, alpha=d.lenpen, penalty=d.penalty, nbest=d.nbest, stop=d.stop, on_done=done)
             for i, h in zip(chunk, hyps):
                 results[i] = h
         return results

@@ -163,39 +163,49 @@ class Batcher:
         return batch
 
     def _decode(self, batch: list[_Segment]) -> None:
-        """Decode one batch and hand each job its hypotheses; a failure fails the batch's jobs, not the thread."""
+        """Decode one batch, answering each segment as soon as its search ends (its client can then send
+        its next request while the batch goes on); a failure fails the batch's jobs, not the thread."""
         start = time.monotonic()
-        try:
-            outputs: list[list[Output]] | None = self.engine.translate([s.source for s in batch], batch[0].decode)
-            error = None
-        except Exception as err:  # noqa: BLE001 - whatever the model raised goes to the requests, the thread lives on
-            outputs, error = None, err
-        seconds = time.monotonic() - start
-        if outputs is not None:
-            width = max(len(s.source) for s in batch) + 1
-            self.metrics.batch_segments.observe(len(batch))
-            self.metrics.batch_tokens.observe(width * len(batch))
-            self.metrics.batch_seconds.observe(seconds)
-            self.metrics.segments.labels("translated").inc(len(batch))
-            rate = len(batch) / max(seconds, 1e-6)
-            self._rate = rate if self._rate == 0 else 0.8 * self._rate + 0.2 * rate
-        with self._cond:
-            self._depth -= len(batch)
-            if outputs is None:  # the failed jobs' other segments would be decoded for nobody
-                failed = {id(s.job) for s in batch}
-                dropped = [s for s in self._pending if id(s.job) in failed]
-                self._pending = [s for s in self._pending if id(s.job) not in failed]
-                self._pending_tokens -= sum(len(s.source) + 1 for s in dropped)
-                self._depth -= len(dropped)
-            self.metrics.queue_depth.set(self._depth)
-            for i, segment in enumerate(batch):
-                job = segment.job
+        answered = [False] * len(batch)
+
+        def done(i: int, outputs: list[Output]) -> None:
+            with self._cond:
+                answered[i] = True
+                self._depth -= 1
+                self.metrics.queue_depth.set(self._depth)
+                job = batch[i].job
                 if job.future.done():  # an earlier batch of this job failed
-                    continue
-                if outputs is None:
-                    job.future.set_exception(error or RuntimeError("decoding failed"))
-                    continue
-                job.results[segment.index] = outputs[i]
+                    return
+                job.results[batch[i].index] = outputs
                 job.remaining -= 1
                 if job.remaining == 0:
                     job.future.set_result(job.results)
+
+        try:
+            outputs = self.engine.translate([s.source for s in batch], batch[0].decode, done)
+        except Exception as err:  # noqa: BLE001 - whatever the model raised goes to the requests, the thread lives on
+            self._fail([s for s, was in zip(batch, answered) if not was], err)
+            return
+        for i, hyps in enumerate(outputs):  # those the engine did not answer early
+            if not answered[i]:
+                done(i, hyps)
+        seconds = time.monotonic() - start
+        self.metrics.batch_segments.observe(len(batch))
+        self.metrics.batch_tokens.observe((max(len(s.source) for s in batch) + 1) * len(batch))
+        self.metrics.batch_seconds.observe(seconds)
+        self.metrics.segments.labels("translated").inc(len(batch))
+        rate = len(batch) / max(seconds, 1e-6)
+        self._rate = rate if self._rate == 0 else 0.8 * self._rate + 0.2 * rate
+
+    def _fail(self, unanswered: list[_Segment], error: Exception) -> None:
+        """The jobs of ``unanswered`` get ``error``; their segments still queued are dropped (decoded for nobody)."""
+        with self._cond:
+            failed = {id(s.job) for s in unanswered}
+            dropped = [s for s in self._pending if id(s.job) in failed]
+            self._pending = [s for s in self._pending if id(s.job) not in failed]
+            self._pending_tokens -= sum(len(s.source) + 1 for s in dropped)
+            self._depth -= len(unanswered) + len(dropped)
+            self.metrics.queue_depth.set(self._depth)
+            for segment in unanswered:
+                if not segment.job.future.done():
+                    segment.job.future.set_exception(error)

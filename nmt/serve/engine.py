@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 from nmt.decode.config import DecodeConfig, decode_config
 from nmt.decode.translate import TranslateConfig, Translator
@@ -43,7 +43,11 @@ class Engine(Protocol):
 
     def tokenize(self, text: str) -> Sequence: ...
 
-    def translate(self, sources: list[Sequence], decode: DecodeConfig) -> list[list[Output]]: ...
+    def translate(self, sources: list[Sequence], decode: DecodeConfig,
+                  on_done: Callable[[int, list[Output]], None] | None = None) -> list[list[Output]]:
+        """Each source's ``decode.nbest`` best hypotheses, in order; ``on_done(i, hypotheses)`` as soon as
+        source i's are known, where the engine can tell before the batch ends. ``sources`` must fit one batch
+        of ``decode.max_tokens`` (the batcher cuts them so)."""
 
     def attention(self, source: Sequence, best: Output) -> SentenceAttention: ...
 
@@ -66,13 +70,15 @@ class TorchEngine:
     def tokenize(self, text: str) -> list[int]:
         return self.translator.tokenize(text)
 
-    def translate(self, sources: list[Sequence], decode: DecodeConfig) -> list[list[Output]]:
-        """Each source's ``decode.nbest`` best hypotheses, in order. ``sources`` must fit one batch of
-        ``decode.max_tokens`` (the batcher cuts them so); ``translate_ids`` would cut them again otherwise."""
+    def translate(self, sources: list[Sequence], decode: DecodeConfig,
+                  on_done: Callable[[int, list[Output]], None] | None = None) -> list[list[Output]]:
+        """``nmt translate``'s search; each sentence is handed to ``on_done`` as its search ends."""
+        text = self.translator.spm.decode
+        outputs = lambda hyps: [Output(text(h.tokens), h.score, tuple(h.tokens)) for h in hyps]  # noqa: E731
+        done = None if on_done is None else (lambda i, hyps: on_done(i, outputs(hyps)))
         with self.lock:
-            found = self.translator.translate_ids([list(s) for s in sources], decode)
-        decode_text = self.translator.spm.decode
-        return [[Output(decode_text(h.tokens), h.score, tuple(h.tokens)) for h in hyps] for hyps in found]
+            found = self.translator.translate_ids([list(s) for s in sources], decode, done)
+        return [outputs(hyps) for hyps in found]
 
     def attention(self, source: Sequence, best: Output) -> SentenceAttention:
         """The maps ``nmt attend`` draws, of the first model's teacher-forced pass over ``source`` and ``best``."""
@@ -101,7 +107,9 @@ class CT2Engine:
     def tokenize(self, text: str) -> list[str]:
         return self.ct2.tokenize(text)
 
-    def translate(self, sources: list[Sequence], decode: DecodeConfig) -> list[list[Output]]:
+    def translate(self, sources: list[Sequence], decode: DecodeConfig,
+                  on_done: Callable[[int, list[Output]], None] | None = None) -> list[list[Output]]:
+        """``CT2Translator``'s search; CTranslate2 answers a batch at once, so ``on_done`` is never called."""
         texts = self.ct2.translate_pieces([list(s) for s in sources], decode, decode.max_tokens)
         return [[Output(text, None)] for text in texts]
 

@@ -59,6 +59,22 @@ def test_segments_of_several_jobs_share_a_batch_per_setting(engine: TorchEngine)
     assert count(metrics, "nmt_queue_depth") == 0
 
 
+def test_a_short_segment_is_answered_before_its_batch_ends(engine: TorchEngine) -> None:
+    """A job's answer goes out as soon as its last segment's search ends, not when its batch's longest does:
+    its client can send its next request meanwhile."""
+    batcher = Batcher(engine, Metrics(), max_queue=10, max_wait=0)
+    long = "Do you want to save the changes to the document before closing? " * 4
+    short, slow = batcher.submit([engine.tokenize("Quit")], engine.decode), batcher.submit([engine.tokenize(long)], engine.decode)
+    at: dict[str, float] = {}
+    short.future.add_done_callback(lambda _: at.setdefault("short", time.monotonic()))
+    slow.future.add_done_callback(lambda _: at.setdefault("slow", time.monotonic()))
+    batcher.start()
+    slow.future.result(timeout=60)
+    batcher.close()
+    assert batcher.metrics.registry.get_sample_value("nmt_batch_segments_count") == 1  # one batch held both
+    assert at["slow"] - at["short"] > 0.005  # the long search went on for many steps after the short one's answer
+
+
 def test_the_queue_is_bounded_and_closing_drains_it(engine: TorchEngine) -> None:
     batcher = Batcher(engine, Metrics(), max_queue=4, max_wait=10)  # would wait 10 s for company, but for close()
     ids = [engine.tokenize(s) for s in SOURCES]
