@@ -321,7 +321,7 @@ def serve(
     max_beam: Annotated[int, typer.Option(help="The widest beam a request may ask for.")] = Limits.max_beam,
     device: Device = "auto",
     dtype: Dtype = "fp32",
-    threads: Threads = None,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch [default: the cores less one, left to the HTTP side].")] = None,
 ) -> None:
     """Serve translations over HTTP: POST /v1/translate {"text": [...]} (JSON), GET /health, GET /metrics
     (Prometheus), and at / a page that shows a sentence's translation and attention. Segments of concurrent

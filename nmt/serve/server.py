@@ -132,10 +132,11 @@ def start_loading(cfg: ServeConfig, state: State, failed: Callable[[str], None])
 
 def serve(cfg: ServeConfig) -> None:
     """Serve until SIGTERM or Ctrl-C; NmtError if the socket or the model cannot be had."""
-    if cfg.threads:
-        import torch
+    import torch
 
-        torch.set_num_threads(cfg.threads)
+    # One core is left to the HTTP side by default: OpenMP's threads wait for each other at every operation,
+    # so one that the event loop pushes off its core stalls the whole decoding step.
+    torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 2) - 1))
     sock = bind(cfg.host, cfg.port)
     host, port = sock.getsockname()[:2]
     state = State(cfg.limits)
