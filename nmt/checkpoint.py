@@ -40,7 +40,15 @@ _TRAINING_STATE = ("model", "optimizer", "ema")  # what a checkpoint holds besid
 
 
 class DamagedCheckpoint(NmtError):
-    """A checkpoint file whose contents no longer match what was written (or that cannot be read as one)."""
+    """A checkpoint file whose contents no longer match what was written, or that cannot be read as one."""
+
+    def __init__(self, path: Path, reason: str, advice: str = "use another checkpoint", what: str = "damaged checkpoint") -> None:
+        self.path, self.reason, self.what = path, reason, what
+        super().__init__(f"{path}: {what} ({reason}); {advice}")
+
+    def advising(self, advice: str) -> "DamagedCheckpoint":
+        """The same fault with other advice (what the caller can offer instead)."""
+        return DamagedCheckpoint(self.path, self.reason, advice, self.what)
 
 
 class _KeepsWriteError:
@@ -82,13 +90,12 @@ def _verify_part(data: mmap.mmap, info: zipfile.ZipInfo, path: Path) -> None:
     """Check one part of the container, in place in the memory map (no copy of its bytes)."""
     header = _LOCAL_HEADER.unpack_from(data, info.header_offset)
     if header[0] != b"PK\x03\x04":
-        raise DamagedCheckpoint(f"{path}: damaged checkpoint (the header of its part '{info.filename}' is overwritten); use another checkpoint")
+        raise DamagedCheckpoint(path, f"the header of its part '{info.filename}' is overwritten")
     start = info.header_offset + _LOCAL_HEADER.size + header[9] + header[10]
     with memoryview(data) as view, view[start : start + info.compress_size] as part:
         intact = info.compress_type == zipfile.ZIP_STORED and len(part) == info.compress_size and zlib.crc32(part) == info.CRC
     if not intact:
-        raise DamagedCheckpoint(f"{path}: damaged checkpoint (its part '{info.filename}' fails the CRC-32 written with it: "
-                                "the file changed after it was saved); use another checkpoint")
+        raise DamagedCheckpoint(path, f"its part '{info.filename}' fails the CRC-32 written with it: the file changed after it was saved")
 
 
 def verify(path: Path) -> None:
@@ -105,7 +112,7 @@ def verify(path: Path) -> None:
                     _verify_part(data, info, path)
     except (zipfile.BadZipFile, struct.error, ValueError, EOFError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise DamagedCheckpoint(f"{path}: not a readable nmt checkpoint (truncated or damaged: {first[:200]})") from None
+        raise DamagedCheckpoint(path, f"truncated or overwritten: {first[:200]}", what="not a readable nmt checkpoint") from None
     except OSError as err:
         raise NmtError(f"{path}: cannot read ({err.strerror or err})") from None
 

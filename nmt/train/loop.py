@@ -97,14 +97,12 @@ class Trainer:
         if reset and dist.main:
             resume.archive_run(cfg.save_dir, self.report.say)
         D.barrier(dist.world)
-        last = cfg.save_dir / checkpoint.LAST
-        if last.exists():
-            ckpt = checkpoint.load(last)
-            resume.check_resumable(ckpt, last, cfg, self.model_cfg, self.vocab, self.plan)
-            for note in resume.restore(ckpt, self.state, cfg, dist):
+        if start := resume.starting_point(cfg.save_dir, cfg.resume_from):
+            resume.check_resumable(start.ckpt, start.path, cfg, self.model_cfg, self.vocab, self.plan)
+            for note in start.notes + resume.restore(start.ckpt, self.state, cfg, dist):
                 self.report.say(note)
             p = self.progress
-            self.report.say(f"resumed from {last} at update {p.update} (epoch {p.epoch}, batch {p.batch})")
+            self.report.say(f"resumed from {start.path} at update {p.update} (epoch {p.epoch}, batch {p.batch})")
 
     @property
     def model(self) -> Transformer:
