@@ -19,7 +19,7 @@ import torch
 
 from nmt import atomic, checkpoint, kernels
 from nmt.data.batching import collate_indices, token_batches
-from nmt.data.dataset import ParallelDataset, read_manifest
+from nmt.data.dataset import ParallelDataset, read_manifest, read_vocabulary
 from nmt.device import slow_precision_warning
 from nmt.errors import NmtError
 from nmt.kernels import output_cross_entropy
@@ -59,7 +59,7 @@ class Trainer:
         self.manifest = read_manifest(cfg.data)
         self.train_set = ParallelDataset(cfg.data, "train")
         self.valid_set = ParallelDataset(cfg.data, "valid") if "valid" in self.manifest["splits"] else None
-        self.vocab = torch.frombuffer(bytearray((cfg.data / "spm.model").read_bytes()), dtype=torch.uint8)
+        self.vocab = torch.frombuffer(bytearray(read_vocabulary(cfg.data, self.manifest)), dtype=torch.uint8)
 
         # The model, the same initial weights on every rank, and what updates it.
         try:
