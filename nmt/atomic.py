@@ -76,12 +76,20 @@ def fault(err: OSError, path: Path) -> NmtError:
     return NmtError(f"{where}: {err.strerror or err}{f' ({name})' if name else ''}")
 
 
+# Faults of the local file system that trying again will not cure (a download retries the others).
+LOCAL_FAULTS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.ENOTDIR, errno.EISDIR})
+
+
 @contextmanager
 def os_faults(path: Path) -> Iterator[None]:
-    """Turn an OSError raised in the block, while ``path`` is written, into the one line of ``fault``."""
+    """Turn an OSError of the operating system raised in the block, while ``path`` is written, into the one
+    line of ``fault``. OSErrors without an errno are a library's (a gzip stream that is not one) and pass
+    through for the caller to word."""
     try:
         yield
     except OSError as err:
+        if err.errno is None:
+            raise
         raise fault(err, path) from err
 
 

@@ -193,7 +193,8 @@ def save_run(payload: dict[str, Any], save_dir: Path, update: int, numbered_copy
         save({**ema, "model": payload["ema"]}, save_dir / EMA)
     if numbered_copy and keep_last > 0:
         for old in numbered(save_dir)[:-keep_last]:
-            old.unlink(missing_ok=True)
+            with atomic.os_faults(old):
+                old.unlink(missing_ok=True)
 
 
 def average_last_of(run_dir: Path) -> int | None:

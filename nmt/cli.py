@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -88,11 +90,24 @@ def prepare(
 
 
 def run() -> None:
-    """Entry point that turns NmtError into one line on stderr and exit status 2."""
+    """Entry point that turns NmtError, and an OS fault no command named (standard output on a full disk),
+    into one line on stderr and exit status 2."""
     try:
-        app(prog_name="nmt")
+        try:
+            app(prog_name="nmt")
+        finally:
+            sys.stdout.flush()  # a full disk under redirected output shows here, not as a traceback at exit
     except NmtError as err:
         print(f"nmt: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as err:
+        from nmt import atomic
+
+        if err.errno not in atomic.LOCAL_FAULTS | {errno.EIO}:
+            raise
+        if err.filename is None:  # nmt names every file it writes: this was standard output
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit does not flush into it again
+        print(f"nmt: error: {atomic.fault(err, Path(err.filename or 'standard output'))}", file=sys.stderr)
         sys.exit(2)
 
 

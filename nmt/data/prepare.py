@@ -84,9 +84,8 @@ def _up_to_date(dest: Path, key: str) -> dict | None:
 def prepare(cfg: PrepareConfig) -> dict:
     """Run every step of ``nmt prepare`` and return the manifest it wrote (or found up to date)."""
     started = time.time()
-    cfg.dest.mkdir(parents=True, exist_ok=True)
-    work = cfg.dest / "work"
-    work.mkdir(exist_ok=True)
+    atomic.make_dir(cfg.dest)
+    work = atomic.make_dir(cfg.dest / "work")
     p = plan(cfg)
     if p.vocab_size < 8:
         raise NmtError(f"--vocab-size {p.vocab_size} is too small (at least 8: four special ids and some pieces)")
