@@ -139,23 +139,31 @@ class Disk:
     def __init__(self, room: int, code: int) -> None:
         self.room, self.code = room, code
 
-    def take(self, n: int) -> None:
-        if n > self.room:
-            self.room = 0
-            raise OSError(self.code, os.strerror(self.code))
-        self.room -= n
+    def fault(self) -> OSError:
+        return OSError(self.code, os.strerror(self.code))
 
 
 class FailingFile:
-    """A real file whose writes fail as the operating system's do (OSError with an errno) once its disk has no
-    room for them; everything else goes to the real file."""
+    """A real file whose writes fail as the kernel's do once its disk is full: what fits is written (a short
+    write), then OSError with the errno; everything else goes to the real file."""
 
     def __init__(self, f: IO, disk: Disk) -> None:
         self.f, self.disk = f, disk
 
     def write(self, data: Any) -> int:
-        self.disk.take(memoryview(data).nbytes if not isinstance(data, str) else len(data.encode()))
-        return self.f.write(data)
+        if isinstance(data, str):  # text: all or nothing (a text file's buffer hides short writes anyway)
+            if len(data.encode()) > self.disk.room:
+                raise self.disk.fault()
+            self.disk.room -= len(data.encode())
+            return self.f.write(data)
+        raw = memoryview(data).cast("B")
+        fits = min(len(raw), self.disk.room)
+        if fits:
+            self.f.write(raw[:fits])
+            self.disk.room -= fits
+        if fits < len(raw):
+            raise self.disk.fault()
+        return len(raw)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.f, name)
