@@ -93,10 +93,7 @@ def run() -> None:
     """Entry point that turns NmtError, and an OS fault no command named (standard output on a full disk),
     into one line on stderr and exit status 2."""
     try:
-        try:
-            app(prog_name="nmt")
-        finally:
-            sys.stdout.flush()  # a full disk under redirected output shows here, not as a traceback at exit
+        app(prog_name="nmt")
     except NmtError as err:
         print(f"nmt: error: {err}", file=sys.stderr)
         sys.exit(2)

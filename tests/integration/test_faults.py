@@ -247,9 +247,10 @@ def test_translations_to_a_full_disk(tmp_path: Path, cli: Callable[..., tuple[in
     tiny = Path(__file__).resolve().parents[1] / "fixtures" / "tiny" / "checkpoint.pt"
     source = tmp_path / "test.en"
     source.write_text("Open the file.\nSave it.\n")
-    with open("/dev/full", "w") as full:
-        message = one_line(*nmt("translate", str(tiny), "--input", str(source), stdout=full))
-    assert message == "standard output: no space left on the device; free space there (or choose another location) and run the command again"
+    for command in (["translate", str(tiny), "--input", str(source)], ["--help"]):
+        with open("/dev/full", "w") as full:
+            message = one_line(*nmt(*command, stdout=full))
+        assert message == "standard output: no space left on the device; free space there (or choose another location) and run the command again"
     with small_disk(tmp_path / "disk", 4) as disk:
         (disk / "old.txt").write_text("x" * 3000)
         message = one_line(*cli("translate", str(tiny), "--input", str(source), "-o", str(disk / "test.hyp")))
