@@ -139,6 +139,7 @@ def train(
     compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the model.")] = None,
     ema_decay: Annotated[Optional[float], typer.Option(help="Keep an exponential moving average of the weights (e.g. 0.9999; 0: off).")] = None,
     valid_bleu: Annotated[Optional[int], typer.Option(help="At each validation, beam-search this many dev sentences and report sacreBLEU (0: off).")] = None,
+    packing: Annotated[Optional[bool], typer.Option("--packing/--no-packing", help="Pack each batch's sentences into one row per side (no padding computed; the same batches and updates) [default: off; on CPUs its masks cost more than the padding saves].")] = None,
     gpus: Annotated[Optional[int], typer.Option(help="GPUs on this machine, one process each (NCCL). Under torchrun the environment decides.")] = None,
     cpu: Annotated[bool, typer.Option("--cpu", help="Train on the CPU even if a GPU is present.")] = False,
     nproc: Annotated[int, typer.Option(help="With --cpu: processes (gloo backend).")] = 1,
@@ -162,7 +163,7 @@ def train(
                    max_updates=max_updates, max_epochs=max_epochs, max_time=max_time, lr_schedule=lr_schedule, lr_scale=lr_scale,
                    peak_lr=peak_lr, warmup=warmup, label_smoothing=label_smoothing, clip_norm=clip_norm, validate_every=validate_every,
                    save_every=save_every, save_minutes=save_minutes, keep_last=keep_last, log_every=log_every, seed=seed,
-                   precision=precision, compile=compile, ema_decay=ema_decay, valid_bleu=valid_bleu),
+                   precision=precision, compile=compile, ema_decay=ema_decay, valid_bleu=valid_bleu, packing=packing),
         gpus=gpus, cpu=cpu, nproc=nproc, resume_from=resume_from,
     )
     result = run(cfg, dry_run=dry_run, reset=reset)

@@ -46,6 +46,11 @@ class TrainConfig:
     max_nonfinite: int = 10  # consecutive skipped updates before the run stops
     pad_multiple: int | None = None  # pad batches to a multiple of this; None: 8 on GPUs (tensor cores), 1 on CPUs
     valid_bleu: int = 0  # at each validation, beam-search this many dev sentences and report sacreBLEU
+    # Each batch's sentences packed into one row per side instead of padded rows (nmt.data.batching): the same
+    # batches and updates, with the padding's computation left out. Off by default: on CPUs the packed
+    # row's attention masks cost more than the padding saves (docs/performance.md); on GPUs the
+    # variable-length flash kernel computes it (nmt.kernels.varlen), to be measured there.
+    packing: bool = False
 
     def __post_init__(self) -> None:
         if self.lr_schedule not in ("noam", "inverse_sqrt"):

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from nmt import atomic, checkpoint, kernels
-from nmt.data.batching import collate_indices, token_batches
+from nmt.data.batching import Batch, collate_indices, collate_packed, pack_bucket, token_batches
 from nmt.data.dataset import ParallelDataset, read_manifest, read_vocabulary
 from nmt.device import slow_precision_warning
 from nmt.errors import NmtError
@@ -69,8 +69,7 @@ class Trainer:
         self.precision = self._precision()
         torch.manual_seed(t.seed)
         model = Transformer(self.model_cfg).to(dist.device)
-        if dist.device.type == "cpu":
-            kernels.install(model)
+        kernels.install(model, dist.device)
         self.params = [p for p in model.parameters() if p.requires_grad]
         # The fused kernel on CPUs too: 3-4× faster than the per-tensor loop there (the "foreach" one is slower).
         optimizer = torch.optim.Adam(self.params, lr=0.0, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_eps,
@@ -139,6 +138,13 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ one update
 
+    def collate(self, index: np.ndarray) -> Batch:
+        """The training batch of sentences ``index``: padded rows, or one packed row per side (--packing)."""
+        t = self.cfg.train
+        if t.packing:
+            return collate_packed(self.train_set, index, pack_bucket(t.max_tokens))
+        return collate_indices(self.train_set, index, t.pad_multiple)
+
     def group_size(self) -> int:
         return self.dist.world * self.cfg.train.update_freq
 
@@ -166,11 +172,11 @@ class Trainer:
         lengths = self.train_set.tgt_lengths
         group_tokens = sum(int(lengths[idx].sum()) + len(idx) for idx in group)
         for idx in group[self.dist.rank :: self.dist.world]:
-            batch = collate_indices(self.train_set, idx, t.pad_multiple).to(device)
+            batch = self.collate(idx).to(device)
             shape = f"source {tuple(batch.src.shape)}, target {tuple(batch.tgt_in.shape)}"
             try:
                 with autocast:
-                    hidden = self.step_features(batch.src, batch.tgt_in)
+                    hidden = self.step_features(batch.src, batch.tgt_in, batch.packing)
                     # The softmax and loss in float32 whatever the autocast dtype (a bf16 softmax over 37k classes loses mass).
                     loss, nll, n = output_cross_entropy(hidden.flatten(0, 1), model.output_weight, batch.tgt_out.view(-1), t.label_smoothing, PAD)
                 state.scaler.scale(loss / group_tokens).backward()
