@@ -103,7 +103,10 @@ def run() -> None:
         if err.errno not in atomic.LOCAL_FAULTS | {errno.EIO}:
             raise
         if err.filename is None:  # nmt names every file it writes: this was standard output
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit does not flush into it again
+            try:  # what is left in its buffer must not fail again, as a traceback, when Python exits
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            except (OSError, ValueError):
+                pass
         print(f"nmt: error: {atomic.fault(err, Path(err.filename or 'standard output'))}", file=sys.stderr)
         sys.exit(2)
 

@@ -5,10 +5,11 @@ checksum, and every id inside the vocabulary, in one pass over the memory map.
 shards in about a second from the page cache; docs/robustness.md has the measurements). ``nmt prepare``
 records it beside each file's SHA-256: the file's bytes as little-endian 64-bit words (the last one padded
 with zeros), summed in 4 KiB blocks, block j's sum weighted by the odd number 2j + 1, all modulo 2^64.
-Any change inside one block changes it (an odd weight is invertible modulo 2^64), and so does a block moved
-elsewhere; the size, checked first, catches zeros appended. It finds accidental damage (a failing disk, a
-copy cut short, a stray write), not a deliberate forgery: that is what the SHA-256 is for, and SHA-256 runs
-at a tenth of the speed. Manifests written before ``checksum64`` existed are checked against their SHA-256.
+Any change inside one block changes it (an odd weight is invertible modulo 2^64), and so, almost surely,
+does a block moved elsewhere; the size, checked first, catches zeros appended. It finds accidental damage (a
+failing disk, a copy cut short, a stray write), not a deliberate forgery: that is what the SHA-256 is for,
+which runs at a quarter of the speed. Manifests written before ``checksum64`` existed are checked against
+their SHA-256.
 """
 
 from __future__ import annotations
