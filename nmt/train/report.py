@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,7 @@ class Reporter:
 
     def __init__(self, save_dir: Path, main: bool) -> None:
         self.save_dir, self.main = save_dir, main
+        self.started = time.time()
         self.log_file = None
         self.tensorboard = None
         self.bar = None
@@ -113,6 +115,8 @@ class Reporter:
                 self.tensorboard = SummaryWriter(str(self.save_dir / "tensorboard"))
             except ImportError:
                 self.tensorboard = None
+        # Seconds since this process started training: what learning curves against time are drawn on.
+        record = {**record, "elapsed_s": round(time.time() - self.started, 3)}
         self.log_file.write(json.dumps(record) + "\n")
         self.log_file.flush()
         if self.tensorboard is not None:
