@@ -217,21 +217,31 @@ def translate(
     output up to source + 50 when the recipe has none); the options here override them.
     """
     from nmt import atomic
-    from nmt.decode.translate import TranslateConfig, Translator
 
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
     if input is not None and not input.exists():
         raise NmtError(f"{input}: file not found")
+    for path in checkpoints:
+        if not path.is_file():
+            raise NmtError(f"{path}: checkpoint not found")
     interactive = input is None and sys.stdin.isatty()
     size = buffer_size or (1 if interactive else 2000)
-    overrides = dict(beam=beam, lenpen=lenpen, penalty=penalty, max_len_a=max_len_a, max_len_b=max_len_b, stop=stop,
-                                  max_tokens=max_tokens, nbest=nbest)
-    translator = Translator(checkpoints, TranslateConfig(buffer_size=size, scores=scores, device=device, dtype=dtype), **overrides)
     source = open(input, "rb") if input else sys.stdin.buffer
     try:
+        if not interactive and not source.peek(1):
+            # Nothing to translate: answer at once, without the second or more that torch and the model take.
+            if output is not None:
+                atomic.write_text(output, "")
+                console.print(f"translated 0 lines → {output}")
+            return
+        from nmt.decode.translate import TranslateConfig, Translator
+
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        overrides = dict(beam=beam, lenpen=lenpen, penalty=penalty, max_len_a=max_len_a, max_len_b=max_len_b, stop=stop,
+                         max_tokens=max_tokens, nbest=nbest)
+        translator = Translator(checkpoints, TranslateConfig(buffer_size=size, scores=scores, device=device, dtype=dtype), **overrides)
         if output is None:
             translator.translate_stream(source, sys.stdout, size)
             return

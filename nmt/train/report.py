@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,7 @@ class Reporter:
 
     def __init__(self, save_dir: Path, main: bool) -> None:
         self.save_dir, self.main = save_dir, main
+        self.started = time.time()
         self.log_file = None
         self.tensorboard = None
         self.bar = None
@@ -116,6 +118,8 @@ class Reporter:
                 self.tensorboard = SummaryWriter(str(self.save_dir / "tensorboard"))
             except ImportError:
                 self.tensorboard = None
+        # Seconds since this process started training: what learning curves against time are drawn on.
+        record = {**record, "elapsed_s": round(time.time() - self.started, 3)}
         self._append((json.dumps(record) + "\n").encode())
         if self.tensorboard is not None:
             for key, value in record.items():

@@ -50,14 +50,15 @@ def test_eta_takes_whichever_limit_comes_first() -> None:
 def test_a_record_that_does_not_fit_is_cut_back_to_the_last_whole_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A full disk while train.jsonl is appended (injected: the kernel's short write, then ENOSPC): the half
     line written is cut away, so every reader of the log still parses it, and the fault is one line."""
-    first = {"update": 1, "loss": 5.0}
-    fail_writes(monkeypatch, report, errno.ENOSPC, room=len(json.dumps(first)) + 1 + 10)
+    disk = fail_writes(monkeypatch, report, errno.ENOSPC, room=1 << 20)
     reporter = Reporter(tmp_path, main=True)
-    reporter.log(first)
+    reporter.log({"update": 1, "loss": 5.0})
+    before = (tmp_path / "train.jsonl").read_text()
+    disk.room = 10  # the next record's first 10 bytes fit
     with pytest.raises(NmtError) as err:
         reporter.log({"update": 2, "loss": 4.5, "ppl": 90.0})
     assert str(err.value) == f"{tmp_path / 'train.jsonl'}: no space left on the device; free space there (or choose another location) and run the command again"
-    assert (tmp_path / "train.jsonl").read_text() == json.dumps(first) + "\n"
+    assert (tmp_path / "train.jsonl").read_text() == before and json.loads(before)["update"] == 1
 
 
 def test_a_real_full_disk_under_the_log(tmp_path: Path) -> None:
