@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -88,11 +90,24 @@ def prepare(
 
 
 def run() -> None:
-    """Entry point that turns NmtError into one line on stderr and exit status 2."""
+    """Entry point that turns NmtError, and an OS fault no command named (standard output on a full disk),
+    into one line on stderr and exit status 2."""
     try:
         app(prog_name="nmt")
     except NmtError as err:
         print(f"nmt: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as err:
+        from nmt import atomic
+
+        if err.errno not in atomic.LOCAL_FAULTS | {errno.EIO}:
+            raise
+        if err.filename is None:  # nmt names every file it writes: this was standard output
+            try:  # what is left in its buffer must not fail again, as a traceback, when Python exits
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            except (OSError, ValueError):
+                pass
+        print(f"nmt: error: {atomic.fault(err, Path(err.filename or 'standard output'))}", file=sys.stderr)
         sys.exit(2)
 
 
@@ -132,6 +147,7 @@ def train(
     cpu: Annotated[bool, typer.Option("--cpu", help="Train on the CPU even if a GPU is present.")] = False,
     nproc: Annotated[int, typer.Option(help="With --cpu: processes (gloo backend).")] = 1,
     reset: Annotated[bool, typer.Option("--reset", help="Start anew in a run folder that holds another run: its checkpoints and logs are moved into previous-N/ inside it.")] = False,
+    resume_from: Annotated[Optional[Path], typer.Option(help="Continue from this checkpoint, or from the newest intact checkpoint of this run folder, instead of --save-dir's checkpoint_last.pt. Every checkpoint is verified as it is loaded; a damaged checkpoint_last.pt stops the run and names the newest intact one, never passed over without this option.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Build everything, time a few updates, print the plan and exit.")] = False,
 ) -> None:
     """Train a Transformer on a prepared dataset; re-running the same command resumes exactly."""
@@ -151,7 +167,7 @@ def train(
                    peak_lr=peak_lr, warmup=warmup, label_smoothing=label_smoothing, clip_norm=clip_norm, validate_every=validate_every,
                    save_every=save_every, save_minutes=save_minutes, keep_last=keep_last, log_every=log_every, seed=seed,
                    precision=precision, compile=compile, ema_decay=ema_decay, valid_bleu=valid_bleu, packing=packing),
-        gpus=gpus, cpu=cpu, nproc=nproc,
+        gpus=gpus, cpu=cpu, nproc=nproc, resume_from=resume_from,
     )
     result = run(cfg, dry_run=dry_run, reset=reset)
     if dry_run:

@@ -76,6 +76,9 @@ class RunConfig:
     gpus: int = 0
     cpu: bool = False
     nproc: int = 1
+    # Continue from this checkpoint, or from the newest intact checkpoint of this run folder, instead of
+    # save_dir's checkpoint_last.pt (which a damaged file there otherwise stops: nmt.train.resume.starting_point).
+    resume_from: Path | None = None
 
 
 # The paper's schedule for each size, what a run gets without a recipe (§5.2, §6.1, paper-recipe §2.4):
@@ -139,6 +142,6 @@ def batch_plan(cfg: RunConfig, train_pairs: int) -> dict[str, int]:
 def to_plain(cfg: RunConfig) -> dict[str, Any]:
     """The configuration as plain data (strings, numbers, dicts) for JSON and checkpoints."""
     plain = asdict(cfg)
-    for key in ("data", "save_dir"):
-        plain[key] = str(plain[key])
+    for key in ("data", "save_dir", "resume_from"):
+        plain[key] = None if plain[key] is None else str(plain[key])
     return plain

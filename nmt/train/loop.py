@@ -19,7 +19,7 @@ import torch
 
 from nmt import atomic, checkpoint, kernels
 from nmt.data.batching import Batch, collate_indices, collate_packed, pack_bucket, token_batches
-from nmt.data.dataset import ParallelDataset, read_manifest
+from nmt.data.dataset import ParallelDataset, read_manifest, read_vocabulary
 from nmt.device import slow_precision_warning
 from nmt.errors import NmtError
 from nmt.kernels import output_cross_entropy
@@ -60,7 +60,7 @@ class Trainer:
         self.manifest = read_manifest(cfg.data)
         self.train_set = ParallelDataset(cfg.data, "train")
         self.valid_set = ParallelDataset(cfg.data, "valid") if "valid" in self.manifest["splits"] else None
-        self.vocab = torch.frombuffer(bytearray((cfg.data / "spm.model").read_bytes()), dtype=torch.uint8)
+        self.vocab = torch.frombuffer(bytearray(read_vocabulary(cfg.data, self.manifest)), dtype=torch.uint8)
 
         # The model, the same initial weights on every rank, and what updates it.
         try:
@@ -97,14 +97,12 @@ class Trainer:
         if reset and dist.main:
             resume.archive_run(cfg.save_dir, self.report.say)
         D.barrier(dist.world)
-        last = cfg.save_dir / checkpoint.LAST
-        if last.exists():
-            ckpt = checkpoint.load(last)
-            resume.check_resumable(ckpt, last, cfg, self.model_cfg, self.vocab, self.plan)
-            for note in resume.restore(ckpt, self.state, cfg, dist):
+        if start := resume.starting_point(cfg.save_dir, cfg.resume_from):
+            resume.check_resumable(start.ckpt, start.path, cfg, self.model_cfg, self.vocab, self.plan)
+            for note in start.notes + resume.restore(start.ckpt, self.state, cfg, dist):
                 self.report.say(note)
             p = self.progress
-            self.report.say(f"resumed from {last} at update {p.update} (epoch {p.epoch}, batch {p.batch})")
+            self.report.say(f"resumed from {start.path} at update {p.update} (epoch {p.epoch}, batch {p.batch})")
 
     @property
     def model(self) -> Transformer:

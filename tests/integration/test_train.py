@@ -106,7 +106,7 @@ def test_resume_refuses_other_batching_and_other_vocabulary(small_data: Path, sm
     summary = run(moved, reset=True)
     assert summary["updates"] == 4  # started anew, not resumed at 2
     kept = tmp_path / "run" / "previous-1"
-    assert set(before) <= {p.name for p in kept.iterdir()} | {"previous-1"}
+    assert set(before) <= {p.name for p in kept.iterdir()} | {"previous-1", "train.lock"}  # the lock is the folder's, not the run's
     assert checkpoint.load(kept / "checkpoint_last.pt")["progress"]["loop"]["update"] == 2  # nothing lost
     assert checkpoint.vocab_digest(checkpoint.load(tmp_path / "run" / "checkpoint_last.pt")) != checkpoint.vocab_digest(checkpoint.load(kept / "checkpoint_last.pt"))
 
