@@ -6,10 +6,13 @@ process, so that its peak memory (``VmHWM``, the process's peak resident set) is
 
 - nmt: ``Translator``, batched by tokens, for each ``--dtype`` the device supports (fp32 on a CPU) and each
   stopping rule (``--stop beam``, nmt's default and CTranslate2's rule; ``--stop bound``, exact, the paper recipes');
-- CTranslate2, for each ``--ct2`` compute type (default float32 and int8, quantized at load time from the
-  same float32 export) and each ``--ct2-setup`` (its default kernels, oneDNN instead of MKL, one thread),
-  through ``nmt.export.ct2.CT2Translator`` (same normalisation, limits and penalty); the reference is its
-  fastest float32 set-up;
+- CTranslate2 as its users run it (its documentation's ``translate_batch``): one call over all the lines,
+  its own sorting and batching, for each ``--ct2`` compute type (default float32 and int8, quantized at
+  load time from the same float32 export), each ``--ct2-setup`` (its default kernels, oneDNN instead of
+  MKL, one thread) and each ``--ct2-batch`` (``max_batch_size`` in examples, or ``tokens:N``); the
+  reference of the × column is its fastest float32 row;
+- CTranslate2 with nmt's exact semantics (``nmt.export.ct2.CT2Translator``: one call per source length,
+  to reproduce the per-sentence output limit), an agreement check only: the share of identical lines;
 - MarianMTModel.generate from the exported folder (``pip install transformers`` for that row).
 
 The CTranslate2 processes do not import torch (``CT2Translator`` does not need it), so their memory is
@@ -23,12 +26,14 @@ and its RSS once the model was loaded (for GPU rows also torch's peak allocated 
 lines identical to the first nmt row. Translation time excludes loading.
 
     python bench/decode_bench.py runs/quickstart/averaged.pt --threads 2 [--lines 500]
+    python bench/decode_bench.py base.pt --random-base --threads 2   # a base-sized model, random weights
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import asdict
 import os
 import subprocess
 import sys
@@ -64,13 +69,38 @@ def run_nmt(args: argparse.Namespace, dtype: str, stop: str, lines: list[str]) -
     return out, time.perf_counter() - start, loaded
 
 
-def run_ct2(args: argparse.Namespace, compute_type: str, setup: str, lines: list[str]) -> tuple[list[str], float, float]:
+def run_ct2(args: argparse.Namespace, compute_type: str, setup: str, batch: str, lines: list[str]) -> tuple[list[str], float, float]:
+    """CTranslate2 as its documentation shows it: SentencePiece pieces in, one ``translate_batch`` over every
+    line, its own sorting by length and batching (``max_batch_size`` examples, or ``tokens:N``)."""
+    import ctranslate2
+    import sentencepiece as spm
+
+    from nmt.data.text import normalise
+
+    folder = args.export / "ctranslate2"
+    info = json.loads((folder / "nmt_export.json").read_text())
+    device = "cuda" if args.device.startswith("cuda") else "cpu"
+    translator = ctranslate2.Translator(str(folder), device=device, compute_type=compute_type,
+                                        intra_threads=1 if setup == "1thread" else args.threads, inter_threads=1)
+    proc = spm.SentencePieceProcessor(model_file=str(folder / info["sentencepiece"]))
+    batch_type, size = ("tokens", int(batch.split(":")[1])) if batch.startswith("tokens:") else ("examples", int(batch))
+    loaded = rss_mib()
+    start = time.perf_counter()
+    pieces = [proc.encode(normalise(line, info["source_language"]), out_type=str)[: info["max_source_tokens"]] for line in lines]
+    results = translator.translate_batch(pieces, beam_size=args.beam, length_penalty=args.lenpen, max_batch_size=size,
+                                         batch_type=batch_type, max_decoding_length=info["max_positions"] - 1)
+    out = [proc.decode(r.hypotheses[0]) if p else "" for p, r in zip(pieces, results)]
+    return out, time.perf_counter() - start, loaded
+
+
+def run_ct2_exact(args: argparse.Namespace, compute_type: str, lines: list[str]) -> tuple[list[str], float, float]:
+    """CTranslate2 with nmt's semantics (one call per source length for the per-sentence output limit): the
+    agreement check, not a speed reference (nobody runs CTranslate2 that way)."""
     from nmt.decode.config import DecodeConfig
     from nmt.export.ct2 import CT2Translator
 
     device = "cuda" if args.device.startswith("cuda") else "cpu"
-    threads = 1 if setup == "1thread" else args.threads
-    translator = CT2Translator(args.export / "ctranslate2", device=device, compute_type=compute_type, threads=threads)
+    translator = CT2Translator(args.export / "ctranslate2", device=device, compute_type=compute_type, threads=args.threads)
     loaded = rss_mib()
     start = time.perf_counter()
     out = translator.translate(lines, DecodeConfig(beam=args.beam, penalty="fairseq", lenpen=args.lenpen))
@@ -113,12 +143,32 @@ def run_hf(args: argparse.Namespace, lines: list[str]) -> tuple[list[str], float
     return out, time.perf_counter() - start, loaded
 
 
+def random_base(path: Path) -> Path:
+    """A base-sized model (the paper's base: 6+6 layers, d_model 512, FFN 2048, 8 heads) with random weights,
+    the vocabulary and [decode] settings of the checkpoint at ``path``; written beside it."""
+    import torch
+
+    from nmt import checkpoint
+    from nmt.model.config import model_config
+    from nmt.model.transformer import Transformer
+
+    ckpt = checkpoint.load(path)
+    torch.manual_seed(0)
+    model = Transformer(model_config("base", vocab_size=ckpt["model_config"]["vocab_size"]))
+    out = path.with_name(path.stem + ".base-random.pt")
+    meta = {k: ckpt[k] for k in ("config", "vocab", "manifest") if k in ckpt}
+    checkpoint.save({**meta, "model": model.state_dict(), "model_config": asdict(model.cfg)}, out)
+    return out
+
+
 def worker(args: argparse.Namespace) -> None:
     lines = args.input.read_text(encoding="utf-8").splitlines()[: args.lines or None]
-    system, variant, *rest = args.worker.split(":")  # rest: the stopping rule (nmt) or set-up (ct2)
+    system, variant, *rest = args.worker.split(":", 3)  # rest: the stopping rule (nmt), or set-up and batching (ct2)
     gpu = None
     if system == "ct2":  # without torch in the process, so that its memory is CTranslate2's own
-        out, seconds, loaded = run_ct2(args, variant, rest[0], lines)
+        out, seconds, loaded = run_ct2(args, variant, rest[0], rest[1], lines)
+    elif system == "ct2exact":
+        out, seconds, loaded = run_ct2_exact(args, variant, lines)
     else:
         import torch
 
@@ -140,7 +190,7 @@ def measure(args: argparse.Namespace, system: str) -> dict:
            "--input", str(args.input), "--threads", str(args.threads), "--beam", str(args.beam), "--lenpen", str(args.lenpen),
            "--lines", str(args.lines), "--device", args.device]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
-    if system.endswith(":nomkl"):
+    if ":nomkl" in system:
         env["CT2_USE_MKL"] = "0"  # CTranslate2's oneDNN/own kernels instead of Intel MKL
     status = subprocess.run(cmd, env=env).returncode
     if status != 0:
@@ -166,6 +216,12 @@ def main() -> None:
                         help="CTranslate2 set-ups, each a row: default (its own choice of kernels, --threads), nomkl "
                              "(CT2_USE_MKL=0: oneDNN instead of Intel MKL), 1thread (one intra-op thread). The fastest "
                              "float32 row is the reference of the × column.")
+    parser.add_argument("--ct2-batch", nargs="+", default=["32", "64", "tokens:2048"],
+                        help="CTranslate2's batching, each a row: max_batch_size in examples (its documentation's examples use 32 "
+                             "and 64), or tokens:N for batch_type='tokens'.")
+    parser.add_argument("--random-base", action="store_true",
+                        help="Write a base-sized model (6+6 layers, d_model 512) with random weights and CHECKPOINT's vocabulary to "
+                             "CHECKPOINT.base-random.pt and measure that (speed depends on the shapes, not on the weights).")
     parser.add_argument("--stop", nargs="+", default=["beam", "bound"],
                         help="nmt's stopping rules: beam (the default of nmt translate, CTranslate2's rule) and bound (exact, the paper recipes').")
     parser.add_argument("--repeat", type=int, default=2, help="Rounds over all systems; each keeps its fastest.")
@@ -181,6 +237,8 @@ def main() -> None:
 
     from nmt.export import export
 
+    if args.random_base:
+        args.checkpoint = random_base(args.checkpoint)
     dtypes = args.dtype or (["fp32"] if args.device == "cpu" else ["fp32", "bf16", "fp16"])
     have_ct2 = importlib.util.find_spec("ctranslate2") is not None
     have_hf = importlib.util.find_spec("transformers") is not None
@@ -189,7 +247,8 @@ def main() -> None:
         systems = [f"nmt:{d}:{stop}" for d in dtypes for stop in args.stop]
         if have_ct2:
             export(args.checkpoint, "ctranslate2", args.export / "ctranslate2")
-            systems += [f"ct2:{c}:{setup}" for c in args.ct2 for setup in args.ct2_setup]
+            systems += [f"ct2:{c}:{setup}:{batch}" for c in args.ct2 for setup in args.ct2_setup for batch in args.ct2_batch]
+            systems.append("ct2exact:float32:agreement")
         else:
             print("ctranslate2 is not installed: no CTranslate2 rows (pip install 'nmt[ctranslate2]')")
         if have_hf:
@@ -218,22 +277,27 @@ def main() -> None:
           f"device {args.device}, torch {torch.__version__}, best of {args.repeat} rounds")
     # CTranslate2's best float32 set-up on this machine: its default can be far from it (on a 2-core
     # Sapphire Rapids VM, Intel MKL with 2 threads ran 5-9× slower than with 1, or than oneDNN with 2).
-    ct2_rows = [r["seconds"] for name, r in results.items() if name.startswith("ct2:float32:") and "failed" not in r]
+    ct2_rows = [r["seconds"] for name, r in results.items() if name.startswith(("ct2:float32:", "ct2:float16:")) and "failed" not in r]
     ct2 = min(ct2_rows) if ct2_rows else None
-    print(f"{'system':<32}{'sent/s':>9}{'× CT2 fp32':>11}{'out tok/s':>11}{'peak RSS MiB':>14}{'loaded MiB':>12}{'GPU MiB':>9}{'identical':>11}")
+    print(f"{'system':<52}{'sent/s':>9}{'× CT2 best':>11}{'out tok/s':>11}{'peak RSS MiB':>14}{'loaded MiB':>12}{'GPU MiB':>9}{'identical':>11}")
     for system in systems:
         r = results[system]
         if "failed" in r:
-            print(f"{system:<32} failed (exit status {r['failed']})")
+            print(f"{system:<52} failed (exit status {r['failed']})")
             continue
         tokens = sum(len(proc.encode(o)) + 1 for o in r["out"])
         same = sum(a == b for a, b in zip(r["out"], reference)) / max(n, 1) if reference else float("nan")
         gpu = f"{r['gpu_mib']:.0f}" if r.get("gpu_mib") else "-"
-        kind, variant, *rest = system.split(":")
-        label = f"--stop {rest[0]}" if kind == "nmt" else (rest[0] if rest and rest[0] != "default" else "")
-        name = f"{dict(nmt='nmt', ct2='CTranslate2', hf='MarianMTModel')[kind]} {variant} {label}".rstrip()
+        kind, variant, *rest = system.split(":", 3)
+        if kind == "nmt":
+            label = f"--stop {rest[0]}"
+        elif kind == "ct2":
+            label = " ".join(x for x in (rest[0] if rest[0] != "default" else "", f"batch {rest[1]}") if x)
+        else:
+            label = "(exact semantics: agreement only)" if kind == "ct2exact" else ""
+        name = f"{dict(nmt='nmt', ct2='CTranslate2', ct2exact='CTranslate2', hf='MarianMTModel')[kind]} {variant} {label}".rstrip()
         ratio = f"{ct2 / r['seconds']:.2f}" if ct2 else "-"
-        print(f"{name:<32}{n / r['seconds']:>9.1f}{ratio:>11}{tokens / r['seconds']:>11.0f}{r['peak_mib']:>14.0f}{r['loaded_mib']:>12.0f}{gpu:>9}{100 * same:>10.1f}%")
+        print(f"{name:<52}{n / r['seconds']:>9.1f}{ratio:>11}{tokens / r['seconds']:>11.0f}{r['peak_mib']:>14.0f}{r['loaded_mib']:>12.0f}{gpu:>9}{100 * same:>10.1f}%")
 
 
 if __name__ == "__main__":

@@ -13,9 +13,21 @@
 #     resume (exact resume on REAL_DATA) or decode (a base model trained on REAL_DATA for two minutes,
 #     then nmt translate on TEST_PREFIX.en, scored against TEST_PREFIX.de)
 #     OUT:  a folder for logs and runs
+#
+#   bash bench/gpu.sh campaign OUT [--smoke]   the three questions only a GPU answers (bench/campaign.py):
+#     training speed padded/packed/compiled, a base model trained on gettext-en-de for 5 minutes, decoding
+#     against CTranslate2 on the GPU; about 10 minutes. --smoke: the same steps on a CPU, tiny, in about 3.
+#   bash bench/gpu.sh packing OUT [--smoke]    question 1 alone: the packed/padded check on the GPU, then
+#     big and base padded against packed, eager against --compile, at 32k/64k/128k tokens.
 set -uo pipefail
 part=$1; out=$2; data=${3:-}; test=${4:-}
 mkdir -p "$out"
+if [ "$part" = campaign ] || [ "$part" = packing ]; then
+  shift 2
+  only=(); [ "$part" = packing ] && only=(--only speed)
+  python3 bench/campaign.py "$out" "${only[@]}" "$@"
+  exit $?
+fi
 nmt() { python3 -m nmt "$@"; }
 # The last log record of a run that has figures in it, reduced to what the summary needs.
 last() { python3 - "$1" <<'EOF'

@@ -26,6 +26,7 @@ import numpy as np
 from nmt import atomic
 from nmt.data.binarize import TokenWriter, sha256, token_dtype
 from nmt.data.spm import load_spm, train_spm
+from nmt.data.verify import checksum64
 from nmt.tokens import BOS, EOS, PAD, UNK
 
 
@@ -84,7 +85,7 @@ def main() -> None:
         "normalisation": "none (random ids)",
         "limits": {"max_len": 250, "max_ratio": None, "ratio_min_words": None, "dedup": False},
         "splits": splits, "tests": [],
-        "files": {f.name: {"bytes": f.stat().st_size, "sha256": sha256(f)} for f in files},
+        "files": {f.name: {"bytes": f.stat().st_size, "sha256": sha256(f), "checksum64": checksum64(f)} for f in files},
     }
     atomic.write_json(args.dest / "manifest.json", manifest)
     tokens = splits["train"]["tgt_tokens"]

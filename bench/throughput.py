@@ -4,7 +4,8 @@ Both train the same architecture on the same prepared corpus (``nmt prepare`` ou
 gettext-en-de), for the same wall time each, alternating so that both see the same machine state:
 
 - nmt: the real ``Trainer`` (token batches, label-smoothed loss, Adam with the paper's schedule, the
-  statistics, logging), with each ``--precision`` asked for (fp32, bf16, ...);
+  statistics, logging), with each ``--precision`` asked for (fp32, bf16, ...), padded and, with
+  ``--packing``, also packed (the same batches, one row per side);
 - plain: ``torch.nn.Transformer`` with the paper's embeddings (scaled, sinusoidal, tied output), batches of
   length-sorted pairs holding exactly ``--plain-tokens`` real target tokens each, ``F.cross_entropy`` with
   label smoothing, Adam: the loop anyone would write in an afternoon.
@@ -15,6 +16,7 @@ the plain loop, the real target tokens per update, and the padding efficiency.
     python bench/throughput.py data-bin/gettext-en-de --arch tiny --seconds 60
     python bench/throughput.py DATA --arch tiny --model encoder_layers=3 decoder_layers=3 d_model=256 heads=4 d_ff=1024 \\
         --precision fp32 bf16 --seconds 120
+    python bench/throughput.py DATA --arch tiny --precision fp32 --packing --seconds 60 --rounds 2
 """
 
 from __future__ import annotations
@@ -97,9 +99,9 @@ def run_plain(data: ParallelDataset, cfg: RunConfig, vocab: int, tokens: int, se
     return {"tok_s": statistics.median(windows[1:] or windows), "tokens_per_update": tokens, "pad_efficiency": float("nan")}
 
 
-def run_nmt(data_dir: Path, cfg: RunConfig, precision: str, seconds: float) -> dict:
+def run_nmt(data_dir: Path, cfg: RunConfig, precision: str, seconds: float, packing: bool = False) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        run = replace(cfg, save_dir=Path(tmp), train=replace(cfg.train, precision=precision, max_time=seconds, log_every=10,
+        run = replace(cfg, save_dir=Path(tmp), train=replace(cfg.train, precision=precision, max_time=seconds, log_every=10, packing=packing,
                                                              max_updates=10**9, save_every=10**9, validate_every=10**9, save_minutes=1e9))
         Trainer(run, Dist()).fit()
         records = [json.loads(line) for line in (Path(tmp) / "train.jsonl").read_text().splitlines()]
@@ -121,6 +123,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0, help="Wall time of each run.")
     parser.add_argument("--rounds", type=int, default=1, help="Rounds of all runs; each keeps its best.")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--packing", action="store_true", help="Also run nmt with --packing, for each precision.")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     overrides = {k: (int(v) if v.isdigit() else float(v) if v.replace(".", "", 1).isdigit() else v)
@@ -133,6 +136,8 @@ def main() -> None:
     for _ in range(args.rounds):
         runs = {"plain fp32": lambda: run_plain(data, cfg, vocab, args.plain_tokens, args.seconds)}
         runs |= {f"nmt {p}": (lambda p=p: run_nmt(args.data, cfg, p, args.seconds)) for p in args.precision}
+        if args.packing:
+            runs |= {f"nmt {p} packed": (lambda p=p: run_nmt(args.data, cfg, p, args.seconds, packing=True)) for p in args.precision}
         for name, measure in runs.items():
             result = measure()
             if name not in best or result["tok_s"] > best[name]["tok_s"]:
@@ -141,9 +146,9 @@ def main() -> None:
     print(f"\n{args.data}: {m.encoder_layers}+{m.decoder_layers} layers, d_model {m.d_model}, d_ff {m.d_ff}, {m.heads} heads, "
           f"vocabulary {vocab}; {args.threads} threads, {args.seconds:.0f} s a run, best of {args.rounds}; torch {torch.__version__}")
     plain = best["plain fp32"]["tok_s"]
-    print(f"{'loop':<14}{'tgt tok/s':>11}{'× plain':>9}{'tgt tok/update':>16}{'pad eff':>9}")
+    print(f"{'loop':<18}{'tgt tok/s':>11}{'× plain':>9}{'tgt tok/update':>16}{'pad eff':>9}")
     for name, r in best.items():
-        print(f"{name:<14}{r['tok_s']:>11.0f}{r['tok_s'] / plain:>9.2f}{r['tokens_per_update']:>16.0f}{r['pad_efficiency']:>9.2f}")
+        print(f"{name:<18}{r['tok_s']:>11.0f}{r['tok_s'] / plain:>9.2f}{r['tokens_per_update']:>16.0f}{r['pad_efficiency']:>9.2f}")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -93,11 +95,24 @@ def prepare(
 
 
 def run() -> None:
-    """Entry point that turns NmtError into one line on stderr and exit status 2."""
+    """Entry point that turns NmtError, and an OS fault no command named (standard output on a full disk),
+    into one line on stderr and exit status 2."""
     try:
         app(prog_name="nmt")
     except NmtError as err:
         print(f"nmt: error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as err:
+        from nmt import atomic
+
+        if err.errno not in atomic.LOCAL_FAULTS | {errno.EIO}:
+            raise
+        if err.filename is None:  # nmt names every file it writes: this was standard output
+            try:  # what is left in its buffer must not fail again, as a traceback, when Python exits
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            except (OSError, ValueError):
+                pass
+        print(f"nmt: error: {atomic.fault(err, Path(err.filename or 'standard output'))}", file=sys.stderr)
         sys.exit(2)
 
 
@@ -132,10 +147,12 @@ def train(
     compile: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile the model.")] = None,
     ema_decay: Annotated[Optional[float], typer.Option(help="Keep an exponential moving average of the weights (e.g. 0.9999; 0: off).")] = None,
     valid_bleu: Annotated[Optional[int], typer.Option(help="At each validation, beam-search this many dev sentences and report sacreBLEU (0: off).")] = None,
+    packing: Annotated[Optional[bool], typer.Option("--packing/--no-packing", help="Pack each batch's sentences into one row per side (no padding computed; the same batches and updates) [default: off; on CPUs its masks cost more than the padding saves].")] = None,
     gpus: Annotated[Optional[int], typer.Option(help="GPUs on this machine, one process each (NCCL). Under torchrun the environment decides.")] = None,
     cpu: Annotated[bool, typer.Option("--cpu", help="Train on the CPU even if a GPU is present.")] = False,
     nproc: Annotated[int, typer.Option(help="With --cpu: processes (gloo backend).")] = 1,
     reset: Annotated[bool, typer.Option("--reset", help="Start anew in a run folder that holds another run: its checkpoints and logs are moved into previous-N/ inside it.")] = False,
+    resume_from: Annotated[Optional[Path], typer.Option(help="Continue from this checkpoint, or from the newest intact checkpoint of this run folder, instead of --save-dir's checkpoint_last.pt. Every checkpoint is verified as it is loaded; a damaged checkpoint_last.pt stops the run and names the newest intact one, never passed over without this option.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Build everything, time a few updates, print the plan and exit.")] = False,
 ) -> None:
     """Train a Transformer on a prepared dataset; re-running the same command resumes exactly."""
@@ -154,8 +171,8 @@ def train(
                    max_updates=max_updates, max_epochs=max_epochs, max_time=max_time, lr_schedule=lr_schedule, lr_scale=lr_scale,
                    peak_lr=peak_lr, warmup=warmup, label_smoothing=label_smoothing, clip_norm=clip_norm, validate_every=validate_every,
                    save_every=save_every, save_minutes=save_minutes, keep_last=keep_last, log_every=log_every, seed=seed,
-                   precision=precision, compile=compile, ema_decay=ema_decay, valid_bleu=valid_bleu),
-        gpus=gpus, cpu=cpu, nproc=nproc,
+                   precision=precision, compile=compile, ema_decay=ema_decay, valid_bleu=valid_bleu, packing=packing),
+        gpus=gpus, cpu=cpu, nproc=nproc, resume_from=resume_from,
     )
     result = run(cfg, dry_run=dry_run, reset=reset)
     if dry_run:
@@ -205,21 +222,31 @@ def translate(
     output up to source + 50 when the recipe has none); the options here override them.
     """
     from nmt import atomic
-    from nmt.decode.translate import TranslateConfig, Translator
 
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
     if input is not None and not input.exists():
         raise NmtError(f"{input}: file not found")
+    for path in checkpoints:
+        if not path.is_file():
+            raise NmtError(f"{path}: checkpoint not found")
     interactive = input is None and sys.stdin.isatty()
     size = buffer_size or (1 if interactive else 2000)
-    overrides = dict(beam=beam, lenpen=lenpen, penalty=penalty, max_len_a=max_len_a, max_len_b=max_len_b, stop=stop,
-                                  max_tokens=max_tokens, nbest=nbest)
-    translator = Translator(checkpoints, TranslateConfig(buffer_size=size, scores=scores, device=device, dtype=dtype), **overrides)
     source = open(input, "rb") if input else sys.stdin.buffer
     try:
+        if not interactive and not source.peek(1):
+            # Nothing to translate: answer at once, without the second or more that torch and the model take.
+            if output is not None:
+                atomic.write_text(output, "")
+                console.print(f"translated 0 lines → {output}")
+            return
+        from nmt.decode.translate import TranslateConfig, Translator
+
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        overrides = dict(beam=beam, lenpen=lenpen, penalty=penalty, max_len_a=max_len_a, max_len_b=max_len_b, stop=stop,
+                         max_tokens=max_tokens, nbest=nbest)
+        translator = Translator(checkpoints, TranslateConfig(buffer_size=size, scores=scores, device=device, dtype=dtype), **overrides)
         if output is None:
             translator.translate_stream(source, sys.stdout, size)
             return

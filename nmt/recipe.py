@@ -112,7 +112,7 @@ def load_recipe(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
 def run_config(
     recipe: dict[str, Any] | None = None, *, data: Path | None = None, arch: str | None = None, save_dir: Path | None = None,
     model: dict[str, Any] | None = None, train: dict[str, Any] | None = None, decode: dict[str, Any] | None = None,
-    gpus: int | None = None, cpu: bool = False, nproc: int = 1,
+    gpus: int | None = None, cpu: bool = False, nproc: int = 1, resume_from: Path | None = None,
 ) -> RunConfig:
     """The run's configuration: defaults < architecture preset < ``recipe`` < the keyword arguments given
     (command-line options; ``None`` values are options left unset)."""
@@ -136,6 +136,7 @@ def run_config(
         gpus=0 if cpu else gpus if gpus is not None else recipe.get("gpus", 0),
         cpu=cpu,
         nproc=nproc,
+        resume_from=resume_from,
     )
     keep = cfg.train.keep_last
     if 0 < keep < cfg.average_last:

@@ -3,11 +3,18 @@ datasets, and a reader of the attention page. (Test modules never import each ot
 
 from __future__ import annotations
 
+import builtins
+import errno
+import os
+import subprocess
+from contextlib import contextmanager
 from dataclasses import asdict
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import IO, Any, Iterator
 
+import pytest
 import sentencepiece as spm
 import torch
 
@@ -68,6 +75,27 @@ def random_checkpoint(spm_model: Path, path: Path, **overrides: Any) -> Path:
     return path
 
 
+def assert_same_model(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    """Parameters of two runs that summed the same numbers in another order (other ranks, threads, kernels or
+    memory alignment) agree to rounding, but for the few elements whose gradient is itself rounding noise:
+    Adam turns noise of either sign into steps of about ±lr. The key biases are all such elements (softmax
+    ignores a shift of every score, so their gradient is 0 in exact arithmetic) and are left out; elsewhere
+    the odd weight whose gradient cancels to almost nothing is, and which one depends on the CPU's kernels,
+    so up to one element in a thousand of a tensor may differ, by no more than a few such steps (lr stays
+    below 0.01 in these runs). A bug in the data order, the gradient reduction or resumption moves most
+    elements of a tensor."""
+    assert a.keys() == b.keys()
+    for k in a:
+        x, y = a[k], b[k]
+        if k.endswith("in_proj_bias"):  # [query | key | value] with d_k = d_v
+            (qx, _, vx), (qy, _, vy) = x.chunk(3), y.chunk(3)
+            x, y = torch.cat([qx, vx]), torch.cat([qy, vy])
+        apart = ~torch.isclose(x, y, atol=1e-5, rtol=1e-4)
+        assert torch.isfinite(x).all() and torch.isfinite(y).all() and float((x - y).abs().max()) < 0.05, k
+        assert int(apart.sum()) <= max(1, x.numel() // 1000), (
+            f"{k}: {int(apart.sum())} of {x.numel()} elements differ, by up to {float((x - y).abs().max()):.3g}")
+
+
 class Grids(HTMLParser):
     """Collects each map of the page: its data attributes, rows × columns, header labels and cell titles."""
 
@@ -103,6 +131,92 @@ class Grids(HTMLParser):
             self.grids[-1]["cols"].append(data)
         elif self._in == "row":
             self.grids[-1]["rows"].append(data)
+
+
+# ------------------------------------------------------------------ operating-system faults
+
+@contextmanager
+def small_disk(folder: Path, kib: int, read_only: bool = False) -> Iterator[Path]:
+    """A tmpfs of ``kib`` KiB mounted on ``folder`` (read-only if asked) for the block, the real fault of a
+    full or read-only disk. Skips the test where mounting is not allowed (not root, a container without
+    CAP_SYS_ADMIN); every such test has a twin that injects the same fault (``fail_writes``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    options = f"size={kib}k" + (",ro" if read_only else "")
+    try:
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True, text=True)
+    except FileNotFoundError:
+        pytest.skip("no mount command here; the injected-fault twin of this test covers the fault")
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip() or 'refused'}); the injected-fault twin of this test covers the fault")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], check=False)
+
+
+class Disk:
+    """The room left on a pretend disk, shared by the files opened through ``fail_writes``."""
+
+    def __init__(self, room: int, code: int) -> None:
+        self.room, self.code = room, code
+
+    def fault(self) -> OSError:
+        return OSError(self.code, os.strerror(self.code))
+
+
+class FailingFile:
+    """A real file whose writes fail as the kernel's do once its disk is full: what fits is written (a short
+    write), then OSError with the errno; everything else goes to the real file."""
+
+    def __init__(self, f: IO, disk: Disk) -> None:
+        self.f, self.disk = f, disk
+
+    def write(self, data: Any) -> int:
+        if isinstance(data, str):  # text: all or nothing (a text file's buffer hides short writes anyway)
+            if len(data.encode()) > self.disk.room:
+                raise self.disk.fault()
+            self.disk.room -= len(data.encode())
+            return self.f.write(data)
+        raw = memoryview(data).cast("B")
+        fits = min(len(raw), self.disk.room)
+        if fits:
+            self.f.write(raw[:fits])
+            self.disk.room -= fits
+        if fits < len(raw):
+            raise self.disk.fault()
+        return len(raw)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.f, name)
+
+    def __enter__(self) -> "FailingFile":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.f.close()
+
+
+def fail_writes(monkeypatch: pytest.MonkeyPatch, module: ModuleType, code: int = errno.ENOSPC, room: int = 0, at_open: bool = False) -> Disk:
+    """Inject an OS fault into the files ``module`` opens for writing (through its name ``open``): their
+    writes fail with ``code`` once ``room`` bytes have been written in all, or (``at_open``) opening one
+    fails, as a permission or a read-only file system does. For machines where ``small_disk`` cannot mount."""
+    real = builtins.open
+    disk = Disk(room, code)
+
+    def opener(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        if not any(c in mode for c in "wax+"):
+            return real(file, mode, *args, **kwargs)
+        if at_open:
+            raise OSError(code, os.strerror(code), str(file))
+        return FailingFile(real(file, mode, *args, **kwargs), disk)
+
+    monkeypatch.setattr(module, "open", opener, raising=False)
+    return disk
+
+
+def dot_files(folder: Path) -> list[str]:
+    """Temporaries (dot names) anywhere under ``folder``: what a failed write must not leave behind."""
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob(".*"))
 
 
 # ------------------------------------------------------------------------------------------ nmt serve

@@ -1,4 +1,6 @@
-"""Token-based batches: sentences grouped by length so padding stays small, batch order shuffled per epoch."""
+"""Token-based batches: sentences grouped by length so padding stays small, batch order shuffled per epoch;
+each batch collated as padded rows (``collate_indices``) or packed into one row per side
+(``collate_packed``), where every slot but a short tail is a real token."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import torch
 from torch import Tensor
 
 from nmt.data.dataset import ParallelDataset
+from nmt.model.transformer import Packing
 from nmt.tokens import BOS, EOS, PAD
 
 
@@ -52,11 +55,12 @@ def token_batches(
 
 @dataclass
 class Batch:
-    src: Tensor  # (B, S) ids + EOS, right-padded
+    src: Tensor  # (B, S) ids + EOS, right-padded; packed: (1, S), the sentences one after another
     tgt_in: Tensor  # (B, T) BOS + ids
     tgt_out: Tensor  # (B, T) ids + EOS
     src_tokens: int  # real (non-pad) tokens, EOS included
     tgt_tokens: int
+    packing: Packing | None = None  # where each sentence starts, when packed
 
     @property
     def slots(self) -> int:
@@ -66,7 +70,9 @@ class Batch:
         if device.type == "cpu":
             return self
         move = lambda t: t.pin_memory().to(device, non_blocking=True)  # noqa: E731
-        return Batch(move(self.src), move(self.tgt_in), move(self.tgt_out), self.src_tokens, self.tgt_tokens)
+        p = self.packing
+        packing = None if p is None else Packing(move(p.src_starts), move(p.tgt_starts), p.max_src, p.max_tgt)
+        return Batch(move(self.src), move(self.tgt_in), move(self.tgt_out), self.src_tokens, self.tgt_tokens, packing)
 
 
 def _rows(flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray, width: int, column: int) -> np.ndarray:
@@ -116,3 +122,60 @@ def collate_indices(data: ParallelDataset, index: np.ndarray, multiple: int = 8)
     index = np.asarray(index, dtype=np.int64)
     sides = [(side.tokens, side.offsets[index], side.lengths[index].astype(np.int64)) for side in (data.src, data.tgt)]
     return _batch(sides[0], sides[1], multiple)
+
+
+def pack_bucket(max_tokens: int) -> int:
+    """The multiple a packed row's length is padded to: a sixteenth of ``--max-tokens`` (in multiples of 8,
+    at least 64), so that compiled code sees at most 16 row lengths per side and the padding is at most about
+    6 % of a full batch."""
+    return max(64, max_tokens // 16 // 8 * 8)
+
+
+def _stream(flat: np.ndarray, starts: np.ndarray, lengths: np.ndarray, before: int | None, after: int | None,
+            length: int) -> np.ndarray:
+    """One row of ``length`` ids: each sentence's ids (flat[starts[i] : starts[i] + lengths[i]]), preceded by
+    ``before`` and followed by ``after`` where given, one sentence after another; PAD after the last."""
+    extra = (before is not None) + (after is not None)
+    sizes = lengths + extra
+    total = int(sizes.sum())
+    sentence = np.repeat(np.arange(len(lengths)), sizes)
+    offset = np.arange(total) - np.repeat(np.cumsum(sizes) - sizes, sizes)  # position within the sentence
+    inner = offset - (before is not None)  # position within the sentence's own ids
+    out = np.full(length, PAD, dtype=np.int64)
+    real = (inner >= 0) & (inner < lengths[sentence])
+    out[:total][real] = flat[starts[sentence[real]] + inner[real]]
+    if before is not None:
+        out[:total][inner < 0] = before
+    if after is not None:
+        out[:total][inner >= lengths[sentence]] = after
+    return out
+
+
+def collate_packed(data: ParallelDataset, index: np.ndarray, bucket: int) -> Batch:
+    """The sentences ``index`` of ``data`` packed: each side one row, the sentences back to back (the source
+    with EOS, the decoder's input with BOS in front, its output with EOS at the end), then PAD up to the next
+    multiple of ``bucket`` (at least one PAD: the padding forms a last segment of its own on both sides, so no
+    position is left with nothing to attend to). The segment starts are padded to a multiple of 64 entries
+    by repeating the end (empty segments), so compiled code sees few shapes."""
+    index = np.asarray(index, dtype=np.int64)
+    src_lens, tgt_lens = (side.lengths[index].astype(np.int64) for side in (data.src, data.tgt))
+    n = len(index)
+    real_s, real_t = int(src_lens.sum()) + n, int(tgt_lens.sum()) + n
+    s_len, t_len = (-(-(real + 1) // bucket) * bucket for real in (real_s, real_t))
+    src = _stream(data.src.tokens, data.src.offsets[index], src_lens, None, EOS, s_len)
+    tgt_in = _stream(data.tgt.tokens, data.tgt.offsets[index], tgt_lens, BOS, None, t_len)
+    tgt_out = _stream(data.tgt.tokens, data.tgt.offsets[index], tgt_lens, None, EOS, t_len)
+    entries = -(-(n + 2) // 64) * 64
+
+    def starts(lengths: np.ndarray, real: int, length: int) -> np.ndarray:
+        out = np.full(entries, length, dtype=np.int32)
+        out[0] = 0
+        out[1 : n + 1] = np.cumsum(lengths + 1)
+        out[n + 1] = length  # the padding's segment: real .. length
+        assert out[n] == real
+        return out
+
+    longest = lambda lengths, real, length: -(-max(int(lengths.max()) + 1, length - real) // 64) * 64  # noqa: E731
+    packing = Packing(torch.from_numpy(starts(src_lens, real_s, s_len)), torch.from_numpy(starts(tgt_lens, real_t, t_len)),
+                      longest(src_lens, real_s, s_len), longest(tgt_lens, real_t, t_len))
+    return Batch(torch.from_numpy(src)[None], torch.from_numpy(tgt_in)[None], torch.from_numpy(tgt_out)[None], real_s, real_t, packing)

@@ -22,31 +22,43 @@ class TokenWriter:
         self.final = [prefix.with_suffix(prefix.suffix + ext) for ext in (".bin", ".idx")]
         self.tmp = [atomic.temporary(p) for p in self.final]
         self.dtype = np.dtype(dtype)
-        self.bin = open(self.tmp[0], "wb")
-        self.idx = open(self.tmp[1], "wb")
+        with atomic.os_faults(self.final[0]):
+            self.bin = open(self.tmp[0], "wb")
+            self.idx = open(self.tmp[1], "wb")
         self.offset = 0
         self.tokens = 0
-        np.array([0], dtype=np.int64).tofile(self.idx)
+        with atomic.os_faults(self.final[1]):
+            self.idx.write(np.zeros(1, dtype=np.int64))
 
     def add_many(self, sentences: list[np.ndarray]) -> None:
+        """Append ``sentences``; an OS fault (a full disk) is one line naming the file (``abort`` then
+        removes the temporaries)."""
         if not sentences:
             return
         lengths = np.fromiter((len(s) for s in sentences), dtype=np.int64, count=len(sentences))
-        np.concatenate(sentences).astype(self.dtype, copy=False).tofile(self.bin)
-        (self.offset + np.cumsum(lengths)).tofile(self.idx)
+        # file.write, not ndarray.tofile: tofile reports a failed write without its errno.
+        with atomic.os_faults(self.final[0]):
+            self.bin.write(np.concatenate(sentences).astype(self.dtype, copy=False))
+        with atomic.os_faults(self.final[1]):
+            self.idx.write(self.offset + np.cumsum(lengths))
         self.offset += int(lengths.sum())
         self.tokens = self.offset
 
     def commit(self) -> list[Path]:
-        for f in (self.bin, self.idx):
-            f.close()
+        for f, final in zip((self.bin, self.idx), self.final):
+            with atomic.os_faults(final):
+                f.close()  # flushes the last block: where a full disk may show
         for tmp, final in zip(self.tmp, self.final):
-            atomic.commit(tmp, final, durable=True)
+            with atomic.os_faults(final):
+                atomic.commit(tmp, final, durable=True)
         return self.final
 
     def abort(self) -> None:
         for f in (self.bin, self.idx):
-            f.close()
+            try:
+                f.close()
+            except OSError:
+                pass  # its buffer could not be flushed (a full disk): the file goes anyway
         for tmp in self.tmp:
             atomic.discard(tmp)
 

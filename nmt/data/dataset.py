@@ -3,6 +3,9 @@
 For each split and language, ``{split}.{lang}.bin`` holds the token ids of all sentences back to back
 (uint16 when the vocabulary fits, else int32) and ``{split}.{lang}.idx`` holds n+1 int64 offsets.
 Nothing is loaded into memory but the offsets; ids are read through the memory map on access.
+
+Opening a split checks its files against the manifest (sizes, checksums, every id inside the vocabulary:
+``nmt.data.verify``), so damaged data stops a run at once, naming the file, instead of training on it.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nmt.data import verify
 from nmt.errors import NmtError
 
 
@@ -33,13 +37,22 @@ class IndexedTokens:
             self.tokens = np.memmap(bin_path, dtype=dtype, mode="r")
         if not whole or len(self.offsets) == 0 or self.offsets[-1] != len(self.tokens):
             raise NmtError(f"{bin_path}: index and data disagree (truncated file?); run nmt prepare with --force")
-        self.lengths = np.diff(self.offsets).astype(np.int32)
+        lengths = np.diff(self.offsets)
+        if self.offsets[0] != 0 or (len(lengths) and lengths.min() < 0):
+            raise NmtError(f"{idx_path}: offsets out of order (damaged index); run nmt prepare with --force")
+        self.lengths = lengths.astype(np.int32)
+        self.files = (bin_path, idx_path)
 
     def __len__(self) -> int:
         return len(self.lengths)
 
     def __getitem__(self, i: int) -> np.ndarray:
         return self.tokens[self.offsets[i] : self.offsets[i + 1]]
+
+
+def read_vocabulary(data_dir: Path, manifest: dict) -> bytes:
+    """The folder's SentencePiece model, as bytes, checked against the manifest."""
+    return verify.read_checked(data_dir / manifest["vocab"].get("model", "spm.model"), manifest)
 
 
 def read_manifest(data_dir: Path) -> dict:
@@ -76,6 +89,11 @@ class ParallelDataset:
         self.tgt = IndexedTokens(data_dir / f"{split}.{self.tgt_lang}", dtype)
         if len(self.src) != len(self.tgt):
             raise NmtError(f"{data_dir}: split '{split}' has {len(self.src)} source but {len(self.tgt)} target sentences")
+        recorded = manifest.get("files", {})
+        for side in (self.src, self.tgt):
+            bin_path, idx_path = side.files
+            verify.check_file(bin_path, recorded.get(bin_path.name), manifest, dtype)
+            verify.check_file(idx_path, recorded.get(idx_path.name), manifest)
 
     @property
     def src_lengths(self) -> np.ndarray:

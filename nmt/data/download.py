@@ -92,6 +92,8 @@ def download(
                     break
                 continue
         except (urllib.error.URLError, OSError, TimeoutError) as err:
+            if isinstance(err, OSError) and err.errno in atomic.LOCAL_FAULTS:
+                raise atomic.fault(err, part) from err  # a full disk: retrying would only fill it again
             last_error = str(getattr(err, "reason", err))
             continue
         if md5 and (actual := md5sum(part)) != md5:

@@ -79,14 +79,14 @@ def encode(cfg: PrepareConfig, p: Plan, work: Path, stats: dict[str, SplitStats]
                         writers[1].add_many(keep_tgt)
                         kept += len(keep_src)
                         bars.update(task, advance=len(chunk), info="")
-                except BaseException:
+                    for w in writers:
+                        w.commit()
+                except BaseException:  # a kill, a full disk: no temporary left behind (a committed one is gone already)
                     for w in writers:
                         w.abort()
                     raise
                 st.src_tokens, st.tgt_tokens = writers[0].tokens, writers[1].tokens
                 st.pairs = kept
-                for w in writers:
-                    w.commit()
     finally:
         if pool:
             pool.close()

@@ -23,6 +23,7 @@ from nmt.data.clean import clean
 from nmt.data.encode import encode
 from nmt.data.plan import Plan, PrepareConfig, SplitStats, file_id, fingerprint, is_test, plan
 from nmt.data.spm import load_spm, train_spm
+from nmt.data.verify import checksum64
 from nmt.errors import NmtError
 from nmt.tokens import BOS, EOS, PAD, UNK
 
@@ -75,15 +76,16 @@ def _up_to_date(dest: Path, key: str) -> dict | None:
         f = dest / name
         if not f.exists() or f.stat().st_size != info["bytes"]:
             return None
+        if "checksum64" in info and checksum64(f) != info["checksum64"]:  # damaged since: redo it
+            return None
     return manifest
 
 
 def prepare(cfg: PrepareConfig) -> dict:
     """Run every step of ``nmt prepare`` and return the manifest it wrote (or found up to date)."""
     started = time.time()
-    cfg.dest.mkdir(parents=True, exist_ok=True)
-    work = cfg.dest / "work"
-    work.mkdir(exist_ok=True)
+    atomic.make_dir(cfg.dest)
+    work = atomic.make_dir(cfg.dest / "work")
     p = plan(cfg)
     if p.vocab_size < 8:
         raise NmtError(f"--vocab-size {p.vocab_size} is too small (at least 8: four special ids and some pieces)")
@@ -109,7 +111,9 @@ def prepare(cfg: PrepareConfig) -> dict:
         "limits": {"max_len": p.max_len, "max_ratio": p.max_ratio, "ratio_min_words": p.ratio_min_words, "dedup": p.dedup},
         "splits": {s: asdict(v) for s, v in stats.items()},
         "tests": [s for s in stats if is_test(s)],
-        "files": {f.name: {"bytes": f.stat().st_size, "sha256": sha256(f)} for f in _outputs(cfg.dest, stats, p.src, p.tgt) if f.exists()},
+        # SHA-256 for identity; checksum64 for the cheap check of every opening (nmt.data.verify).
+        "files": {f.name: {"bytes": f.stat().st_size, "sha256": sha256(f), "checksum64": checksum64(f)}
+                  for f in _outputs(cfg.dest, stats, p.src, p.tgt) if f.exists()},
         "command": cfg.command,
         "version": __version__,
         "seconds": round(time.time() - started, 1),

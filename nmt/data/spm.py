@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import re
 from pathlib import Path
 
@@ -22,6 +24,7 @@ def train_spm(sample: Path, prefix: Path, vocab_size: int, model_type: str = "bp
     if character_coverage is None:
         character_coverage = 1.0 if vocab_size >= 16000 else 0.9995
     tmp = atomic.temporary(prefix)
+    written = [Path(f"{tmp}.{ext}") for ext in ("model", "vocab")]
     try:
         spm.SentencePieceTrainer.train(
             input=str(sample),
@@ -41,14 +44,33 @@ def train_spm(sample: Path, prefix: Path, vocab_size: int, model_type: str = "bp
             shuffle_input_sentence=True,
             max_sentence_length=20000,
         )
+        _check_written(written[0], Path(f"{prefix}.model"))
     except RuntimeError as err:
+        for f in written:
+            atomic.discard(f)
         message = str(err).splitlines()[-1] if str(err) else repr(err)
         if m := re.search(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)", str(err)):
             message = f"--vocab-size {m.group(1)} cannot be reached on this training text; at most {m.group(2)} is possible"
         raise NmtError(f"SentencePiece training failed: {message}") from None
+    except BaseException:
+        for f in written:
+            atomic.discard(f)
+        raise
     for ext in ("model", "vocab"):
-        atomic.commit(Path(f"{tmp}.{ext}"), Path(f"{prefix}.{ext}"))
+        with atomic.os_faults(Path(f"{prefix}.{ext}")):
+            atomic.commit(Path(f"{tmp}.{ext}"), Path(f"{prefix}.{ext}"))
     return Path(f"{prefix}.model")
+
+
+def _check_written(model: Path, final: Path) -> None:
+    """SentencePiece ignores a failed write (a full disk leaves an empty model file): load what it wrote."""
+    try:
+        spm.SentencePieceProcessor(model_file=str(model))
+    except (OSError, RuntimeError):
+        left = atomic.space_left(model.parent)
+        if left is not None and left < atomic.NEARLY_FULL:
+            raise atomic.fault(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), final) from None
+        raise NmtError(f"{final}: SentencePiece wrote a model it cannot load back (write error?); run again") from None
 
 
 def load_spm(path: Path) -> spm.SentencePieceProcessor:

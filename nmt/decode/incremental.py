@@ -20,7 +20,7 @@ A step of the quick-start model, search bookkeeping included, is about 150 torch
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -60,9 +60,12 @@ class DecoderState:
     read them as they are (on a CPU those products run several times slower on strided views, such as a
     cache with spare capacity or keys and values sharing one tensor). Cross-attention keys/values have one
     row per *sentence*. Heads are folded into the first dimension.
+
+    Reordering hypotheses is deferred to the next step's append, which writes the reordered cache and the
+    new position into one new tensor: one copy of a layer's cache per step instead of two.
     """
 
-    self_k: list[Tensor]  # per layer (R, h, step, d_k)
+    self_k: list[Tensor]  # per layer (R, h, step, d_k), rows as of the last append
     self_v: list[Tensor]  # per layer (R, h, step, d_v)
     cross_k: list[Tensor]  # per layer (N·h, S, d_k), computed once
     cross_v: list[Tensor]  # per layer (N·h, S, d_v)
@@ -71,12 +74,17 @@ class DecoderState:
     positions: Tensor  # (max_positions, d) in the model's dtype
     beam: int = 1
     step: int = 0
+    rows: list[Tensor | None] = field(default_factory=list)  # per layer: the rows its cache continues with, not yet applied
 
     def append(self, i: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Append layer ``i``'s keys (R, h, 1, d_k) and values (R, h, 1, d_v) at position ``step``; returns the
-        layer's caches with heads folded in, (R·h, step + 1, d_k) and (R·h, step + 1, d_v)."""
-        self.self_k[i] = torch.cat([self.self_k[i], k], dim=2)
-        self.self_v[i] = torch.cat([self.self_v[i], v], dim=2)
+        """Append layer ``i``'s keys (R, h, 1, d_k) and values (R, h, 1, d_v) at position ``step``, its cache
+        reordered first if hypotheses were; returns the layer's caches with heads folded in,
+        (R·h, step + 1, d_k) and (R·h, step + 1, d_v)."""
+        rows = self.rows[i] if self.rows else None
+        self.self_k[i] = _extend(self.self_k[i], rows, k)
+        self.self_v[i] = _extend(self.self_v[i], rows, v)
+        if rows is not None:
+            self.rows[i] = None
         return self.self_k[i].flatten(0, 1), self.self_v[i].flatten(0, 1)
 
     def reorder(self, rows: Tensor, sentences: Tensor | None = None, beam: int | None = None) -> None:
@@ -84,14 +92,27 @@ class DecoderState:
         it changes); ``sentences`` (indices of the sentences kept) when some have left the batch."""
         if beam is not None:
             self.beam = beam
-        self.self_k = [c.index_select(0, rows) for c in self.self_k]
-        self.self_v = [c.index_select(0, rows) for c in self.self_v]
+        if not self.rows:
+            self.rows = [None] * len(self.self_k)
+        # Composed with a reorder not yet applied: the new rows index the rows as they stand now.
+        self.rows = [rows if pending is None else pending.index_select(0, rows) for pending in self.rows]
         if sentences is not None:
             heads = self.self_k[0].size(1)
             by_sentence = lambda c: c.unflatten(0, (-1, heads)).index_select(0, sentences).flatten(0, 1)  # noqa: E731
             self.cross_k = [by_sentence(c) for c in self.cross_k]
             self.cross_v = [by_sentence(c) for c in self.cross_v]
             self.cross_bias = by_sentence(self.cross_bias)
+
+
+def _extend(cache: Tensor, rows: Tensor | None, new: Tensor) -> Tensor:
+    """``cat([cache[rows], new], 2)`` (``cache`` itself when ``rows`` is None) written in one pass."""
+    if rows is None:
+        return torch.cat([cache, new], dim=2)
+    r, h, t, d = new.size(0), cache.size(1), cache.size(2), cache.size(3)
+    out = cache.new_empty(r, h, t + 1, d)
+    torch.index_select(cache, 0, rows, out=out[:, :, :t])
+    out[:, :, t:] = new
+    return out
 
 
 def attend_heads(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = None) -> Tensor:

@@ -113,7 +113,8 @@ def build(model: Transformer, decode: dict[str, Any] | None = None):  # noqa: AN
     """A ``MarianMTModel`` (eval mode) computing ``model``'s function, with a generation config that searches
     as ``nmt translate --penalty fairseq`` does with the checkpoint's ``[decode]`` settings (beam, α on |Y|
     counting EOS, EOS forced at the limit, no padding or BOS generated, and the stopping rule: Transformers'
-    ``early_stopping=True`` is ``--stop beam``, ``"never"`` the exact ``--stop bound``)."""
+    ``early_stopping=True`` is ``--stop beam``; ``"never"`` is Transformers' nearest rule to ``--stop bound``,
+    which it approximates: both stop on a bound, but Transformers lets only the top beam candidates finish)."""
     require()
     from transformers import GenerationConfig, MarianMTModel
 

@@ -7,11 +7,12 @@ with its reason and its measurement in its own module:
   the FFN's ReLU fused into its first product.
 - ``dropout``: a bool mask from 16-bit halves of the generator's 32-bit draws.
 - ``attention``: projections through ``linear``; the fused attention kernel in float32 under bf16 on CPUs.
+- ``varlen``: packed rows (``--packing``) through the variable-length flash kernel on GPUs, no dense mask.
 - ``output_loss``: the output projection and the label-smoothed loss together, logits never stored whole
   (training's loss on every device).
 - ``allocator``: glibc kept from returning large blocks to the system between steps.
 
-``install`` swaps the first three into a model: each module's class becomes a subclass computing the same
+``install`` swaps the first four into a model: each module's class becomes a subclass computing the same
 function with the same parameters and state dict, so checkpoints, hooks and ``torch.compile`` see the
 model they expect. The subclasses fall back to the plain computation wherever their trick does not apply
 (GPUs, float32 where noted), so installing them is only ever a speed-up.
@@ -19,12 +20,14 @@ model they expect. The subclasses fall back to the plain computation wherever th
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from nmt.kernels.attention import CpuAttention
 from nmt.kernels.dropout import MaskDropout
 from nmt.kernels.linear import BucketedLinear, linear
 from nmt.kernels.output_loss import output_cross_entropy
+from nmt.kernels.varlen import VarlenAttention
 from nmt.model.attention import MultiHeadAttention
 from nmt.model.layers import FeedForward
 
@@ -39,10 +42,14 @@ class FusedFeedForward(FeedForward):
         return self.fc2(self.dropout(linear(x, self.fc1.weight, self.fc1.bias, relu=True)))
 
 
-def install(model: nn.Module) -> nn.Module:
-    """Swap the faster CPU modules into ``model`` in place (and return it): the classes of its linear,
-    dropout, attention and feed-forward modules become their subclasses here."""
-    faster = {nn.Linear: BucketedLinear, nn.Dropout: MaskDropout, MultiHeadAttention: CpuAttention, FeedForward: FusedFeedForward}
+def install(model: nn.Module, device: torch.device | str = "cpu") -> nn.Module:
+    """Swap the faster modules for ``device`` into ``model`` in place (and return it): on CPUs the classes of
+    its linear, dropout, attention and feed-forward modules become their subclasses here; on GPUs its
+    attention computes packed rows with the variable-length flash kernel."""
+    if torch.device(device).type == "cpu":
+        faster = {nn.Linear: BucketedLinear, nn.Dropout: MaskDropout, MultiHeadAttention: CpuAttention, FeedForward: FusedFeedForward}
+    else:
+        faster = {MultiHeadAttention: VarlenAttention}
     for module in model.modules():
         if type(module) in faster:
             module.__class__ = faster[type(module)]

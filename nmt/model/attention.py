@@ -6,6 +6,9 @@ Mask convention, everywhere in nmt: a boolean tensor where **True means 'may att
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import cached_property
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -14,6 +17,39 @@ from torch import Tensor, nn
 def padding_mask(tokens: Tensor, pad_id: int) -> Tensor:
     """(B, S) token ids → (B, 1, 1, S) boolean mask, True where a key is a real token and may be attended."""
     return (tokens != pad_id)[:, None, None, :]
+
+
+def segment_ids(starts: Tensor, length: int) -> Tensor:
+    """The sentence each of ``length`` positions belongs to, for sentences starting at ``starts`` (N+1,), the
+    last entry being where the last sentence ends (cumulative lengths, as variable-length kernels take them)."""
+    return torch.searchsorted(starts, torch.arange(length, device=starts.device, dtype=starts.dtype), right=True) - 1
+
+
+@dataclass(eq=False)
+class SegmentMask:
+    """The mask of several sentences packed into one row: query position i may attend to key position j only
+    when both belong to the same sentence (and, if ``causal``, j ≤ i in that sentence). Sentence n holds the
+    queries ``q_starts[n]`` to ``q_starts[n + 1] - 1`` and the keys ``k_starts[n]`` to ``k_starts[n + 1] - 1``.
+
+    One object serves every layer of a pass; ``dense`` is built once. Faster kernels read the starts
+    directly (``nmt.kernels.varlen``) and never build it.
+    """
+
+    q_starts: Tensor  # (N+1,) int32, from 0 to the number of query positions
+    k_starts: Tensor  # (N+1,) int32, from 0 to the number of key positions
+    max_q: int  # at least the longest sentence's query positions (what variable-length kernels size by)
+    max_k: int
+    causal: bool = False
+
+    @cached_property
+    def dense(self) -> Tensor:
+        """(1, 1, Tq, Tk) boolean, True = may attend: block-diagonal, lower-triangular blocks when causal."""
+        tq, tk = int(self.q_starts[-1]), int(self.k_starts[-1])
+        q, k = segment_ids(self.q_starts, tq), segment_ids(self.k_starts, tk)
+        allowed = q[:, None] == k[None, :]
+        if self.causal:  # the same offset from each sentence's start: self-attention, equal starts
+            allowed &= torch.ones(tq, tk, dtype=torch.bool, device=allowed.device).tril()
+        return allowed[None, None]
 
 
 def attention_weights(q: Tensor, k: Tensor, mask: Tensor | None = None, causal: bool = False) -> Tensor:
@@ -81,16 +117,18 @@ class MultiHeadAttention(nn.Module):
             k, v = self.in_projection(memory, slice(q_rows, None)).split(self.sizes[1:], dim=-1)
         return self.split_heads(q), self.split_heads(k), self.split_heads(v)
 
-    def attention(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool) -> Tensor:
+    def attention(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | SegmentMask | None, causal: bool) -> Tensor:
         """softmax(QKᵀ/√d_k)V of every head at once, with dropout on the weights when training (0 in the
         paper's base and big)."""
         dropout = self.dropout if self.training else 0.0
+        if isinstance(mask, SegmentMask):
+            mask, causal = mask.dense, False  # the sentences' causal blocks are in the mask itself
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, dropout_p=dropout)
 
-    def forward(self, x: Tensor, memory: Tensor | None = None, mask: Tensor | None = None, causal: bool = False) -> Tensor:
+    def forward(self, x: Tensor, memory: Tensor | None = None, mask: Tensor | SegmentMask | None = None, causal: bool = False) -> Tensor:
         """Self-attention of ``x`` (B, T, d) when ``memory`` is None, else attention from ``x`` to ``memory``
-        (B, S, d). ``mask`` (broadcast to (B, h, T, S)): True = may attend; ``causal``: position i attends to
-        positions up to i only."""
+        (B, S, d). ``mask`` (broadcast to (B, h, T, S)): True = may attend, or the sentences of a packed row;
+        ``causal``: position i attends to positions up to i only."""
         q, k, v = self.project(x, memory)
         out = self.attention(q, k, v, mask, causal)  # (B, h, T, d_v)
         b, _, t, _ = out.shape

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from nmt.model.attention import MultiHeadAttention
+from nmt.model.attention import MultiHeadAttention, SegmentMask
 from nmt.model.config import ModelConfig
 
 
@@ -67,8 +67,8 @@ class EncoderLayer(nn.Module):
         self.ffn = FeedForward(cfg.d_model, cfg.d_ff, cfg.relu_dropout)
         self.attn_block, self.ffn_block = Residual(cfg), Residual(cfg)
 
-    def forward(self, x: Tensor, src_mask: Tensor) -> Tensor:
-        """x: (B, S, d); src_mask: (B, 1, 1, S), True = real token."""
+    def forward(self, x: Tensor, src_mask: Tensor | SegmentMask) -> Tensor:
+        """x: (B, S, d); src_mask: (B, 1, 1, S), True = real token, or the sentences of a packed row."""
         x = self.attn_block(x, lambda h: self.self_attn(h, mask=src_mask))
         return self.ffn_block(x, self.ffn)
 
@@ -84,9 +84,10 @@ class DecoderLayer(nn.Module):
         self.ffn = FeedForward(cfg.d_model, cfg.d_ff, cfg.relu_dropout)
         self.self_block, self.cross_block, self.ffn_block = Residual(cfg), Residual(cfg), Residual(cfg)
 
-    def forward(self, y: Tensor, memory: Tensor, src_mask: Tensor) -> Tensor:
-        """y: (B, T, d) the target so far (teacher forcing); memory: (B, S, d) the encoder's output."""
+    def forward(self, y: Tensor, memory: Tensor, src_mask: Tensor | SegmentMask, own_mask: SegmentMask | None = None) -> Tensor:
+        """y: (B, T, d) the target so far (teacher forcing); memory: (B, S, d) the encoder's output. Packed
+        rows bring the masks of their sentences (``own_mask`` for the self-attention)."""
         # Targets are right-padded, so the causal mask alone keeps real positions off the padding (§3.2.3).
-        y = self.self_block(y, lambda h: self.self_attn(h, causal=True))
+        y = self.self_block(y, lambda h: self.self_attn(h, mask=own_mask, causal=own_mask is None))
         y = self.cross_block(y, lambda h: self.cross_attn(h, memory, mask=src_mask))
         return self.ffn_block(y, self.ffn)

@@ -46,6 +46,11 @@ class TrainConfig:
     max_nonfinite: int = 10  # consecutive skipped updates before the run stops
     pad_multiple: int | None = None  # pad batches to a multiple of this; None: 8 on GPUs (tensor cores), 1 on CPUs
     valid_bleu: int = 0  # at each validation, beam-search this many dev sentences and report sacreBLEU
+    # Each batch's sentences packed into one row per side instead of padded rows (nmt.data.batching): the same
+    # batches and updates, with the padding's computation left out. Off by default: on CPUs the packed
+    # row's attention masks cost more than the padding saves (docs/performance.md); on GPUs the
+    # variable-length flash kernel computes it (nmt.kernels.varlen), to be measured there.
+    packing: bool = False
 
     def __post_init__(self) -> None:
         if self.lr_schedule not in ("noam", "inverse_sqrt"):
@@ -71,6 +76,9 @@ class RunConfig:
     gpus: int = 0
     cpu: bool = False
     nproc: int = 1
+    # Continue from this checkpoint, or from the newest intact checkpoint of this run folder, instead of
+    # save_dir's checkpoint_last.pt (which a damaged file there otherwise stops: nmt.train.resume.starting_point).
+    resume_from: Path | None = None
 
 
 # The paper's schedule for each size, what a run gets without a recipe (§5.2, §6.1, paper-recipe §2.4):
@@ -134,6 +142,6 @@ def batch_plan(cfg: RunConfig, train_pairs: int) -> dict[str, int]:
 def to_plain(cfg: RunConfig) -> dict[str, Any]:
     """The configuration as plain data (strings, numbers, dicts) for JSON and checkpoints."""
     plain = asdict(cfg)
-    for key in ("data", "save_dir"):
-        plain[key] = str(plain[key])
+    for key in ("data", "save_dir", "resume_from"):
+        plain[key] = None if plain[key] is None else str(plain[key])
     return plain

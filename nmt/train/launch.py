@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
@@ -14,6 +15,7 @@ from nmt.console import console
 from nmt.data.dataset import read_manifest
 from nmt.errors import NmtError
 from nmt.train import distributed as D
+from nmt.train.lock import lock_run
 
 
 def launched_by_torchrun() -> bool:
@@ -45,6 +47,8 @@ def run(cfg: RunConfig, dry_run: bool = False, reset: bool = False) -> dict[str,
 
     ``reset`` moves an earlier run's checkpoints in ``cfg.save_dir`` aside and starts anew.
     """
+    if reset and cfg.resume_from is not None:
+        raise NmtError("--reset starts the run anew and --resume-from continues it from a checkpoint; give one of them")
     manifest = check_resources(cfg)
     cfg, note = pair_dropout(cfg, manifest["src"], manifest["tgt"])
     if note and int(os.environ.get("RANK", 0)) == 0:
@@ -56,6 +60,8 @@ def run(cfg: RunConfig, dry_run: bool = False, reset: bool = False) -> dict[str,
         return _worker(int(os.environ["RANK"]), world, int(os.environ["LOCAL_RANK"]), cfg, use_cuda, None, dry_run, reset)
     if world == 1:
         return _worker(0, 1, 0, cfg, use_cuda, None, dry_run, reset)
+    if not dry_run:
+        lock_run(cfg.save_dir).release()  # a folder in use is refused before any process starts; rank 0 then takes it
     try:
         torch.multiprocessing.spawn(_spawned, args=(world, cfg, use_cuda, D.free_port(), dry_run, reset), nprocs=world)
     except torch.multiprocessing.ProcessExitedException as err:
@@ -82,9 +88,21 @@ def _worker(rank: int, world: int, local_rank: int, cfg: RunConfig, use_cuda: bo
             reset: bool = False) -> dict[str, Any]:
     from nmt.train.loop import Trainer
 
-    dist = D.init(rank, world, local_rank, use_cuda, port)
-    try:
-        trainer = Trainer(cfg, dist, reset=reset and not dry_run)
-        return trainer.dry_run() if dry_run else trainer.fit()
-    finally:
-        D.shutdown()
+    with _writer_lock(cfg, rank, dry_run):
+        dist = D.init(rank, world, local_rank, use_cuda, port)
+        try:
+            trainer = Trainer(cfg, dist, reset=reset and not dry_run)
+            return trainer.dry_run() if dry_run else trainer.fit()
+        finally:
+            D.shutdown()
+
+
+def _writer_lock(cfg: RunConfig, rank: int, dry_run: bool) -> AbstractContextManager[object]:
+    """The run folder's lock, taken by the rank that writes it (rank 0) before anything is written there and
+    held until the process ends; a dry run writes nothing and takes none."""
+    if rank != 0 or dry_run:
+        return nullcontext()
+    lock = lock_run(cfg.save_dir)
+    if lock.warning:
+        console.print(lock.warning)
+    return lock

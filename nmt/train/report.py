@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import time
 from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from nmt import atomic
 from nmt.console import console
 
 # Dense bf16 peak FLOP/s by device name, for model FLOPs utilisation; unknown devices report no MFU.
@@ -83,6 +86,7 @@ class Reporter:
 
     def __init__(self, save_dir: Path, main: bool) -> None:
         self.save_dir, self.main = save_dir, main
+        self.started = time.time()
         self.log_file = None
         self.tensorboard = None
         self.bar = None
@@ -106,15 +110,17 @@ class Reporter:
         if not self.main:
             return
         if self.log_file is None:
-            self.log_file = open(self.save_dir / "train.jsonl", "a")
+            with atomic.os_faults(self.save_dir / "train.jsonl"):
+                self.log_file = open(self.save_dir / "train.jsonl", "ab", buffering=0)  # written through: see _append
             try:  # TensorBoard only when the optional extra is installed
                 from torch.utils.tensorboard import SummaryWriter
 
                 self.tensorboard = SummaryWriter(str(self.save_dir / "tensorboard"))
             except ImportError:
                 self.tensorboard = None
-        self.log_file.write(json.dumps(record) + "\n")
-        self.log_file.flush()
+        # Seconds since this process started training: what learning curves against time are drawn on.
+        record = {**record, "elapsed_s": round(time.time() - self.started, 3)}
+        self._append((json.dumps(record) + "\n").encode())
         if self.tensorboard is not None:
             for key, value in record.items():
                 if key != "update" and isinstance(value, (int, float)):
@@ -123,6 +129,26 @@ class Reporter:
             self.bar_info.update({k: record[k] for k in SHOWN if k in record})
             self.bar.update(self.bar_task, completed=record["update"], info="  ".join(f"{k} {v:.4g}" for k, v in self.bar_info.items()))
         console.print("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
+
+    def _append(self, line: bytes) -> None:
+        """Append one record to train.jsonl whole or not at all: a write that fails (a full disk) is cut
+        back to the end of the previous record, so that readers never meet half a line. The file is
+        unbuffered, so no half line waits in a buffer to be flushed after the cut."""
+        f, path = self.log_file, self.save_dir / "train.jsonl"
+        assert f is not None
+        end = f.tell()
+        try:
+            view = memoryview(line)
+            while view:
+                view = view[f.write(view) :]
+        except OSError as err:
+            self.log_file = None
+            try:
+                os.ftruncate(f.fileno(), end)  # frees blocks: needs no space
+            except OSError:
+                pass  # the fault itself is what to report
+            f.close()
+            raise atomic.fault(err, path) from err
 
     def close(self) -> None:
         if self.log_file:

@@ -5,19 +5,23 @@ seed, the epoch and the batching settings), every rank's random state, the optim
 EMA. A resumed run recomputes the list and continues exactly where it stopped, also on another number of
 devices (the groups of batches are cut anew from there). What cannot continue exactly is refused in one
 line: another architecture, another vocabulary, batches cut with other settings inside an epoch.
+
+Every checkpoint is verified as it is loaded (``nmt.checkpoint.verify``). A damaged ``checkpoint_last.pt``
+stops the run with the name of the newest intact checkpoint: falling back to it loses the updates since,
+so it happens only when asked for (``--resume-from``, ``starting_point``).
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from nmt import __version__, checkpoint
+from nmt import __version__, atomic, checkpoint
 from nmt.errors import NmtError
 from nmt.model.config import ModelConfig
 from nmt.train import distributed as D
@@ -47,6 +51,78 @@ class TrainingState:
     progress: Progress
 
 
+@dataclass
+class Start:
+    """The checkpoint a run continues from, and what the user should be told about choosing it."""
+
+    path: Path
+    ckpt: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+
+
+def _candidates(run_dir: Path) -> list[Path]:
+    """A run folder's checkpoints that may hold a training state, newest first (by modification time,
+    ``checkpoint_last.pt`` first among equals), each file once (``last`` and ``best`` are hard links)."""
+    paths = [p for p in (run_dir / checkpoint.LAST, run_dir / checkpoint.BEST) if p.exists()] + checkpoint.numbered(run_dir)[::-1]
+    seen: set[tuple[int, int]] = set()
+    unique = []
+    for p in paths:
+        st = p.stat()
+        if (st.st_dev, st.st_ino) not in seen:
+            seen.add((st.st_dev, st.st_ino))
+            unique.append((st.st_mtime_ns, p))
+    return [p for _, p in sorted(unique, key=lambda item: -item[0])]  # a stable sort keeps last first among equals
+
+
+def newest_intact(run_dir: Path) -> tuple[Start | None, list[str]]:
+    """The newest checkpoint of ``run_dir`` that is intact and holds a training state (None if there is none),
+    and why each newer one was passed over."""
+    passed = []
+    for path in _candidates(run_dir):
+        try:
+            ckpt = checkpoint.load(path)
+        except checkpoint.DamagedCheckpoint as err:
+            passed.append(f"{path.name}: {err.what} ({err.reason})")
+            continue
+        if "optimizer" not in ckpt:
+            passed.append(f"{path.name}: no training state")
+            continue
+        return Start(path, ckpt, [f"[yellow]--resume-from: passing over {run_dir / p}" for p in passed]), passed
+    return None, passed
+
+
+def starting_point(save_dir: Path, resume_from: Path | None) -> Start | None:
+    """The checkpoint the run continues from, or None to start anew.
+
+    Without ``resume_from``: ``save_dir/checkpoint_last.pt`` when there is one; a damaged one stops the run,
+    naming the newest intact checkpoint, since falling back to it would silently lose the updates made
+    since. With ``resume_from`` (``--resume-from``): that checkpoint, or for a run folder its newest intact
+    checkpoint, every damaged one passed over said so.
+    """
+    if resume_from is not None:
+        if resume_from.is_dir():
+            start, passed = newest_intact(resume_from)
+            if start is None:
+                why = f" ({'; '.join(passed)})" if passed else ""
+                raise NmtError(f"{resume_from} holds no intact checkpoint to resume from{why}; start anew with --reset, or give another --resume-from")
+            return start
+        ckpt = checkpoint.load(resume_from)
+        if "optimizer" not in ckpt:
+            raise NmtError(f"{resume_from} holds no training state (averaged or EMA weights?); --resume-from takes a checkpoint written by nmt train")
+        return Start(resume_from, ckpt)
+    last = save_dir / checkpoint.LAST
+    if not last.exists():
+        return None
+    try:
+        return Start(last, checkpoint.load(last))
+    except checkpoint.DamagedCheckpoint as err:
+        start, _ = newest_intact(save_dir)
+        if start is None:
+            raise err.advising(f"no checkpoint of {save_dir} is intact: start anew with --reset") from None
+        raise err.advising(f"the newest intact one is {start.path.name} (update {start.ckpt.get('progress', {}).get('loop', {}).get('update', '?')}): "
+                           f"continue from it with --resume-from {save_dir}, or start anew with --reset") from None
+
+
 def archive_run(save_dir: Path, say: Callable[[str], None]) -> None:
     """``--reset``: move a run folder's checkpoints and logs into ``previous-N/`` so the run starts anew
     without losing them."""
@@ -57,9 +133,10 @@ def archive_run(save_dir: Path, say: Callable[[str], None]) -> None:
     while (save_dir / f"previous-{n}").exists():
         n += 1
     folder = save_dir / f"previous-{n}"
-    folder.mkdir()
-    for path in names:
-        path.rename(folder / path.name)
+    with atomic.os_faults(folder):  # renames within a folder need no space, but a permission or a read-only disk may refuse
+        folder.mkdir()
+        for path in names:
+            path.rename(folder / path.name)
     say(f"--reset: the earlier run's {len(names)} files moved to {folder}; starting anew")
 
 

@@ -145,3 +145,17 @@ def test_score_line_count_mismatch(tmp_path: Path) -> None:
     (tmp_path / "ref").write_text("a\nb\n")
     r = nmt("score", "--ref", str(tmp_path / "ref"), input="a\n")
     assert r.returncode == 2 and "stdin has 1 lines but" in r.stderr and "has 2" in r.stderr
+
+
+def test_empty_input_answers_without_loading_torch_or_the_model(tmp_path: Path) -> None:
+    """Scripts pipe whatever they have, nothing included: an empty input is answered without the seconds that
+    importing torch and loading the checkpoint take (the import log shows torch never loaded)."""
+    ckpt = Path(__file__).resolve().parents[1] / "fixtures" / "tiny" / "checkpoint.pt"
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "nmt", "translate", str(ckpt)], input="", capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout == ""
+    imported = {line.split("|")[-1].strip() for line in result.stderr.splitlines() if line.startswith("import time:")}
+    assert "nmt.cli" in imported and "torch" not in imported and "nmt.decode.translate" not in imported
+    out = tmp_path / "out.txt"
+    assert nmt("translate", str(ckpt), "--output", str(out), input="").returncode == 0 and out.read_text() == ""
+    missing = nmt("translate", str(tmp_path / "missing.pt"), input="")
+    assert missing.returncode == 2 and missing.stderr.strip() == f"nmt: error: {tmp_path / 'missing.pt'}: checkpoint not found"

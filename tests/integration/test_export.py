@@ -246,8 +246,11 @@ def test_hf_model_computes_our_function(hf_dir: Path, trained: Path, small_corpu
 def test_hf_beam_search_like_nmt_translate(hf_dir: Path, trained: Path, small_corpus: Path, stop: str) -> None:
     """``generate`` with the exported generation config (beam 4, α 0.6 on |Y| counting EOS, the stopping
     rule of the checkpoint's [decode]: ``--stop beam`` here, as the run did not set one) and our output limit
-    gives ``nmt translate --penalty fairseq``'s translations; a checkpoint that asks for the exact bound
-    exports ``early_stopping="never"``, which searches as ``--stop bound``."""
+    gives ``nmt translate --penalty fairseq``'s translations. A checkpoint that asks for ``--stop bound``
+    exports ``early_stopping="never"``, Transformers' nearest rule: it stops on a bound too, but lets only
+    the top beam candidates finish where tensor2tensor's search takes them from all 2·beam, so on this poor
+    model it agrees on 24 of the 30 lines (on the trained quick-start model the two searches agreed on every
+    one of 3,838 lines, docs/performance.md)."""
     from transformers import MarianMTModel
 
     marian = MarianMTModel.from_pretrained(hf_dir).eval()
@@ -265,7 +268,7 @@ def test_hf_beam_search_like_nmt_translate(hf_dir: Path, trained: Path, small_co
             ids = translator.encode(0, line)
             out = marian.generate(torch.tensor([ids + [EOS]]), max_length=translator.max_len(len(ids)) + 1)[0, 1:].tolist()
             theirs.append(translator.spm.decode([t for t in out if t not in (PAD, EOS)]))
-    assert sum(a == b for a, b in zip(ours, theirs)) >= 29
+    assert sum(a == b for a, b in zip(ours, theirs)) >= (29 if stop == "beam" else 20)
 
 
 def test_hf_refuses_pre_norm(small_data: Path, tmp_path: Path) -> None:

@@ -1,10 +1,15 @@
 """nmt.atomic: every file of nmt is written under a temporary name and renamed, so readers see old or new, never half."""
 
+import errno
+import os
+import shutil
 from pathlib import Path
 
 import pytest
 
 from nmt import atomic
+from nmt.errors import NmtError
+from tests.helpers import fail_writes, small_disk
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -147,3 +152,159 @@ def test_link_or_copy_falls_back_to_a_copy(tmp_path: Path, monkeypatch: pytest.M
     assert (tmp_path / "b").read_bytes() == b"payload"
     assert (tmp_path / "b").stat().st_ino != source.stat().st_ino
     assert leftovers(tmp_path) == []
+
+
+# ------------------------------------------------------------------ operating-system faults: one line, nothing half-written
+
+
+@pytest.mark.parametrize("code,expected", [
+    (errno.ENOSPC, "{path}: no space left on the device; free space there (or choose another location) and run the command again"),
+    (errno.EDQUOT, "{path}: disk quota exceeded; free space there (or choose another location) and run the command again"),
+    (errno.EROFS, "{path}: read-only file system; choose a location on a writable one"),
+    (errno.EACCES, "{path}: permission denied; check the owner and permissions of {folder}, or choose another location"),
+    (errno.EPERM, "{path}: permission denied; check the owner and permissions of {folder}, or choose another location"),
+    (errno.EISDIR, "{path} is a folder where a file is needed; give a file name"),
+    (errno.EIO, "{path}: input/output error: the disk or network file system is failing; check it (dmesg) before going on"),
+    (errno.EFBIG, "{path}: file too large for this file system or for the process's file size limit (ulimit -f)"),
+    (errno.EXDEV, "{path}: Invalid cross-device link (EXDEV)"),
+])
+def test_each_fault_is_one_line_naming_the_file_not_its_temporary(tmp_path: Path, code: int, expected: str) -> None:
+    path = tmp_path / "run" / "checkpoint_5.pt"
+    path.parent.mkdir()
+    err = OSError(code, os.strerror(code), str(atomic.temporary(path)))  # the OS names the file it was writing: ours
+    assert str(atomic.fault(err, path)) == expected.format(path=path, folder=path.parent)
+    assert str(atomic.fault(OSError(code, os.strerror(code)), path)) == expected.format(path=path, folder=path.parent)  # no name given
+
+
+def test_a_file_where_a_folder_is_needed_is_named(tmp_path: Path) -> None:
+    (tmp_path / "runs").write_text("a file, not a folder")
+    for target in (tmp_path / "runs", tmp_path / "runs" / "base" / "deeper"):
+        with pytest.raises(NmtError) as err:
+            atomic.make_dir(target)
+        assert str(err.value) == f"{tmp_path / 'runs'} is a file where a folder is needed; move it away or choose another location"
+    with pytest.raises(NmtError, match=rf"^{tmp_path / 'runs'} is a file where a folder is needed"):
+        atomic.write_json(tmp_path / "runs" / "config.json", {})
+    with pytest.raises(NmtError, match=rf"^{tmp_path / 'runs'} is a file where a folder is needed"):
+        with atomic.atomic_dir(tmp_path / "runs" / "export"):
+            pass
+    assert (tmp_path / "runs").read_text() == "a file, not a folder" and leftovers(tmp_path) == []
+
+
+def test_a_folder_removed_while_writing(tmp_path: Path) -> None:
+    """The folder disappears under a write (a user cleaning up, a scratch purge): its name, no traceback."""
+    folder = tmp_path / "run"
+    with pytest.raises(NmtError) as err:
+        with atomic.atomic_open(folder / "valid.hyp") as f:
+            f.write("half")
+            shutil.rmtree(folder)
+    assert str(err.value) == f"{folder}: folder not found (removed while nmt was writing?); create it or choose another location"
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EDQUOT, errno.EIO])
+def test_a_write_that_fails_keeps_the_old_file_and_leaves_no_temporary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int) -> None:
+    """Injected into the files nmt.atomic opens: 10 bytes fit, the rest does not (small_disk is the real one)."""
+    path = tmp_path / "summary.json"
+    path.write_text("old\n")
+    fail_writes(monkeypatch, atomic, code, room=10)
+    with pytest.raises(NmtError) as err:
+        atomic.write_json(path, {"updates": list(range(100))})
+    assert str(err.value) == str(atomic.fault(OSError(code, os.strerror(code)), path))  # the line each fault has (above)
+    assert path.read_text() == "old\n" and leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("code", [errno.EACCES, errno.EROFS])
+def test_a_file_that_cannot_be_created(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int) -> None:
+    """Injected: as root (CI) permissions do not bind, so opening the temporary is made to fail."""
+    fail_writes(monkeypatch, atomic, code, at_open=True)
+    with pytest.raises(NmtError) as err:
+        atomic.write_text(tmp_path / "valid.hyp", "x")
+    assert str(err.value) == str(atomic.fault(OSError(code, os.strerror(code)), tmp_path / "valid.hyp"))
+    assert leftovers(tmp_path) == [] and not (tmp_path / "valid.hyp").exists()
+
+
+@pytest.mark.parametrize("code", [errno.EACCES, errno.EROFS])
+def test_a_folder_that_cannot_be_made(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int) -> None:
+    def refuse(self: Path, *args: object, **kwargs: object) -> None:
+        raise OSError(code, os.strerror(code), str(self))
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    with pytest.raises(NmtError) as err:
+        atomic.write_text(tmp_path / "runs" / "base" / "config.json", "{}")
+    assert str(err.value) == str(atomic.fault(OSError(code, os.strerror(code)), tmp_path / "runs" / "base"))
+
+
+@pytest.mark.parametrize("call", ["fsync", "replace"])
+def test_a_flush_or_rename_that_fails_keeps_the_old_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, call: str) -> None:
+    """fsync reports deferred write errors (NFS, a failing disk); a rename can need a new directory block."""
+    path = tmp_path / "checkpoint_last.pt"
+    path.write_bytes(b"update 5")
+
+    def fail(*args: object) -> None:
+        raise OSError(errno.EIO if call == "fsync" else errno.ENOSPC, "injected")
+
+    monkeypatch.setattr(os, call, fail)
+    with pytest.raises(NmtError, match=rf"^{path}: (input/output error|no space left)"):
+        with atomic.atomic_path(path, durable=True) as tmp:
+            tmp.write_bytes(b"update 10")
+    monkeypatch.undo()
+    assert path.read_bytes() == b"update 5" and leftovers(tmp_path) == []
+
+
+def test_a_failed_folder_swap_puts_the_old_folder_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "export"
+    out.mkdir()
+    (out / "model.bin").write_text("old")
+    real, calls = os.replace, []
+
+    def second_fails(a: object, b: object) -> None:
+        calls.append(b)
+        if len(calls) == 2:  # old folder moved aside; now the new one cannot take its place
+            raise OSError(errno.ENOSPC, "injected")
+        real(a, b)
+
+    monkeypatch.setattr(os, "replace", second_fails)
+    with pytest.raises(NmtError, match=rf"^{out}: no space left"):
+        with atomic.atomic_dir(out) as tmp:
+            (tmp / "model.bin").write_text("new")
+    assert (out / "model.bin").read_text() == "old" and leftovers(tmp_path) == []
+
+
+def test_a_library_error_on_a_full_disk_is_named_as_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CTranslate2 and safetensors write files themselves and report a full disk in their own exceptions
+    (safetensors: SafetensorError 'I/O error: No space left on device'): a file system left nearly full
+    says what happened. Elsewhere the library's error goes through unchanged."""
+    with pytest.raises(RuntimeError, match="a bug"):
+        with atomic.atomic_dir(tmp_path / "out"):
+            raise RuntimeError("a bug")
+    monkeypatch.setattr(atomic, "space_left", lambda folder: 4096)
+    with pytest.raises(NmtError, match=rf"^{tmp_path / 'out'}: no space left on the device"):
+        with atomic.atomic_dir(tmp_path / "out"):
+            raise RuntimeError("Error while serializing: I/O error")
+    assert leftovers(tmp_path) == []
+
+
+def test_an_oserror_without_errno_is_the_callers_to_word(tmp_path: Path) -> None:
+    """A library's OSError without an errno (gzip.BadGzipFile) is no OS fault: it reaches the caller as it is."""
+    import gzip
+
+    with pytest.raises(gzip.BadGzipFile):
+        with atomic.atomic_path(tmp_path / "x.d"):
+            raise gzip.BadGzipFile("Not a gzipped file")
+    assert leftovers(tmp_path) == []
+
+
+def test_a_real_full_disk(tmp_path: Path) -> None:
+    """A 64 KiB tmpfs: the write fails as the kernel fails it; the old file survives whole."""
+    with small_disk(tmp_path / "disk", 64) as disk:
+        atomic.write_text(disk / "a.txt", "old\n")
+        with pytest.raises(NmtError) as err:
+            atomic.write_text(disk / "a.txt", "x" * 200_000)
+        assert str(err.value) == f"{disk / 'a.txt'}: no space left on the device; free space there (or choose another location) and run the command again"
+        assert (disk / "a.txt").read_text() == "old\n" and leftovers(disk) == []
+
+
+def test_a_real_read_only_disk(tmp_path: Path) -> None:
+    with small_disk(tmp_path / "disk", 64, read_only=True) as disk:
+        for write in (lambda: atomic.write_text(disk / "a.txt", "x"), lambda: atomic.make_dir(disk / "runs" / "base")):
+            with pytest.raises(NmtError, match=rf"^{disk}/(a.txt|runs): read-only file system; choose a location on a writable one$"):
+                write()

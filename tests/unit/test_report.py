@@ -1,11 +1,17 @@
 """nmt.train.report: the figures of a log line from the summed statistics of a window of updates."""
 
+import errno
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
-from nmt.train.report import Stats, window_record
+from nmt.errors import NmtError
+from nmt.train import report
+from nmt.train.report import Reporter, Stats, window_record
+from tests.helpers import fail_writes, small_disk
 
 
 def window(**values: float) -> Stats:
@@ -39,3 +45,27 @@ def test_eta_takes_whichever_limit_comes_first() -> None:
     fast = window_record(w, 10.0, 10, 1, 10, 5, 1e-3, 1e9, None, 1, seconds_left=600.0)
     assert fast["eta_min"] == pytest.approx(5 * 1.0 / 60)
     assert window_record(w, 10.0, 10, 1, 10, 5, 1e-3, 1e9, None, 1, seconds_left=-3.0)["eta_min"] == 0.0
+
+
+def test_a_record_that_does_not_fit_is_cut_back_to_the_last_whole_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk while train.jsonl is appended (injected: the kernel's short write, then ENOSPC): the half
+    line written is cut away, so every reader of the log still parses it, and the fault is one line."""
+    disk = fail_writes(monkeypatch, report, errno.ENOSPC, room=1 << 20)
+    reporter = Reporter(tmp_path, main=True)
+    reporter.log({"update": 1, "loss": 5.0})
+    before = (tmp_path / "train.jsonl").read_text()
+    disk.room = 10  # the next record's first 10 bytes fit
+    with pytest.raises(NmtError) as err:
+        reporter.log({"update": 2, "loss": 4.5, "ppl": 90.0})
+    assert str(err.value) == f"{tmp_path / 'train.jsonl'}: no space left on the device; free space there (or choose another location) and run the command again"
+    assert (tmp_path / "train.jsonl").read_text() == before and json.loads(before)["update"] == 1
+
+
+def test_a_real_full_disk_under_the_log(tmp_path: Path) -> None:
+    with small_disk(tmp_path / "disk", 8) as disk:
+        reporter = Reporter(disk, main=True)
+        with pytest.raises(NmtError, match="no space left on the device"):
+            for update in range(1, 10_000):
+                reporter.log({"update": update, "loss": 1.0 / update, "note": "x" * 100})
+        text = (disk / "train.jsonl").read_text()
+        assert text.endswith("\n") and [json.loads(line)["update"] for line in text.splitlines()] == list(range(1, update))

@@ -1,8 +1,14 @@
 
+import errno
+import os
+from pathlib import Path
+
 import pytest
 import torch
 
+from nmt.errors import NmtError
 from nmt.train.config import derive_update_freq
+from nmt.train.resume import archive_run
 from nmt.train.loss import label_smoothed_nll
 from nmt.train.schedule import inverse_sqrt_lr, noam_lr
 
@@ -52,3 +58,17 @@ def test_update_freq_keeps_tokens_per_update_across_device_counts() -> None:
     assert derive_update_freq(25000, 3125, 8) == 1
     assert derive_update_freq(25000, 3125, 64) == 1
     assert derive_update_freq(25000, 3125, 2) == 4
+
+
+def test_reset_on_a_folder_that_refuses_the_move(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--reset moves the earlier run aside; a permission refusing that (injected) is one line, not a traceback."""
+    (tmp_path / "checkpoint_last.pt").write_bytes(b"x")
+
+    def refuse(self: Path, target: Path) -> None:
+        raise OSError(errno.EACCES, os.strerror(errno.EACCES), str(self), None, str(target))
+
+    monkeypatch.setattr(Path, "rename", refuse)
+    with pytest.raises(NmtError) as err:
+        archive_run(tmp_path, print)
+    assert str(err.value) == (f"{tmp_path / 'checkpoint_last.pt'}: permission denied; check the owner and permissions of {tmp_path}, "
+                              "or choose another location")

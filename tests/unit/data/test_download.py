@@ -3,6 +3,7 @@
 Resuming over HTTP and the WMT mirror are tested in tests/integration/test_prepare.py.
 """
 
+import errno
 import hashlib
 import io
 import tarfile
@@ -12,6 +13,7 @@ import pytest
 
 from nmt.data.download import download, extract, md5sum, mirror_url, verify_archive
 from nmt.errors import NmtError
+from tests.helpers import fail_writes
 
 
 def tar_bytes(members: dict[str, str], links: dict[str, str] | None = None, mode: str = "w:gz") -> bytes:
@@ -103,3 +105,34 @@ def test_extract_refuses_escaping_members_and_links(tmp_path: Path, members: dic
     with pytest.raises(NmtError, match=r"would be written outside the extraction folder or is a link; refusing to extract"):
         extract(tmp_path / "evil.tgz", tmp_path / "out")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["evil.tgz"]  # nothing extracted, no temporary folder
+
+
+def test_a_full_disk_while_downloading_is_not_retried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A network error is worth a retry; a full disk is not (injected into the .part file's writes)."""
+    from nmt.data import download as module
+
+    source = tmp_path / "src.tgz"
+    source.write_bytes(b"archive bytes" * 100)
+    fail_writes(monkeypatch, module, errno.ENOSPC, room=100)
+    waits: list[float] = []
+    monkeypatch.setattr(module.time, "sleep", waits.append)
+    with pytest.raises(NmtError) as err:
+        download(source.as_uri(), tmp_path / "raw" / "dl.tgz", retries=3)
+    assert str(err.value) == f"{tmp_path / 'raw' / 'dl.tgz.part'}: no space left on the device; free space there (or choose another location) and run the command again"
+    assert waits == [] and not (tmp_path / "raw" / "dl.tgz").exists()
+
+
+def test_a_full_disk_while_extracting_is_not_called_a_corrupt_archive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from nmt.data import download as module
+
+    archive = tmp_path / "a.tgz"
+    with tarfile.open(archive, "w:gz") as tar:
+        data = b"line\n" * 1000
+        info = tarfile.TarInfo("corpus/train.en")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    fail_writes(monkeypatch, module, errno.ENOSPC, room=1000)
+    with pytest.raises(NmtError) as err:
+        extract(archive, tmp_path / "a.tgz.d")
+    assert str(err.value) == f"{tmp_path / 'a.tgz.d'}: no space left on the device; free space there (or choose another location) and run the command again"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tgz"]

@@ -10,6 +10,7 @@ from rich.console import Console
 from nmt.data.binarize import sha256
 from nmt.data.dataset import ParallelDataset
 from nmt.data.prepare import PrepareConfig, prepare, summary_table
+from nmt.data.verify import checksum64
 from nmt.errors import NmtError
 
 
@@ -34,7 +35,7 @@ def test_manifest_describes_the_folder(fixture_data: Path) -> None:
     expected = {"spm.model", "spm.vocab", "test.en", "test.de"} | {f"{s}.{l}.{e}" for s in m["splits"] for l in ("en", "de") for e in ("bin", "idx")}
     assert set(m["files"]) == expected
     for name, info in m["files"].items():
-        assert info == {"bytes": (fixture_data / name).stat().st_size, "sha256": sha256(fixture_data / name)}
+        assert info == {"bytes": (fixture_data / name).stat().st_size, "sha256": sha256(fixture_data / name), "checksum64": checksum64(fixture_data / name)}
     assert not [p.name for p in fixture_data.iterdir() if p.name.startswith(".")]
 
 

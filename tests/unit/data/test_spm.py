@@ -5,8 +5,10 @@ from pathlib import Path
 import pytest
 import sentencepiece as spm
 
+from nmt import atomic
 from nmt.data.spm import load_spm, train_spm
 from nmt.errors import NmtError
+from tests.helpers import small_disk
 from nmt.tokens import BOS, EOS, PAD, SPECIAL_PIECES, UNK
 
 FIXTURE_VOCAB = 400
@@ -110,3 +112,36 @@ def test_training_is_deterministic(tmp_path: Path, fixture_spm: Path) -> None:
     first = load_spm(fixture_spm)
     assert [(again.id_to_piece(i), again.get_score(i)) for i in range(FIXTURE_VOCAB)] == \
         [(first.id_to_piece(i), first.get_score(i)) for i in range(FIXTURE_VOCAB)]
+
+
+def test_a_full_disk_under_sentencepiece(tmp_path: Path, fixture_spm: Path) -> None:
+    """SentencePiece does not check its writes: on a full disk it leaves empty model files and reports
+    success. The model is loaded back before it is renamed into place."""
+    with small_disk(tmp_path / "disk", 64) as disk:
+        with open(disk / "filler", "wb", buffering=0) as f:  # every block of the disk taken
+            try:
+                while True:
+                    f.write(b"\0" * 4096)
+            except OSError:
+                pass
+        with pytest.raises(NmtError) as err:
+            train_spm(fixture_spm.parent / "sample.txt", disk / "spm", FIXTURE_VOCAB, threads=1)
+        assert str(err.value) == f"{disk / 'spm.model'}: no space left on the device; free space there (or choose another location) and run the command again"
+        assert sorted(p.name for p in disk.iterdir()) == ["filler"]
+
+
+@pytest.mark.parametrize("space", [0, 10 << 30])
+def test_an_unloadable_model_written_by_sentencepiece(tmp_path: Path, fixture_spm: Path, monkeypatch: pytest.MonkeyPatch, space: int) -> None:
+    """Injected: SentencePiece's training leaves the empty files it leaves on a full disk; with the disk
+    (pretended) full that is what the line says, otherwise that the model cannot be loaded back."""
+    def empty_files(**kwargs: object) -> None:
+        for ext in ("model", "vocab"):
+            Path(f"{kwargs['model_prefix']}.{ext}").write_bytes(b"")
+
+    monkeypatch.setattr(spm.SentencePieceTrainer, "train", empty_files)
+    monkeypatch.setattr(atomic, "space_left", lambda folder: space)
+    with pytest.raises(NmtError) as err:
+        train_spm(fixture_spm.parent / "sample.txt", tmp_path / "spm", FIXTURE_VOCAB, threads=1)
+    expected = (f"{tmp_path / 'spm.model'}: no space left on the device; free space there (or choose another location) and run the command again"
+                if space == 0 else f"{tmp_path / 'spm.model'}: SentencePiece wrote a model it cannot load back (write error?); run again")
+    assert str(err.value) == expected and list(tmp_path.iterdir()) == []
