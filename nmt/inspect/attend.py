@@ -177,13 +177,6 @@ Decoder rows are labelled by the token their position predicts; the position rea
 further. Weights are those of one teacher-forced forward pass over the source and the target shown.</p>"""
 
 
-def _write(path: Path, text: str) -> None:
-    try:
-        atomic.write_text(path, text)
-    except OSError as err:
-        raise NmtError(f"{path}: cannot write ({err.strerror or err})") from None
-
-
 def run(cfg: AttendConfig, out: TextIO | None = None) -> SentenceAttention:
     """``nmt attend``: compute the maps, print the chosen one on ``out`` (stdout), write the HTML and SVG files."""
     if cfg.kind not in KINDS:
@@ -203,10 +196,10 @@ def run(cfg: AttendConfig, out: TextIO | None = None) -> SentenceAttention:
                  ("translation" + (" (given)" if att.forced else ""), att.translation), ("target pieces", " ".join(att.target_out)),
                  ("score", scored)]
         page = html_page(att.heatmaps(), f"nmt attend: {sentence}", facts, KINDS, NOTES, show=chosen)
-        _write(cfg.html, page)
+        atomic.write_text(cfg.html, page)
         console.print(f"wrote {cfg.html}")
     if cfg.svg is not None:
-        _write(cfg.svg, svg(chosen))
+        atomic.write_text(cfg.svg, svg(chosen))
         console.print(f"wrote {cfg.svg}")
     return att
 

@@ -110,7 +110,7 @@ def test_run_refuses_bad_input(ckpt: Path, tmp_path: Path) -> None:
         (AttendConfig(ckpt, "Hello", layer=5), "--layer 5"),
         (AttendConfig(ckpt, "Hello", head=9), "--head 9"),
         (AttendConfig(ckpt, "Hello", kind="self"), "--kind must be one of"),
-        (AttendConfig(ckpt, "Hello", html=blocked / "page.html"), "page.html: cannot write"),
+        (AttendConfig(ckpt, "Hello", html=blocked / "page.html"), f"{blocked} is a file where a folder is needed"),
     ]
     for cfg, message in cases:
         with pytest.raises(NmtError, match=re.escape(message)):

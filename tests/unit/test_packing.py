@@ -5,6 +5,7 @@ state gives the same parameters."""
 from __future__ import annotations
 
 from dataclasses import replace
+import copy
 import shutil
 from pathlib import Path
 
@@ -13,7 +14,9 @@ import pytest
 import torch
 
 from nmt.data.batching import collate_indices, collate_packed, pack_bucket
-from nmt.data.binarize import TokenWriter
+from nmt import atomic
+from nmt.data.binarize import TokenWriter, sha256
+from nmt.data.verify import checksum64
 from nmt.data.dataset import ParallelDataset
 from nmt.kernels import output_cross_entropy
 from nmt.model.attention import SegmentMask, segment_ids
@@ -32,16 +35,17 @@ def pairs(fixture_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Paral
     and four more of its training pairs."""
     folder = tmp_path_factory.mktemp("pairs")
     fixture = ParallelDataset(fixture_data, "train")
-    for name in ("manifest.json", "spm.model"):
-        shutil.copy(fixture_data / name, folder / name)
+    shutil.copy(fixture_data / "spm.model", folder / "spm.model")
     longest = int(np.argmax(fixture.src_lengths + fixture.tgt_lengths))
     chosen = [(fixture.src[7][:1], fixture.tgt[longest]), (fixture.src[longest], fixture.tgt[7][:1]), (fixture.src[9][:1], fixture.tgt[9][:1]),
               fixture[longest], *(fixture[i] for i in (3, 40, 41, 120))]
-    dtype = fixture.manifest["dtype"]
+    manifest = copy.deepcopy(fixture.manifest)
     for side, lang in enumerate(("en", "de")):
-        writer = TokenWriter(folder / f"train.{lang}", dtype)
+        writer = TokenWriter(folder / f"train.{lang}", manifest["dtype"])
         writer.add_many([np.asarray(pair[side]) for pair in chosen])
-        writer.commit()
+        for path in writer.commit():  # recorded as nmt prepare records them, so that opening the split verifies them
+            manifest["files"][path.name] = {"bytes": path.stat().st_size, "sha256": sha256(path), "checksum64": checksum64(path)}
+    atomic.write_json(folder / "manifest.json", manifest)
     return ParallelDataset(folder, "train")
 
 
