@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,31 +72,17 @@ class Server:
         self.proc.wait(60)
 
 
-def load(port: int, lines: list[str], clients: int) -> tuple[float, list[float], list[str]]:
-    """``clients`` threads, one line per request, until all ``lines`` are answered: (seconds, latencies, outputs)."""
-    outputs = [""] * len(lines)
-    latencies: list[float] = []
-    cursor = iter(range(len(lines)))
-    lock = threading.Lock()
+def run_clients(clients: int, count: int, one: Callable[[int], None]) -> float:
+    """Seconds for ``clients`` threads to call ``one(i)`` for every i below ``count``, each taking the next i."""
+    cursor, lock = iter(range(count)), threading.Lock()
 
     def client() -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
-        headers = {"Content-Type": "application/json"}
         while True:
             with lock:
                 i = next(cursor, None)
             if i is None:
-                break
-            start = time.perf_counter()
-            conn.request("POST", "/v1/translate", json.dumps({"text": [lines[i]]}), headers)
-            response = conn.getresponse()
-            body = json.loads(response.read())
-            took = time.perf_counter() - start
-            assert response.status == 200, body
-            with lock:
-                latencies.append(took)
-            outputs[i] = body["translations"][0]["text"]
-        conn.close()
+                return
+            one(i)
 
     threads = [threading.Thread(target=client) for _ in range(clients)]
     start = time.perf_counter()
@@ -103,7 +90,27 @@ def load(port: int, lines: list[str], clients: int) -> tuple[float, list[float],
         t.start()
     for t in threads:
         t.join()
-    return time.perf_counter() - start, latencies, outputs
+    return time.perf_counter() - start
+
+
+def load(port: int, lines: list[str], clients: int) -> tuple[float, list[float], list[str]]:
+    """``clients`` threads, one line per request, until all ``lines`` are answered: (seconds, latencies, outputs)."""
+    outputs = [""] * len(lines)
+    latencies: list[float] = []
+    local = threading.local()  # one keep-alive connection per client thread
+
+    def one(i: int) -> None:
+        if not hasattr(local, "conn"):
+            local.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+        start = time.perf_counter()
+        local.conn.request("POST", "/v1/translate", json.dumps({"text": [lines[i]]}), {"Content-Type": "application/json"})
+        response = local.conn.getresponse()
+        body = json.loads(response.read())
+        latencies.append(time.perf_counter() - start)  # list.append is atomic
+        assert response.status == 200, body
+        outputs[i] = body["translations"][0]["text"]
+
+    return run_clients(clients, len(lines), one), latencies, outputs
 
 
 def cpu_name() -> str:
@@ -123,23 +130,7 @@ def batcher_alone(engine: "TorchEngine", lines: list[str], clients: int) -> tupl
     batcher = Batcher(engine, metrics, max_queue=4096, max_wait=0.005)
     batcher.start()
     sources = [engine.tokenize(line) for line in lines]
-    cursor, lock = iter(range(len(lines))), threading.Lock()
-
-    def client() -> None:
-        while True:
-            with lock:
-                i = next(cursor, None)
-            if i is None:
-                return
-            batcher.submit([sources[i]], engine.decode).future.result()
-
-    threads = [threading.Thread(target=client) for _ in range(clients)]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    took = time.perf_counter() - start
+    took = run_clients(clients, len(lines), lambda i: batcher.submit([sources[i]], engine.decode).future.result())
     batcher.close()
     get = metrics.registry.get_sample_value
     return took, get("nmt_batch_segments_sum") / get("nmt_batch_segments_count")
