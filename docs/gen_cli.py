@@ -6,7 +6,7 @@ import os
 import subprocess
 import sys
 
-COMMANDS = ["", "prepare", "train", "average", "translate", "score", "export", "attend"]
+COMMANDS = ["", "prepare", "train", "average", "translate", "score", "export", "attend", "serve"]
 
 
 def help_text(command: str) -> str:

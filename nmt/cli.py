@@ -14,6 +14,7 @@ import typer
 from nmt import __version__
 from nmt.console import console
 from nmt.errors import NmtError
+from nmt.serve.config import Limits, ServeConfig  # their defaults are nmt serve's (a light module: no torch, no FastAPI)
 
 app = typer.Typer(
     help="Neural machine translation: the Transformer of Vaswani et al. (2017), from raw text to BLEU.",
@@ -50,6 +51,10 @@ MaxLenA = Annotated[Optional[float], typer.Option(help="Output length limit a·s
 MaxLenB = Annotated[Optional[int], typer.Option(help="See --max-len-a.")]
 Stop = Annotated[Optional[str], typer.Option(help="beam: stop once --beam hypotheses have finished, as fairseq, Marian and CTranslate2 do. bound: tensor2tensor's search, as the paper's Table 2 was decoded: hypotheses finish from all 2·beam candidates, and the search ends when no live hypothesis can beat the finished ones (1.7-3.4x slower, a few lines change) [default: the checkpoint's [decode] settings, else beam].")]
 Device = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")]
+# Options of the commands that translate text (translate, serve).
+MaxTokens = Annotated[Optional[int], typer.Option(help="Source tokens per batch.")]
+Dtype = Annotated[str, typer.Option(help="fp32, bf16 or fp16. Half precision is for GPUs: on a CPU it is slower than fp32 (a warning says so).")]
+Threads = Annotated[Optional[int], typer.Option(help="CPU threads for torch.")]
 
 
 @app.command()
@@ -203,13 +208,13 @@ def translate(
     max_len_a: MaxLenA = None,
     max_len_b: MaxLenB = None,
     stop: Stop = None,
-    max_tokens: Annotated[Optional[int], typer.Option(help="Source tokens per batch.")] = None,
+    max_tokens: MaxTokens = None,
     buffer_size: Annotated[Optional[int], typer.Option(help="Lines read before translating [default: 2000; 1 when stdin is a terminal]. 1 answers each line as it arrives.")] = None,
     nbest: Annotated[Optional[int], typer.Option(help="Print the N best translations per line as LINE<TAB>SCORE<TAB>TEXT (LINE from 1).")] = None,
     scores: Annotated[bool, typer.Option("--scores", help="Prefix each translation with its length-penalised log-probability and a tab.")] = False,
     device: Device = "auto",
-    dtype: Annotated[str, typer.Option(help="fp32, bf16 or fp16. Half precision is for GPUs: on a CPU it is slower than fp32 (a warning says so).")] = "fp32",
-    threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch.")] = None,
+    dtype: Dtype = "fp32",
+    threads: Threads = None,
 ) -> None:
     """Translate raw text: stdin to stdout (or --input/--output), one line out for every line in.
 
@@ -320,3 +325,42 @@ def attend(
     decode = dict(beam=beam, lenpen=lenpen, penalty=penalty, max_len_a=max_len_a, max_len_b=max_len_b, stop=stop)
     run(AttendConfig(checkpoint=checkpoint, sentence=sentence, input=input, line=line, reference=reference, kind=kind, layer=layer,
                      head=head, html=html, svg=svg, device=device, decode=decode))
+
+
+@app.command()
+def serve(
+    checkpoints: Annotated[Optional[list[Path]], typer.Argument(help="One checkpoint, or several to ensemble [or --ctranslate2].")] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on. 127.0.0.1 is this machine only; 0.0.0.0 (or ::) opens the server to every network this machine is on, without authentication (a warning says who can reach it).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port; 0 picks a free one (printed).")] = 8080,
+    ctranslate2: Annotated[Optional[Path], typer.Option("--ctranslate2", help="Serve this folder written by 'nmt export --to ctranslate2' instead of checkpoints (needs --penalty fairseq; no scores, n-best lists or attention maps).")] = None,
+    beam: Beam = None,
+    lenpen: Lenpen = None,
+    penalty: Penalty = None,
+    max_len_a: MaxLenA = None,
+    max_len_b: MaxLenB = None,
+    stop: Stop = None,
+    max_tokens: MaxTokens = None,
+    max_wait_ms: Annotated[float, typer.Option(help="How long the first segment of a batch waits for segments of other requests to join it.")] = ServeConfig.max_wait_ms,
+    max_queue: Annotated[int, typer.Option(help="Segments accepted and not yet answered, over all requests; past it, 503 with Retry-After.")] = Limits.max_queue,
+    max_segments: Annotated[int, typer.Option(help="Segments in one request.")] = Limits.max_segments,
+    max_segment_chars: Annotated[int, typer.Option(help="Characters in one segment (and the model's own limit in tokens).")] = Limits.max_segment_chars,
+    max_body_bytes: Annotated[int, typer.Option(help="Bytes in one request's body.")] = Limits.max_body_bytes,
+    max_beam: Annotated[int, typer.Option(help="The widest beam a request may ask for.")] = Limits.max_beam,
+    device: Device = "auto",
+    dtype: Dtype = "fp32",
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads for torch [default: the cores less one, left to the HTTP side].")] = None,
+) -> None:
+    """Serve translations over HTTP: POST /v1/translate {"text": [...]} (JSON), GET /health, GET /metrics
+    (Prometheus), and at / a page that shows a sentence's translation and attention. Segments of concurrent
+    requests are decoded together, each exactly as 'nmt translate' translates it (docs/serve.md).
+    """
+    try:
+        from nmt.serve.server import serve as run
+    except ImportError as err:
+        raise NmtError(f"nmt serve needs {err.name}: pip install 'nmt[serve]'") from None
+
+    decode = dict(beam=beam, lenpen=lenpen, penalty=penalty, max_len_a=max_len_a, max_len_b=max_len_b, stop=stop, max_tokens=max_tokens)
+    limits = Limits(max_body_bytes=max_body_bytes, max_segments=max_segments, max_segment_chars=max_segment_chars, max_queue=max_queue,
+                    max_beam=max_beam)
+    run(ServeConfig(checkpoints=tuple(checkpoints or ()), ctranslate2=ctranslate2, host=host, port=port, decode=decode, device=device,
+                    dtype=dtype, threads=threads, max_wait_ms=max_wait_ms, limits=limits))

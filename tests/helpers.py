@@ -217,3 +217,91 @@ def fail_writes(monkeypatch: pytest.MonkeyPatch, module: ModuleType, code: int =
 def dot_files(folder: Path) -> list[str]:
     """Temporaries (dot names) anywhere under ``folder``: what a failed write must not leave behind."""
     return sorted(str(p.relative_to(folder)) for p in folder.rglob(".*"))
+
+
+# ------------------------------------------------------------------------------------------ nmt serve
+
+def http(port: int, method: str, path: str, body: bytes | str | dict | list | None = None, headers: dict[str, str] | None = None,
+         timeout: float = 60) -> tuple[int, dict[str, str], Any]:
+    """One request to the server on 127.0.0.1:``port``: (status, headers, JSON body, or text where not JSON).
+    A dict or list body is sent as JSON, bytes as they are."""
+    import http.client
+    import json
+
+    if isinstance(body, (dict, list)):
+        body = json.dumps(body)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        response = conn.getresponse()
+        raw = response.read()
+        found = {k.lower(): v for k, v in response.getheaders()}
+    finally:
+        conn.close()
+    try:
+        return response.status, found, json.loads(raw)
+    except ValueError:
+        return response.status, found, raw.decode("utf-8", errors="replace")
+
+
+class ServeProcess:
+    """``nmt serve ARGS --port 0`` in a subprocess (this checkout's code), ready once /health says so; stopped
+    with SIGTERM when the ``with`` block ends (killed if it has not stopped within ``stop_timeout``)."""
+
+    def __init__(self, *args: str, ready_timeout: float = 120, stop_timeout: float = 60) -> None:
+        self.args, self.ready_timeout, self.stop_timeout = args, ready_timeout, stop_timeout
+        self.port = 0
+        self.stderr = ""
+
+    def __enter__(self) -> "ServeProcess":
+        import re
+        import subprocess
+        import sys
+        import time
+
+        root = Path(__file__).resolve().parents[1]
+        self.proc = subprocess.Popen([sys.executable, "-m", "nmt", "serve", *self.args, "--port", "0"], cwd=root,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        first = self.proc.stdout.readline()  # printed once the socket listens, before the model loads
+        found = re.search(r"http://127\.0\.0\.1:(\d+)/", first)
+        if not found:
+            self.proc.kill()
+            raise RuntimeError(f"nmt serve did not start: {first}{self.proc.stderr.read()}")
+        self.port = int(found.group(1))
+        deadline = time.monotonic() + self.ready_timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"nmt serve exited with {self.proc.returncode}: {self.proc.stderr.read()}")
+            if http(self.port, "GET", "/health")[0] == 200:
+                return self
+            time.sleep(0.1)
+        self.proc.kill()
+        raise RuntimeError("nmt serve was not ready in time")
+
+    def stop(self) -> int:
+        """SIGTERM, then the exit status (the process is killed after ``stop_timeout`` seconds)."""
+        import signal
+        import subprocess
+
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(self.stop_timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.stderr = self.proc.stderr.read()
+        return self.proc.returncode
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+        self.proc.stdout.close()
+        self.proc.stderr.close()
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The value of one sample of /metrics (0 when absent)."""
+        wanted = name + ("{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}" if labels else "")
+        for line in http(self.port, "GET", "/metrics")[2].splitlines():
+            if line.split(" ")[0] == wanted:
+                return float(line.split(" ")[1])
+        return 0.0

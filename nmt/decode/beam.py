@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -70,11 +71,13 @@ class Scorer:
 @torch.no_grad()
 def beam_search(
     scorer: Scorer, src: Tensor, max_lens: list[int], beam: int = 4, alpha: float = 0.6,
-    penalty: str = "gnmt", nbest: int = 1, stop: str = "beam",
+    penalty: str = "gnmt", nbest: int = 1, stop: str = "beam", on_done: Callable[[int, list[Hypothesis]], None] | None = None,
 ) -> list[list[Hypothesis]]:
     """Translate a batch src (N, S); ``max_lens[i]`` counts output tokens including EOS.
 
-    Returns, per sentence, its ``nbest`` best finished hypotheses, best first.
+    Returns, per sentence, its ``nbest`` best finished hypotheses, best first. ``on_done(i, hypotheses)``, if
+    given, gets them as soon as sentence i's search ends, while the others go on (``nmt serve`` answers its
+    client then).
     """
     device = src.device
     n, k = src.size(0), beam
@@ -137,6 +140,9 @@ def beam_search(
         if t + 1 in limit_steps:
             done |= limits <= t + 1
         finished_now = int(done.sum())
+        if finished_now and on_done is not None:
+            for i in active[done].tolist():
+                on_done(i, sorted(finished[i], key=lambda h: -h.score)[:nbest])
         if finished_now == m:
             break
         if finished_now:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator, TextIO
+from typing import BinaryIO, Callable, Iterator, Sequence, TextIO
 
 import sentencepiece as spm
 import torch
@@ -53,6 +53,16 @@ def load_models(paths: list[Path], device: torch.device, dtype: torch.dtype) -> 
     return models, first
 
 
+def token_batches(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
+    """The indices of sources of ``lengths`` (ids, EOS not counted), longest first (ties in input order), cut
+    into batches of at most ``max_tokens`` padded source tokens, EOS counted; a longer source is a batch alone."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches, start = [], 0
+    while start < len(order):
+        size = max(1, max_tokens // (lengths[order[start]] + 1))
+        batches.append(order[start : start + size])
+        start += size
+    return batches
 
 
 class Translator:
@@ -72,34 +82,38 @@ class Translator:
         self.tgt_lang = meta["manifest"].get("tgt", "de")
         self.max_src = min(m.cfg.max_positions for m in self.models) - 1  # room for EOS
 
+    def tokenize(self, text: str) -> list[int]:
+        """SentencePiece ids of ``text``, normalised as ``nmt prepare`` normalised the training data; not truncated."""
+        return self.spm.encode(normalise(text, self.src_lang))
+
     def encode(self, line_no: int, text: str) -> list[int]:
-        ids = self.spm.encode(normalise(text, self.src_lang))
+        """``tokenize``, cut to the model's limit (with a warning naming the line)."""
+        ids = self.tokenize(text)
         if len(ids) > self.max_src:
             console.print(f"[yellow]line {line_no}: {len(ids)} tokens exceed the model's limit of {self.max_src}; truncated")
             ids = ids[: self.max_src]
         return ids
 
-    def max_len(self, n_src: int) -> int:
-        return self.decode.max_output_len(n_src, min(m.cfg.max_positions for m in self.models))
+    def max_len(self, n_src: int, decode: DecodeConfig | None = None) -> int:
+        return (decode or self.decode).max_output_len(n_src, min(m.cfg.max_positions for m in self.models))
 
     @torch.inference_mode()
-    def translate_ids(self, sources: list[list[int]]) -> list[list[Hypothesis]]:
-        """Hypotheses for each source (ids without EOS), batched by tokens, in input order."""
-        order = sorted(range(len(sources)), key=lambda i: -len(sources[i]))
+    def translate_ids(self, sources: list[list[int]], decode: DecodeConfig | None = None,
+                      on_done: Callable[[int, list[Hypothesis]], None] | None = None) -> list[list[Hypothesis]]:
+        """Hypotheses for each source (ids without EOS), batched by tokens, in input order; searched with
+        ``decode`` (``nmt serve``'s per-request settings) instead of the translator's own when given, and
+        handed to ``on_done(source index, hypotheses)`` as each source's search ends."""
+        d = decode or self.decode
         results: list[list[Hypothesis]] = [[] for _ in sources]
-        start = 0
-        while start < len(order):
-            width = len(sources[order[start]]) + 1
-            size = max(1, self.decode.max_tokens // width)
-            chunk = order[start : start + size]
-            start += len(chunk)
+        for chunk in token_batches([len(s) for s in sources], d.max_tokens):
+            width = len(sources[chunk[0]]) + 1
             src = torch.full((len(chunk), width), PAD, dtype=torch.long)
             for row, i in enumerate(chunk):
                 src[row, : len(sources[i])] = torch.tensor(sources[i], dtype=torch.long)
                 src[row, len(sources[i])] = EOS
-            d = self.decode
-            hyps = beam_search(self.scorer, src.to(self.device), [self.max_len(len(sources[i])) for i in chunk],
-                               beam=d.beam, alpha=d.lenpen, penalty=d.penalty, nbest=d.nbest, stop=d.stop)
+            done = None if on_done is None else (lambda row, hyps, chunk=chunk: on_done(chunk[row], hyps))
+            hyps = beam_search(self.scorer, src.to(self.device), [self.max_len(len(sources[i]), d) for i in chunk],
+                               beam=d.beam, alpha=d.lenpen, penalty=d.penalty, nbest=d.nbest, stop=d.stop, on_done=done)
             for i, h in zip(chunk, hyps):
                 results[i] = h
         return results

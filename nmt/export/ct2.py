@@ -136,6 +136,14 @@ def write(model: "Transformer", vocab: list[str], meta: dict[str, Any], out: Pat
     return {"ctranslate2_version": ct2.__version__}
 
 
+def check_decode(decode: DecodeConfig) -> None:
+    """Refuse the search settings CTranslate2 has no equivalent of."""
+    if decode.penalty != "fairseq":
+        raise NmtError("CTranslate2 divides scores by |Y|^α: use --penalty fairseq (the gnmt penalty is not available)")
+    if decode.stop != "beam":
+        raise NmtError("CTranslate2 stops once --beam hypotheses have finished: use --stop beam (the exact bound is not available)")
+
+
 class CT2Translator:
     """Translate raw lines with an exported CTranslate2 folder as ``nmt translate --penalty fairseq`` does:
     same normalisation and SentencePiece encoding, same per-sentence output limit (one ``translate_batch``
@@ -164,23 +172,26 @@ class CT2Translator:
         self.spm = spm.SentencePieceProcessor(model_file=str(model_dir / self.info["sentencepiece"]))
         self.src_lang = self.info["source_language"]
 
+    def tokenize(self, text: str) -> list[str]:
+        """SentencePiece pieces of ``text``, normalised as the training data was; not truncated."""
+        return self.spm.encode(normalise(text, self.src_lang), out_type=str)
+
     def encode(self, text: str) -> list[str]:
-        pieces = self.spm.encode(normalise(text, self.src_lang), out_type=str)
-        return pieces[: self.info["max_source_tokens"]]
+        return self.tokenize(text)[: self.info["max_source_tokens"]]
 
     def translate(self, lines: list[str], decode: DecodeConfig, max_batch_tokens: int = 4096) -> list[str]:
         """Detokenised translations of ``lines`` (empty lines stay empty), in order."""
-        if decode.penalty != "fairseq":
-            raise NmtError("CTranslate2 divides scores by |Y|^α: use --penalty fairseq (the gnmt penalty is not available)")
-        if decode.stop != "beam":
-            raise NmtError("CTranslate2 stops once --beam hypotheses have finished: use --stop beam (the exact bound is not available)")
-        sources = [self.encode(line) if line.strip() else [] for line in lines]
+        return self.translate_pieces([self.encode(line) if line.strip() else [] for line in lines], decode, max_batch_tokens)
+
+    def translate_pieces(self, sources: list[list[str]], decode: DecodeConfig, max_batch_tokens: int = 4096) -> list[str]:
+        """Detokenised translations of SentencePiece ``sources`` (an empty source stays empty), in order."""
+        check_decode(decode)
         # One call per source length: the output limit a·|x| + b is per sentence, CTranslate2's per call.
         by_length: dict[int, list[int]] = {}
         for i, src in enumerate(sources):
             if src:
                 by_length.setdefault(len(src), []).append(i)
-        out = [""] * len(lines)
+        out = [""] * len(sources)
         suppress = [[SPECIAL_PIECES[PAD]], [SPECIAL_PIECES[BOS]]]  # ours never emits padding or BOS either
         for n, rows in sorted(by_length.items()):
             limit = decode.max_output_len(n, self.info["max_positions"])  # output tokens, EOS included

@@ -149,6 +149,13 @@ def compute(checkpoint: Path, sentence: str, reference: str | None = None, devic
         tgt_ids, score = translator.spm.encode(normalise(reference, translator.tgt_lang)), None
         if len(tgt_ids) + 1 > model.cfg.max_positions:
             raise NmtError(f"--reference has {len(tgt_ids)} pieces; the model takes at most {model.cfg.max_positions - 1}")
+    return record(translator, src_ids, tgt_ids, score)
+
+
+def record(translator: Translator, src_ids: list[int], tgt_ids: list[int], score: float | None) -> SentenceAttention:
+    """Every attention map of the translator's first model in the teacher-forced pass over ``src_ids`` (without
+    EOS) and ``tgt_ids`` (its translation, without BOS and EOS; ``score``: the search's, None when forced)."""
+    model = translator.models[0]
     src = torch.tensor([src_ids + [EOS]], device=translator.device)
     tgt_in = torch.tensor([[BOS] + tgt_ids], device=translator.device)
     with torch.inference_mode():

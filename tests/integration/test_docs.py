@@ -30,4 +30,4 @@ def test_help_lists_only_working_commands() -> None:
     import gen_cli
 
     listed = re.findall(r"^  (\w+)\s{2,}", gen_cli.help_text("").split("Commands:")[1], re.M)
-    assert listed == ["prepare", "train", "average", "translate", "score", "export", "attend"]
+    assert listed == ["prepare", "train", "average", "translate", "score", "export", "attend", "serve"]

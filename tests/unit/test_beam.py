@@ -225,3 +225,23 @@ def test_length_penalties() -> None:
     assert length_penalty(10, 0.6, "fairseq") == pytest.approx(10**0.6)
     with pytest.raises(ValueError):
         length_penalty(3, 1.0, "other")
+
+
+@pytest.mark.parametrize("stop, nbest", [("beam", 1), ("bound", 2)])
+def test_each_sentence_is_handed_over_once_as_its_search_ends(stop: str, nbest: int) -> None:
+    """``on_done`` gets every sentence exactly once, with what the search returns for it, and a sentence whose
+    search ends early before the step at which the batch's last one ends (nmt serve answers it then)."""
+    s = scorer(shift=0.0)
+    src = torch.randint(4, 5, (5, 4), generator=torch.Generator().manual_seed(0))
+    limits = [2, 9, 4, 9, 6]  # the limits force the ends apart
+    calls: list[tuple[int, list, int]] = []
+    steps = []
+    original = s.step
+    s.step = lambda tokens, states: (steps.append(1), original(tokens, states))[1]  # type: ignore[method-assign]
+    with torch.no_grad():
+        result = beam_search(s, src, limits, beam=3, nbest=nbest, stop=stop,
+                             on_done=lambda i, hyps: calls.append((i, [(h.tokens, h.score) for h in hyps], len(steps))))
+    assert sorted(i for i, _, _ in calls) == list(range(5))
+    assert {i: hyps for i, hyps, _ in calls} == {i: [(h.tokens, h.score) for h in hyps] for i, hyps in enumerate(result)}
+    when = {i: at for i, _, at in calls}
+    assert when[0] <= 2 < len(steps) and when[0] < max(when.values())

@@ -1,5 +1,5 @@
 (function () {
-  const grids = Array.from(document.querySelectorAll('section.grid'));
+  // The maps are looked up at each change, not once: nmt serve's page replaces them and then fires 'change' on #kind.
   const pick = { kind: document.getElementById('kind'), layer: document.getElementById('layer'), head: document.getElementById('head') };
   function fill(select, values, keep) {
     select.innerHTML = '';
@@ -7,6 +7,7 @@
     if (values.some(([v]) => v === keep)) select.value = keep;
   }
   function update() {
+    const grids = Array.from(document.querySelectorAll('section.grid'));
     const kind = pick.kind.value;
     const mine = grids.filter(g => g.dataset.kind === kind);
     const layers = [...new Set(mine.map(g => g.dataset.layer))];

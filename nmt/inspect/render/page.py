@@ -32,6 +32,36 @@ def _grid_html(m: Heatmap, hidden: bool) -> str:
     return "\n".join(out)
 
 
+def facts_html(facts: list[tuple[str, str]]) -> str:
+    """The (name, text) pairs as the page's definition list."""
+    e = escape
+    return '<dl class="facts">' + "".join(f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in facts) + "</dl>"
+
+
+def picker_html(kinds: list[str], kind_names: dict[str, str], shown: Heatmap | None = None) -> str:
+    """The picker of attention kind, layer and head, with the colour legend; ``page.js`` fills the layers and
+    heads from the maps present, so a page can put its maps in later (``nmt serve``)."""
+    e = escape
+    kind = shown.kind if shown is not None else kinds[0]
+    options = "".join(f'<option value="{e(k)}"{" selected" if k == kind else ""}>{e(kind_names.get(k, k))}</option>' for k in kinds)
+    legend = "".join(f'<span style="background:{hex_colour(colour(w, BLUES))};color:{hex_colour(ink(colour(w, BLUES)))}">{w:.2f}</span>'
+                     for w in (0.0, 0.1, 0.25, 0.5, 0.75, 1.0))
+    layer = "" if shown is None else f'<option value="{shown.layer}">{shown.layer}</option>'
+    head = "" if shown is None else f'<option value="{"avg" if shown.head is None else shown.head}">{"avg" if shown.head is None else shown.head}</option>'
+    return ('<div id="picker">'
+            f'<label>attention <select id="kind">{options}</select></label>'
+            f'<label>layer <select id="layer">{layer}</select></label>'
+            f'<label>head <select id="head">{head}</select></label>'
+            f'<span class="legend">{legend}</span></div>')
+
+
+def grids_html(maps: list[Heatmap], show: Heatmap | None = None) -> str:
+    """Every map as a table, all hidden but the one like ``show`` (kind, layer, head), else the first."""
+    shown = show if show is not None else maps[0]
+    key = lambda m: (m.kind, m.layer, m.head)  # noqa: E731
+    return "\n".join(_grid_html(m, key(m) != key(shown)) for m in maps)
+
+
 def html_page(maps: list[Heatmap], title: str, facts: list[tuple[str, str]], kind_names: dict[str, str], notes: str = "",
               show: Heatmap | None = None) -> str:
     """One HTML page, no network and no external file: the ``facts`` (name, text) on top, a picker (attention
@@ -39,24 +69,11 @@ def html_page(maps: list[Heatmap], title: str, facts: list[tuple[str, str]], kin
     shown first, else the first); hovering a cell shows its row's and column's tokens and the weight. ``notes`` is trusted HTML."""
     e = escape
     shown = show if show is not None else maps[0]
-    kinds = list(dict.fromkeys(m.kind for m in maps))
-    options = "".join(f'<option value="{e(k)}"{" selected" if k == shown.kind else ""}>{e(kind_names.get(k, k))}</option>' for k in kinds)
-    legend = "".join(f'<span style="background:{hex_colour(colour(w, BLUES))};color:{hex_colour(ink(colour(w, BLUES)))}">{w:.2f}</span>'
-                     for w in (0.0, 0.1, 0.25, 0.5, 0.75, 1.0))
-    head = "avg" if shown.head is None else str(shown.head)
     parts = [
         "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">', f"<title>{e(title)}</title>",
         f"<style>{STYLE}</style>", "</head>", "<body>", f"<h1>{e(title)}</h1>",
-        '<dl class="facts">' + "".join(f"<dt>{e(k)}</dt><dd>{e(v)}</dd>" for k, v in facts) + "</dl>",
-        notes,
-        '<div id="picker">'
-        f'<label>attention <select id="kind">{options}</select></label>'
-        f'<label>layer <select id="layer"><option value="{shown.layer}">{shown.layer}</option></select></label>'
-        f'<label>head <select id="head"><option value="{head}">{head}</option></select></label>'
-        f'<span class="legend">{legend}</span></div>',
-        '<p id="info">hover a cell: row token → column token: weight</p>',
+        facts_html(facts), notes, picker_html(list(dict.fromkeys(m.kind for m in maps)), kind_names, shown),
+        '<p id="info">hover a cell: row token → column token: weight</p>', grids_html(maps, shown),
+        f"<script>{SCRIPT}</script>", "</body>", "</html>", "",
     ]
-    key = lambda m: (m.kind, m.layer, m.head)  # noqa: E731
-    parts += [_grid_html(m, key(m) != key(shown)) for m in maps]
-    parts += [f"<script>{SCRIPT}</script>", "</body>", "</html>", ""]
     return "\n".join(parts)
