@@ -94,3 +94,41 @@ def test_positions_beyond_the_table_are_refused() -> None:
             decode_step(model, torch.tensor([token]), state)
         with pytest.raises(ValueError, match="5 positions exceeds max_positions 4"):
             decode_step(model, torch.tensor([8]), state)
+
+
+def test_sentences_joining_and_leaving_a_running_state_are_scored_as_alone() -> None:
+    """Continuous batching: a sentence that joins after some steps (its rows at other positions than the
+    batch's, a longer source than the batch's) is scored at every step as the full decoder scores its own
+    prefix, and so are the rows already there; when the first sentence leaves, the columns and source
+    positions no row needs are dropped and the scores stay the same."""
+    model = tiny_model()
+    first_src = torch.tensor([[5, 6, 3]])
+    joiner_src = torch.tensor([[9, 10, 11, 12, 3]])
+    beam = 2
+    with torch.no_grad():
+        state = init_state(model, model.encode(first_src), beam=beam)
+        first = torch.full((beam, 1), 2)
+        for _ in range(3):
+            decode_step(model, first[:, -1], state)
+            first = torch.cat([first, torch.randint(3, 40, (beam, 1))], 1)
+        state.join(init_state(model, model.encode(joiner_src), beam=beam))
+        joiner = torch.full((beam, 1), 2)
+        for step in range(6):
+            out = decode_step(model, torch.cat([first[:, -1], joiner[:, -1]]), state)
+            n = first.size(0)
+            if n:
+                expect_first = model(first_src.repeat(n, 1), first).log_softmax(-1)[:, -1]
+                torch.testing.assert_close(out[:n], expect_first, atol=1e-5, rtol=1e-5)
+            expect_joiner = model(joiner_src.repeat(beam, 1), joiner).log_softmax(-1)[:, -1]
+            torch.testing.assert_close(out[n:], expect_joiner, atol=1e-5, rtol=1e-5)
+            if step == 2:  # the first sentence leaves; the joiner goes on, its two rows swapped
+                state.reorder(torch.tensor([3, 2]), sentences=torch.tensor([1]), width=joiner_src.size(1))
+                joiner = joiner[[1, 0]]
+                first = first[:0]
+                assert state.start is None and state.base == 3  # its columns before the join are gone
+            else:
+                rows = torch.arange(first.size(0) + joiner.size(0))
+                state.reorder(rows)
+            first = torch.cat([first, torch.randint(3, 40, (first.size(0), 1))], 1)
+            joiner = torch.cat([joiner, torch.randint(3, 40, (beam, 1))], 1)
+        assert state.self_k[0].size(2) == joiner.size(1) - 1
