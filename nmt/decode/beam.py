@@ -79,124 +79,37 @@ def beam_search(
     given, gets them as soon as sentence i's search ends, while the others go on (``nmt serve`` answers its
     client then).
     """
-    results: list[list[Hypothesis]] = [[] for _ in range(src.size(0))]
-
-    def done(i: int, hyps: list[Hypothesis]) -> None:
-        results[i] = hyps
-        if on_done is not None:
-            on_done(i, hyps)
-
-    search = BeamSearch(scorer, beam, alpha, penalty, nbest, stop, done)
-    search.add(src, max_lens, list(range(src.size(0))))
-    while search.sentences:
-        search.step()
-    return results
-
-
-class BeamSearch:
-    """A batched beam search that sentences can join between steps (continuous batching).
-
-    ``add`` encodes sentences and lets them join the search at the next step; ``step`` extends every live
-    sentence's hypotheses by one token and hands each sentence whose search ended to ``on_done(key,
-    hypotheses)``, where ``key`` is what ``add`` was given for it. Each sentence is searched as a batch of one
-    would search it (its rows only ever compete with each other; a late joiner's rows attend to their own
-    positions only), so what it gets does not depend on what shared the batch, nor on when it joined.
-    """
-
-    def __init__(self, scorer: Scorer, beam: int = 4, alpha: float = 0.6, penalty: str = "gnmt", nbest: int = 1,
-                 stop: str = "beam", on_done: Callable[[int, list[Hypothesis]], None] | None = None) -> None:
-        self.scorer, self.k, self.alpha, self.penalty, self.nbest, self.stop = scorer, beam, alpha, penalty, nbest, stop
-        self.on_done = on_done
-        self.states: list[DecoderState] = []
-        self.vocab = scorer.models[0].cfg.vocab_size
-        self._never: Tensor | None = None  # tokens no output contains, on the device
-        self._eos_only: Tensor | None = None  # 0 at EOS, -inf elsewhere: what a row at its limit may add
-        self.finished: dict[int, list[Hypothesis]] = {}
-
-    @property
-    def sentences(self) -> int:
-        """How many sentences are still searching."""
-        return len(self.keys) if self.states else 0
-
-    @property
-    def width(self) -> int:
-        """The longest live source, EOS included (0 when none): the padded source tokens of the batch are
-        ``sentences × width``."""
-        return max(self.src_lens) if self.sentences else 0
-
-    def add(self, src: Tensor, max_lens: list[int], keys: list[int]) -> None:
-        """Let the sentences ``src`` (N, S) join, with output limits ``max_lens`` (EOS included) and keys."""
-        device, n, k = src.device, src.size(0), self.k
-        lens = (src != PAD).sum(1).tolist()
-        if not self.sentences:  # a fresh search: the first step decodes one row per sentence, as a batch of one does
-            self.states = self.scorer.start(src, 1)
-            self.t = 0  # the search's step
-            self.r = 1  # rows per sentence
-            self.keys, self.src_lens = list(keys), lens
-            self.begin = torch.zeros(n, dtype=torch.long, device=device)
-            self.limits = torch.tensor(max_lens, device=device)
-            self.bound_penalty = self._bound_penalty(max_lens, device)
-            self.lowest = torch.full((n,), float("-inf"), dtype=torch.float64, device=device)
-            self.count = torch.zeros(n, dtype=torch.long, device=device)
-            self.scores = torch.zeros(n, 1, device=device)
-            self.history = torch.zeros(n, 0, dtype=torch.long, device=device)
-            self.history_base = 0  # the step of the history's first column
-            self.last = torch.full((n,), BOS, dtype=torch.long, device=device)
-            self.limit_steps = set(max_lens)  # known on the host: no device check at steps where no sentence ends
-            self._never = torch.tensor([PAD, BOS], device=device)
-            self._eos_only = torch.full((self.vocab,), float("-inf"), device=device)
-            self._eos_only[EOS] = 0.0
-            for key in keys:
-                self.finished[key] = []
-            return
-        if self.r < k:  # the rows of the sentences already here open to the beam first (the extra ones dead)
-            self._open_beam()
-        # The joiners get k rows at once, all BOS, the first alive and the others dead (-inf): their first
-        # step then extends the one row only, as a fresh search's does.
-        for state, joining in zip(self.states, self.scorer.start(src, k)):
-            state.join(joining)
-        self.keys += keys
-        self.src_lens += lens
-        self.begin = torch.cat([self.begin, self.begin.new_full((n,), self.t)])
-        self.limits = torch.cat([self.limits, torch.tensor(max_lens, device=device) + self.t])
-        self.bound_penalty = torch.cat([self.bound_penalty, self._bound_penalty(max_lens, device)])
-        self.lowest = torch.cat([self.lowest, self.lowest.new_full((n,), float("-inf"))])
-        self.count = torch.cat([self.count, self.count.new_zeros(n)])
-        first = self.scores.new_full((n, k), float("-inf"))
-        first[:, 0] = 0.0
-        self.scores = torch.cat([self.scores, first])
-        self.history = torch.cat([self.history, self.history.new_full((n * k, self.history.size(1)), PAD)])
-        self.last = torch.cat([self.last, self.last.new_full((n * k,), BOS)])
-        self.limit_steps |= {m + self.t for m in max_lens}
-        for key in keys:
-            self.finished[key] = []
-
-    def _bound_penalty(self, max_lens: list[int], device: torch.device) -> Tensor:
-        # In float64, as the scores of finished hypotheses are: the stopping test compares the two.
-        return torch.tensor([length_penalty(m, self.alpha, self.penalty) for m in max_lens], dtype=torch.float64, device=device)
-
-    def _open_beam(self) -> None:
-        """Rows per sentence 1 → k before the first step (a second ``add`` before any step)."""
-        m, k = self.scores.size(0), self.k
-        rows = torch.arange(m, device=self.scores.device).repeat_interleave(k)
-        self.scorer.reorder(self.states, rows, None, k)
-        self.scores = torch.cat([self.scores, self.scores.new_full((m, k - 1), float("-inf"))], 1)
-        self.history, self.last = self.history[rows], self.last[rows]
-        self.r = k
-
-    def step(self) -> None:
-        """Extend every live sentence by one token; hand over those whose search ended."""
-        k, t, alpha, penalty = self.k, self.t, self.alpha, self.penalty
-        scores = self.scores
+    device = src.device
+    n, k = src.size(0), beam
+    steps = max(max_lens)
+    # The k hypotheses of a sentence are all BOS at first: the first step decodes one row per sentence
+    # (r = 1), and the beam opens to k rows after it.
+    states = scorer.start(src, 1)
+    active = torch.arange(n, device=device)  # original index of each sentence still searching
+    limits = torch.tensor(max_lens, device=device)
+    # In float64, as the scores of finished hypotheses are: the stopping test compares the two.
+    bound_penalty = torch.tensor([length_penalty(m, alpha, penalty) for m in max_lens], dtype=torch.float64, device=device)
+    # The lowest score of each sentence's finished set (its best ``beam``), -inf until ``nbest`` have
+    # finished: what the bound compares with.
+    lowest = torch.full((n,), float("-inf"), dtype=torch.float64, device=device)
+    count = torch.zeros(n, dtype=torch.long, device=device)  # hypotheses finished so far, per sentence
+    scores = torch.zeros(n, 1, device=device)  # (sentences, rows per sentence r)
+    history = torch.zeros(n, 0, dtype=torch.long, device=device)
+    last = torch.full((n,), BOS, dtype=torch.long, device=device)
+    finished: list[list[Hypothesis]] = [[] for _ in range(n)]
+    eos_only = torch.full((1, 1, scorer.models[0].cfg.vocab_size), float("-inf"), device=device)
+    eos_only[..., EOS] = 0.0
+    limit_steps = set(max_lens)  # known on the host: no device check at the steps where no sentence ends
+    never = torch.tensor([PAD, BOS], device=device)  # tokens no output contains
+    firsts = torch.arange(n, device=device)[:, None] * k  # the first row of each sentence once the beam is open
+    for t in range(steps):
         m, r = scores.shape
-        device = scores.device
-        lprobs = self.scorer.step(self.last, self.states)  # a fresh tensor, changed in place below
+        lprobs = scorer.step(last, states)  # a fresh tensor, changed in place below
         vocab = lprobs.size(-1)
-        assert self._never is not None
-        lprobs.index_fill_(1, self._never, float("-inf"))
-        if t + 1 in self.limit_steps:  # the last allowed position of some sentences: only EOS may come there
-            at_limit = (self.limits == t + 1).repeat_interleave(r)
-            lprobs = torch.where(at_limit[:, None], lprobs + self._eos_only, lprobs)
+        lprobs.index_fill_(1, never, float("-inf"))
+        if t + 1 in limit_steps:  # the last allowed position of some sentences: only EOS may come there
+            at_limit = (limits == t + 1).repeat_interleave(r)
+            lprobs = torch.where(at_limit[:, None], lprobs + eos_only[0], lprobs)
         # The best 2k extensions of a sentence are among the best 2k of each of its r rows: a top-k per row
         # first, then over the r × 2k survivors (cheaper than one over r × V).
         width = min(2 * k, vocab)
@@ -214,79 +127,63 @@ class BeamSearch:
         alive_scores = top_scores.gather(1, order).masked_fill(is_eos.gather(1, order), float("-inf"))
         alive_beam, alive_token = top_beam.gather(1, order), top_token.gather(1, order)
 
-        may_finish = is_eos if self.stop == "bound" else is_eos[:, :k]
+        may_finish = is_eos if stop == "bound" else is_eos[:, :k]
         finishing = may_finish & torch.isfinite(top_scores[:, : may_finish.size(1)])
         if bool(finishing.any()):
-            self._finish(finishing, top_scores, top_beam, r)
-            self.count = self.count + finishing.sum(1)
+            lowest = _finish(finishing, top_scores, top_beam, history, active, t + 1, alpha, penalty, k, nbest, finished, lowest, r)
+            count = count + finishing.sum(1)
         best_alive = alive_scores[:, 0]
-        if self.stop == "beam":
-            done = (self.count >= k) | (best_alive == float("-inf"))
+        if stop == "beam":
+            done = (count >= k) | (best_alive == float("-inf"))
         else:  # a sentence with no live hypothesis left is done too: -inf / penalty is -inf
-            done = (self.lowest > best_alive.double() / self.bound_penalty) | (best_alive == float("-inf"))
-        if t + 1 in self.limit_steps:
-            done |= self.limits <= t + 1
-        self.t = t + 1
+            done = (lowest > best_alive.double() / bound_penalty) | (best_alive == float("-inf"))
+        if t + 1 in limit_steps:
+            done |= limits <= t + 1
         finished_now = int(done.sum())
-        if finished_now:
-            gone = torch.nonzero(done).flatten().tolist()
-            for i in gone:
-                key = self.keys[i]
-                hyps = sorted(self.finished.pop(key), key=lambda h: -h.score)[: self.nbest]
-                if self.on_done is not None:
-                    self.on_done(key, hyps)
+        if finished_now and on_done is not None:
+            for i in active[done].tolist():
+                on_done(i, sorted(finished[i], key=lambda h: -h.score)[:nbest])
         if finished_now == m:
-            self.states = []
-            return
+            break
         if finished_now:
             keep = torch.nonzero(~done).flatten()
-            kept = keep.tolist()
-            self.keys = [self.keys[i] for i in kept]
-            self.src_lens = [self.src_lens[i] for i in kept]
             alive_beam, alive_token, alive_scores = alive_beam[keep], alive_token[keep], alive_scores[keep]
-            self.limits, self.bound_penalty = self.limits[keep], self.bound_penalty[keep]
-            self.lowest, self.count, self.begin = self.lowest[keep], self.count[keep], self.begin[keep]
+            active, limits, bound_penalty, lowest, count = active[keep], limits[keep], bound_penalty[keep], lowest[keep], count[keep]
             base = keep[:, None] * r
         else:
             keep = None
-            base = torch.arange(m, device=device)[:, None] * r
+            base = firsts[:m] if r == k else torch.arange(m, device=device)[:, None] * r
         rows = (base + alive_beam).flatten()
-        history = self.history.index_select(0, rows)
-        if keep is not None:  # the columns before the oldest remaining sentence's start hold no token of anyone's
-            first = int(self.begin.min())
-            if first > self.history_base:
-                history, self.history_base = history[:, first - self.history_base :], first
-        self.history = torch.cat([history, alive_token.view(-1, 1)], dim=1)
-        width = max(self.src_lens) if keep is not None else None
-        for state in self.states:
-            state.reorder(rows, keep, k, width)
-        self.last = alive_token.flatten()
-        self.scores = alive_scores
-        self.r = k
+        history = torch.cat([history.index_select(0, rows), alive_token.view(-1, 1)], dim=1)
+        scorer.reorder(states, rows, keep, k)
+        last = alive_token.flatten()
+        scores = alive_scores
+    return [sorted(hyps, key=lambda h: -h.score)[:nbest] for hyps in finished]
 
-    def _finish(self, finishing: Tensor, top_scores: Tensor, top_beam: Tensor, r: int) -> None:
-        """Move the hypotheses that end with EOS at this step into their sentences' finished lists, which keep
-        their ``k`` best (only these hypotheses are read back to the host), and update the lowest score of
-        every live sentence's finished list (-inf while it holds fewer than ``nbest``)."""
-        where = torch.nonzero(finishing)  # (F, 2): (live sentence, candidate)
-        i, j = where[:, 0], where[:, 1]
-        rows = i * r + top_beam[i, j]  # r rows per sentence
-        logprobs = top_scores[i, j].tolist()
-        tokens = self.history.index_select(0, rows).tolist()
-        begins = self.begin[i].tolist()
-        touched: dict[int, int] = {}
-        for a, toks, logprob, begin in zip(i.tolist(), tokens, logprobs, begins):
-            length = self.t + 1 - begin  # tokens with EOS
-            key = self.keys[a]
-            self.finished[key].append(Hypothesis(toks[begin - self.history_base :], logprob / length_penalty(length, self.alpha, self.penalty), logprob))
-            touched[a] = key
-        lowest = self.lowest.clone()
-        for a, key in touched.items():
-            hyps = sorted(self.finished[key], key=lambda h: -h.score)[: self.k]
-            self.finished[key] = hyps
-            if len(hyps) >= self.nbest:
-                lowest[a] = hyps[-1].score
-        self.lowest = lowest
+
+def _finish(finishing: Tensor, top_scores: Tensor, top_beam: Tensor, history: Tensor, active: Tensor, length: int,
+            alpha: float, penalty: str, keep: int, nbest: int, finished: list[list[Hypothesis]], lowest: Tensor, r: int) -> Tensor:
+    """Move the hypotheses that end with EOS at this step into their sentences' finished lists, which keep
+    their ``keep`` best (only these hypotheses are read back to the host); returns the updated lowest score
+    of every active sentence's finished list, -inf while it holds fewer than ``nbest``."""
+    where = torch.nonzero(finishing)  # (F, 2): (active sentence, candidate)
+    i, j = where[:, 0], where[:, 1]
+    rows = i * r + top_beam[i, j]  # r rows per sentence
+    logprobs = top_scores[i, j].tolist()
+    tokens = history.index_select(0, rows).tolist()
+    lp = length_penalty(length, alpha, penalty)
+    sentences = active[i].tolist()
+    touched: dict[int, int] = {}
+    for a, sent, toks, logprob in zip(i.tolist(), sentences, tokens, logprobs):
+        finished[sent].append(Hypothesis(toks, logprob / lp, logprob))
+        touched[a] = sent
+    lowest = lowest.clone()
+    for a, sent in touched.items():
+        hyps = sorted(finished[sent], key=lambda h: -h.score)[:keep]
+        finished[sent] = hyps
+        if len(hyps) >= nbest:
+            lowest[a] = hyps[-1].score
+    return lowest
 
 
 @torch.no_grad()

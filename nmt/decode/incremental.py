@@ -14,11 +14,6 @@ modules:
   queries of a sentence attend to them as one block: reordering hypotheses never copies them.
 - The self-attention caches hold exactly the positions decoded so far, contiguous: a step appends one
   position and a reorder copies what exists, never a preallocated maximum length.
-- Sentences may join a running batch (``DecoderState.join``: continuous batching, so that a batch stays full
-  of rows instead of ending in many steps over a few). Rows then sit at different positions: each row
-  records the step at which its sentence began, its positional encoding is its own, and the cache columns
-  before its start are masked out of its self-attention (0 weight, exactly). Columns no row needs any more
-  are dropped as the rows that needed them leave.
 
 A step of the quick-start model, search bookkeeping included, is about 150 torch operations.
 """
@@ -78,101 +73,39 @@ class DecoderState:
     weights: list[StepWeights]  # per layer, the parameters arranged for steps
     positions: Tensor  # (max_positions, d) in the model's dtype
     beam: int = 1
-    step: int = 0  # steps decoded since the state was made
+    step: int = 0
     rows: list[Tensor | None] = field(default_factory=list)  # per layer: the rows its cache continues with, not yet applied
-    drops: list[int] = field(default_factory=list)  # per layer: leading cache columns to drop, not yet applied
-    base: int = 0  # the step of the caches' first column
-    start: Tensor | None = None  # (R,) the step at which each row's sentence began; None: all at ``base``
 
     def append(self, i: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Append layer ``i``'s keys (R, h, 1, d_k) and values (R, h, 1, d_v) at the current step, its cache
+        """Append layer ``i``'s keys (R, h, 1, d_k) and values (R, h, 1, d_v) at position ``step``, its cache
         reordered first if hypotheses were; returns the layer's caches with heads folded in,
-        (R·h, width, d_k) and (R·h, width, d_v), width = step + 1 - base."""
+        (R·h, step + 1, d_k) and (R·h, step + 1, d_v)."""
         rows = self.rows[i] if self.rows else None
-        drop = self.drops[i] if self.drops else 0
-        self.self_k[i] = _extend(self.self_k[i], rows, k, drop)
-        self.self_v[i] = _extend(self.self_v[i], rows, v, drop)
+        self.self_k[i] = _extend(self.self_k[i], rows, k)
+        self.self_v[i] = _extend(self.self_v[i], rows, v)
         if rows is not None:
             self.rows[i] = None
-        if drop:
-            self.drops[i] = 0
         return self.self_k[i].flatten(0, 1), self.self_v[i].flatten(0, 1)
 
-    def own_positions(self) -> Tensor | int:
-        """The position each row decodes at this step: (R,), or one int when all rows are at the same one."""
-        return self.step - self.base if self.start is None else self.step - self.start
-
-    def self_bias(self, heads: int) -> Tensor | None:
-        """(R·h, 1, width) additive mask of this step's self-attention: -inf on the columns before a row's
-        sentence began; None when every row began at the first column."""
-        if self.start is None:
-            return None
-        width = self.step + 1 - self.base
-        columns = torch.arange(self.base, self.step + 1, device=self.start.device)
-        before = columns[None, :] < self.start[:, None]  # (R, width)
-        bias = torch.zeros(before.shape, dtype=self.positions.dtype, device=before.device).masked_fill_(before, float("-inf"))
-        return bias[:, None, None, :].expand(-1, heads, 1, width).reshape(-1, 1, width)
-
-    def reorder(self, rows: Tensor, sentences: Tensor | None = None, beam: int | None = None, width: int | None = None) -> None:
+    def reorder(self, rows: Tensor, sentences: Tensor | None = None, beam: int | None = None) -> None:
         """Continue with the hypotheses ``rows`` (indices into the current rows; ``beam`` per sentence kept, if
-        it changes); ``sentences`` (indices of the sentences kept) when some have left the batch, and then
-        ``width``, the longest source among them, to which the cross-attention's keys may shrink."""
+        it changes); ``sentences`` (indices of the sentences kept) when some have left the batch."""
         if beam is not None:
             self.beam = beam
-        layers = len(self.self_k)
         if not self.rows:
-            self.rows = [None] * layers
-        if not self.drops:
-            self.drops = [0] * layers
+            self.rows = [None] * len(self.self_k)
         # Composed with a reorder not yet applied: the new rows index the rows as they stand now.
         self.rows = [rows if pending is None else pending.index_select(0, rows) for pending in self.rows]
-        if self.start is not None:
-            self.start = self.start.index_select(0, rows)
-        if sentences is None:
-            return
-        heads = self.self_k[0].size(1)
-        keep = self.cross_k[0].size(1) if width is None else min(width, self.cross_k[0].size(1))
-        by_sentence = lambda c: c[:, :keep].unflatten(0, (-1, heads)).index_select(0, sentences).flatten(0, 1)  # noqa: E731
-        self.cross_k = [by_sentence(c) for c in self.cross_k]
-        self.cross_v = [by_sentence(c) for c in self.cross_v]
-        self.cross_bias = by_sentence(self.cross_bias.transpose(1, 2)).transpose(1, 2)
-        if self.start is not None:  # the columns before the oldest remaining sentence's start serve no row
-            first, last = int(self.start.min()), int(self.start.max())
-            if first > self.base:
-                self.drops = [d + first - self.base for d in self.drops]
-                self.base = first
-            if first == last:
-                self.start = None
-
-    def join(self, new: "DecoderState") -> None:
-        """Take in the rows of ``new`` (fresh: no step decoded, the same beam) after this state's rows: their
-        sentences begin at this state's current step."""
-        assert new.step == 0 and new.beam == self.beam
-        for i in range(len(self.self_k)):  # pending reorders and drops are applied first, then the new rows follow
-            self.self_k[i] = _settled(self.self_k[i], self.rows[i] if self.rows else None, self.drops[i] if self.drops else 0)
-            self.self_v[i] = _settled(self.self_v[i], self.rows[i] if self.rows else None, self.drops[i] if self.drops else 0)
-        self.rows, self.drops = [], []
-        old, added = self.self_k[0].size(0), new.self_k[0].size(0)
-        width = self.step - self.base
-        pad = lambda c: c.new_zeros(added, c.size(1), width, c.size(3))  # noqa: E731 - masked out: never attended
-        self.self_k = [torch.cat([c, pad(c)]) for c in self.self_k]
-        self.self_v = [torch.cat([c, pad(c)]) for c in self.self_v]
-        start = self.start if self.start is not None else torch.full((old,), self.base, dtype=torch.long, device=self.self_k[0].device)
-        self.start = torch.cat([start, start.new_full((added,), self.step)])
-        if width == 0:
-            self.start = None
-        s = max(self.cross_k[0].size(1), new.cross_k[0].size(1))
-        widen = lambda c, fill: F.pad(c, (0, 0, 0, s - c.size(1)), value=fill) if c.size(1) < s else c  # noqa: E731
-        self.cross_k = [torch.cat([widen(a, 0.0), widen(b, 0.0)]) for a, b in zip(self.cross_k, new.cross_k)]
-        self.cross_v = [torch.cat([widen(a, 0.0), widen(b, 0.0)]) for a, b in zip(self.cross_v, new.cross_v)]
-        bias_t = lambda c: widen(c.transpose(1, 2), float("-inf")).transpose(1, 2)  # noqa: E731
-        self.cross_bias = torch.cat([bias_t(self.cross_bias), bias_t(new.cross_bias)]).contiguous()
+        if sentences is not None:
+            heads = self.self_k[0].size(1)
+            by_sentence = lambda c: c.unflatten(0, (-1, heads)).index_select(0, sentences).flatten(0, 1)  # noqa: E731
+            self.cross_k = [by_sentence(c) for c in self.cross_k]
+            self.cross_v = [by_sentence(c) for c in self.cross_v]
+            self.cross_bias = by_sentence(self.cross_bias)
 
 
-def _extend(cache: Tensor, rows: Tensor | None, new: Tensor, drop: int = 0) -> Tensor:
-    """``cat([cache[rows, :, drop:], new], 2)`` (``cache`` itself when ``rows`` is None) written in one pass."""
-    if drop:
-        cache = cache[:, :, drop:]
+def _extend(cache: Tensor, rows: Tensor | None, new: Tensor) -> Tensor:
+    """``cat([cache[rows], new], 2)`` (``cache`` itself when ``rows`` is None) written in one pass."""
     if rows is None:
         return torch.cat([cache, new], dim=2)
     r, h, t, d = new.size(0), cache.size(1), cache.size(2), cache.size(3)
@@ -180,13 +113,6 @@ def _extend(cache: Tensor, rows: Tensor | None, new: Tensor, drop: int = 0) -> T
     torch.index_select(cache, 0, rows, out=out[:, :, :t])
     out[:, :, t:] = new
     return out
-
-
-def _settled(cache: Tensor, rows: Tensor | None, drop: int) -> Tensor:
-    """``cache[rows, :, drop:]``, contiguous: a cache with its pending reorder and drop applied."""
-    if drop:
-        cache = cache[:, :, drop:]
-    return (cache if rows is None else cache.index_select(0, rows)).contiguous()
 
 
 def attend_heads(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -259,31 +185,28 @@ def decode_step(model: Transformer, tokens: Tensor, state: DecoderState) -> Tens
 
     Advances ``state.step``; equal to the full decoder's output at that position.
     """
-    position = state.own_positions()
-    model.check_positions(state.step - state.base + 1)  # the oldest row's position, the furthest
-    pos = state.positions[position] if isinstance(position, int) else state.positions.index_select(0, position)
-    y = F.embedding(tokens, model.tgt_embed.weight).mul_(model.embed_scale).add_(pos)  # (R, d)
-    bias = state.self_bias(model.cfg.heads)
+    t = state.step
+    model.check_positions(t + 1)
+    y = F.embedding(tokens, model.tgt_embed.weight).mul_(model.embed_scale).add_(state.positions[t])  # (R, d)
     for i, layer in enumerate(model.decoder):
-        y = _layer_step(layer, y, state, i, bias)
-    state.step += 1
+        y = _layer_step(layer, y, state, i)
+    state.step = t + 1
     logits = model.logits(model.decoder_norm(y)).float()  # a fresh tensor (R, V)
     # In place: a second (R, V) tensor per step is a large allocation, whose fresh pages cost as much as
     # the softmax itself.
     return torch.log_softmax(logits, -1, out=logits)
 
 
-def _layer_step(layer: DecoderLayer, y: Tensor, state: DecoderState, i: int, bias: Tensor | None = None) -> Tensor:
+def _layer_step(layer: DecoderLayer, y: Tensor, state: DecoderState, i: int) -> Tensor:
     """Decoder layer ``i`` at one position y (R, d), R = sentences × beam: appends its keys and values to the
-    self-attention cache (``bias``: ``DecoderState.self_bias``). The function of ``DecoderLayer.forward`` in
-    evaluation mode."""
+    self-attention cache. The function of ``DecoderLayer.forward`` in evaluation mode."""
     w, sa = state.weights[i], layer.self_attn
     r, heads, dk, dv = y.size(0), sa.heads, sa.d_k, sa.d_v
 
     def self_attention(h: Tensor) -> Tensor:
         qkv = torch.addmm(w.qkv_b, h, w.qkv_w).view(r, heads, 1, 2 * dk + dv)  # a head's q, k, v side by side
-        k, v = state.append(i, qkv[..., dk : 2 * dk], qkv[..., 2 * dk :])  # (R·h, width, d_k or d_v)
-        out = attend_heads(qkv.view(r * heads, 1, -1)[..., :dk], k, v, bias)  # (R·h, 1, d_v)
+        k, v = state.append(i, qkv[..., dk : 2 * dk], qkv[..., 2 * dk :])  # (R·h, t + 1, d_k or d_v)
+        out = attend_heads(qkv.view(r * heads, 1, -1)[..., :dk], k, v)  # (R·h, 1, d_v)
         return torch.addmm(w.self_out_b, out.view(r, heads * dv), w.self_out_w)
 
     def cross_attention(h: Tensor) -> Tensor:

@@ -8,7 +8,7 @@ import torch
 from nmt.tokens import BOS, EOS
 from tests.helpers import tiny_model
 from nmt.decode.config import DecodeConfig
-from nmt.decode.beam import BeamSearch, Scorer, beam_search, greedy_search
+from nmt.decode.beam import Scorer, beam_search, greedy_search
 from nmt.decode.penalty import length_penalty
 from nmt.model.transformer import Transformer
 
@@ -245,31 +245,3 @@ def test_each_sentence_is_handed_over_once_as_its_search_ends(stop: str, nbest: 
     assert {i: hyps for i, hyps, _ in calls} == {i: [(h.tokens, h.score) for h in hyps] for i, hyps in enumerate(result)}
     when = {i: at for i, _, at in calls}
     assert when[0] <= 2 < len(steps) and when[0] < max(when.values())
-
-
-@pytest.mark.parametrize("stop, nbest", [("beam", 1), ("bound", 2)])
-def test_sentences_joining_a_running_search_get_what_they_get_alone(stop: str, nbest: int) -> None:
-    """Continuous batching: sentences added to a running ``BeamSearch`` at different steps (some before the
-    first step, some after others have finished) get exactly the hypotheses a batch of one gives them."""
-    model, src, limits = rule_case(1)
-    lengths = RULE_LENGTHS
-    s = EosShifted(model, 1.0)
-    found: dict[int, list] = {}
-    with torch.no_grad():
-        search = BeamSearch(s, beam=3, alpha=1.0, penalty="fairseq", nbest=nbest, stop=stop,
-                            on_done=lambda key, hyps: found.__setitem__(key, hyps))
-        search.add(src[:2, :5], limits[:2], [0, 1])
-        search.add(src[2:3, : lengths[2] + 1], limits[2:3], [2])  # before any step: the first ones' beams open first
-        joins = {2: [3], 5: [4]}  # step → sentences joining then
-        step = 0
-        while search.sentences or any(k >= step for k in joins):
-            for i in joins.get(step, []):
-                search.add(src[i : i + 1, : lengths[i] + 1], [limits[i]], [i])
-            if search.sentences:
-                search.step()
-            step += 1
-        for i, n in enumerate(lengths):
-            alone = beam_search(s, src[i : i + 1, : n + 1], [limits[i]], beam=3, alpha=1.0, penalty="fairseq", nbest=nbest, stop=stop)[0]
-            assert [h.tokens for h in found[i]] == [h.tokens for h in alone], i
-            assert [h.score for h in found[i]] == pytest.approx([h.score for h in alone], abs=1e-5)
-    assert any(len(h.tokens) > 2 for hyps in found.values() for h in hyps)  # not all trivially short
