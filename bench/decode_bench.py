@@ -26,7 +26,7 @@ and its RSS once the model was loaded (for GPU rows also torch's peak allocated 
 lines identical to the first nmt row. Translation time excludes loading.
 
     python bench/decode_bench.py runs/quickstart/averaged.pt --threads 2 [--lines 500]
-    python bench/decode_bench.py base.pt --random-base --threads 2   # a base-sized model, random weights
+    python bench/decode_bench.py CHECKPOINT --random-base --max-len 50 --threads 2   # a base-sized model, random weights
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def run_nmt(args: argparse.Namespace, dtype: str, stop: str, lines: list[str]) -
     from nmt.decode.config import DecodeConfig
     from nmt.decode.translate import TranslateConfig, Translator
 
-    decode = DecodeConfig(beam=args.beam, penalty="fairseq", lenpen=args.lenpen, stop=stop)
+    decode = DecodeConfig(beam=args.beam, penalty="fairseq", lenpen=args.lenpen, stop=stop, **fixed_limit(args))
     translator = Translator([args.checkpoint], TranslateConfig(decode=decode, device=args.device, dtype=dtype))
     loaded = rss_mib()
     start = time.perf_counter()
@@ -88,7 +88,7 @@ def run_ct2(args: argparse.Namespace, compute_type: str, setup: str, batch: str,
     start = time.perf_counter()
     pieces = [proc.encode(normalise(line, info["source_language"]), out_type=str)[: info["max_source_tokens"]] for line in lines]
     results = translator.translate_batch(pieces, beam_size=args.beam, length_penalty=args.lenpen, max_batch_size=size,
-                                         batch_type=batch_type, max_decoding_length=info["max_positions"] - 1)
+                                         batch_type=batch_type, max_decoding_length=args.max_len or info["max_positions"] - 1)
     out = [proc.decode(r.hypotheses[0]) if p else "" for p, r in zip(pieces, results)]
     return out, time.perf_counter() - start, loaded
 
@@ -103,8 +103,13 @@ def run_ct2_exact(args: argparse.Namespace, compute_type: str, lines: list[str])
     translator = CT2Translator(args.export / "ctranslate2", device=device, compute_type=compute_type, threads=args.threads)
     loaded = rss_mib()
     start = time.perf_counter()
-    out = translator.translate(lines, DecodeConfig(beam=args.beam, penalty="fairseq", lenpen=args.lenpen))
+    out = translator.translate(lines, DecodeConfig(beam=args.beam, penalty="fairseq", lenpen=args.lenpen, **fixed_limit(args)))
     return out, time.perf_counter() - start, loaded
+
+
+def fixed_limit(args: argparse.Namespace) -> dict:
+    """nmt's output limit a·|x| + b as ``--max-len`` (every sentence the same), or nothing to change."""
+    return {"max_len_a": 0.0, "max_len_b": args.max_len} if args.max_len else {}
 
 
 def run_hf(args: argparse.Namespace, lines: list[str]) -> tuple[list[str], float, float]:
@@ -124,7 +129,7 @@ def run_hf(args: argparse.Namespace, lines: list[str]) -> tuple[list[str], float
     proc = spm.SentencePieceProcessor(model_file=str(folder / info["sentencepiece"]))
     device = torch.device(args.device)
     model = MarianMTModel.from_pretrained(folder).to(device).eval()
-    decode = DecodeConfig(beam=args.beam, penalty="fairseq", lenpen=args.lenpen)
+    decode = DecodeConfig(beam=args.beam, penalty="fairseq", lenpen=args.lenpen, **fixed_limit(args))
     ids = [proc.encode(normalise(line, info["source_language"]))[: info["max_source_tokens"]] for line in lines]
     order = sorted((i for i in range(len(ids)) if ids[i]), key=lambda i: len(ids[i]))
     out = [""] * len(lines)
@@ -188,7 +193,7 @@ def measure(args: argparse.Namespace, system: str) -> dict:
         result = Path(f.name)
     cmd = [sys.executable, __file__, str(args.checkpoint), "--worker", system, "--result", str(result), "--export", str(args.export),
            "--input", str(args.input), "--threads", str(args.threads), "--beam", str(args.beam), "--lenpen", str(args.lenpen),
-           "--lines", str(args.lines), "--device", args.device]
+           "--lines", str(args.lines), "--device", args.device, "--max-len", str(args.max_len)]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     if ":nomkl" in system:
         env["CT2_USE_MKL"] = "0"  # CTranslate2's oneDNN/own kernels instead of Intel MKL
@@ -222,6 +227,10 @@ def main() -> None:
     parser.add_argument("--random-base", action="store_true",
                         help="Write a base-sized model (6+6 layers, d_model 512) with random weights and CHECKPOINT's vocabulary to "
                              "CHECKPOINT.base-random.pt and measure that (speed depends on the shapes, not on the weights).")
+    parser.add_argument("--max-len", type=int, default=0,
+                        help="Every system's output limit, in tokens with EOS [default: nmt's a·|x| + b, CTranslate2's the "
+                             "model's positions]. A model with random weights (--random-base) seldom ends a sentence, so "
+                             "each runs to its limit: give them the same one (e.g. 50) for a comparison of speed.")
     parser.add_argument("--stop", nargs="+", default=["beam", "bound"],
                         help="nmt's stopping rules: beam (the default of nmt translate, CTranslate2's rule) and bound (exact, the paper recipes').")
     parser.add_argument("--repeat", type=int, default=2, help="Rounds over all systems; each keeps its fastest.")
