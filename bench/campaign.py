@@ -33,6 +33,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the checkout's nmt, also where it is not installed (the GPU machine)
+
+from nmt.data.text import head_of  # noqa: E402
 CORPORA = [ROOT / ".campaign" / "gettext-en-de", ROOT.parent / "shared" / "data" / "gettext-en-de"]
 
 
@@ -57,16 +60,6 @@ def records(run_dir: Path) -> list[dict]:
 
 def say(text: str) -> None:
     print(f"== {text}", flush=True)
-
-
-def head(corpus: Path, out: Path, counts: dict[str, int]) -> Path:
-    """The first lines of each split of ``corpus`` (the smoke run's data)."""
-    out.mkdir(parents=True, exist_ok=True)
-    for split, n in counts.items():
-        for lang in ("en", "de"):
-            lines = (corpus / f"{split}.{lang}").read_text(encoding="utf-8").splitlines()[:n]
-            (out / f"{split}.{lang}").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    return out
 
 
 # ------------------------------------------------------------------------------------------ 1. training speed
@@ -162,7 +155,7 @@ def learning_curve_svg(points: list[dict], path: Path) -> None:
 def trained(out: Path, corpus: Path, smoke: bool) -> Path | None:
     data = out / "data"
     if smoke:
-        corpus = head(corpus, out / "corpus", {"train": 3000, "dev": 100, "test": 100})
+        corpus = head_of(corpus, out / "corpus", {"train": 3000, "dev": 100, "test": 100})
     status = run(nmt("prepare", "local", "--dest", str(data), "--src", "en", "--tgt", "de", "--train", str(corpus / "train"),
                      "--valid", str(corpus / "dev"), "--test", str(corpus / "test"), "--vocab-size", "1000" if smoke else "8000",
                      "--max-ratio", "3.0", "--workers", "2" if smoke else "8"), out / "prepare.log", 600)

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import head_of, prepare_local
+from nmt.data.text import head_of
+from tests.helpers import prepare_local
 
 # Real EN-DE text for the tests that need more than tests/fixtures: the shared corpus beside the checkout
 # (or where NMT_SHARED_DATA points), else the gettext catalogs installed on this machine, as the quick start

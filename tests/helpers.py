@@ -39,16 +39,6 @@ def tiny_model(vocab_size: int = 40, seed: int = 0, offset_vectors: bool = False
     return model.eval()
 
 
-def head_of(corpus: Path, out: Path, counts: dict[str, int]) -> Path:
-    """The first ``counts[split]`` lines of each split of ``corpus`` ({split}.en and {split}.de), as ``out``."""
-    out.mkdir(parents=True, exist_ok=True)
-    for split, n in counts.items():
-        for lang in ("en", "de"):
-            lines = (corpus / f"{split}.{lang}").read_text(encoding="utf-8").splitlines()[:n]
-            (out / f"{split}.{lang}").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
-    return out
-
-
 def prepare_local(corpus: Path, dest: Path, vocab_size: int, **options: Any) -> Path:
     """``nmt prepare local`` of an EN-DE ``corpus`` folder (train, and dev and test where present) into ``dest``,
     with one worker; ``options`` are further ``PrepareConfig`` fields."""

@@ -66,3 +66,14 @@ def normalise(text: str, lang: str) -> str:
     text = _CONTROL.sub("", text)
     text = _moses(lang).normalize(text)
     return _SPACE.sub(" ", text).strip()
+
+
+def head_of(corpus: Path, out: Path, counts: dict[str, int], langs: tuple[str, str] = ("en", "de")) -> Path:
+    """A smaller corpus: the first ``counts[split]`` lines of each ``{split}.{lang}`` of ``corpus``, written to
+    ``out`` under the same names (what the tests and the campaign's smoke mode train on)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for split, n in counts.items():
+        for lang in langs:
+            lines = (corpus / f"{split}.{lang}").read_text(encoding="utf-8").splitlines()[:n]
+            (out / f"{split}.{lang}").write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    return out

@@ -7,7 +7,8 @@ import pytest
 from nmt.train.config import RunConfig, TrainConfig
 from nmt.train.distributed import Dist
 from nmt.train.loop import Trainer
-from tests.helpers import head_of, prepare_local
+from nmt.data.text import head_of
+from tests.helpers import prepare_local
 
 
 @pytest.mark.slow
