@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import gzip
 import html
+import importlib.util
 import re
 import unicodedata
 from functools import lru_cache
 from itertools import zip_longest
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
-from sacremoses import MosesPunctNormalizer
 
 from nmt.errors import NmtError
 
@@ -55,9 +55,28 @@ def read_parallel(src: Path, tgt: Path, sgml: bool = False) -> Iterator[tuple[st
         raise NmtError(f"{src} has {n_src} lines but {tgt} has {n_tgt}; parallel files must be line-aligned")
 
 
+@lru_cache(maxsize=1)
+def _moses_normalizer_class() -> type:
+    """sacremoses' ``MosesPunctNormalizer``, loaded from its own module file: importing the package also
+    imports its tokenizer and joblib, 0.39 s of every ``nmt translate`` (measured: 15 ms this way), and the
+    normalizer's module needs neither (it imports only re, regex and itertools)."""
+    spec = importlib.util.find_spec("sacremoses")  # finds the package without running its __init__
+    locations = spec.submodule_search_locations if spec else None
+    path = Path(locations[0]) / "normalize.py" if locations else None
+    if path is None or not path.is_file():  # an installation we cannot read as files: the usual import
+        from sacremoses import MosesPunctNormalizer
+
+        return MosesPunctNormalizer
+    module_spec = importlib.util.spec_from_file_location("nmt._sacremoses_normalize", path)
+    assert module_spec is not None and module_spec.loader is not None
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.MosesPunctNormalizer
+
+
 @lru_cache(maxsize=8)
-def _moses(lang: str) -> MosesPunctNormalizer:
-    return MosesPunctNormalizer(lang=lang)
+def _moses(lang: str) -> Any:
+    return _moses_normalizer_class()(lang=lang)
 
 
 def normalise(text: str, lang: str) -> str:
