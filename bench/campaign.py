@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the checkout's nmt, also where it is not installed (the GPU machine)
 
 from nmt.data.text import head_of  # noqa: E402
+
 CORPORA = [ROOT / ".campaign" / "gettext-en-de", ROOT.parent / "shared" / "data" / "gettext-en-de"]
 
 

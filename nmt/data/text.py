@@ -12,7 +12,6 @@ from itertools import zip_longest
 from pathlib import Path
 from typing import Any, Iterator
 
-
 from nmt.errors import NmtError
 
 _SEG = re.compile(r"<seg[^>]*>(.*)</seg>", re.IGNORECASE)
