@@ -69,8 +69,13 @@ def _moses_normalizer_class() -> type:
     module_spec = importlib.util.spec_from_file_location("nmt._sacremoses_normalize", path)
     assert module_spec is not None and module_spec.loader is not None
     module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.MosesPunctNormalizer
+    try:
+        module_spec.loader.exec_module(module)
+        return module.MosesPunctNormalizer
+    except (ImportError, AttributeError):  # another release's module needs its package: the usual import
+        from sacremoses import MosesPunctNormalizer
+
+        return MosesPunctNormalizer
 
 
 @lru_cache(maxsize=8)
