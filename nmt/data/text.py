@@ -62,20 +62,18 @@ def _moses_normalizer_class() -> type:
     spec = importlib.util.find_spec("sacremoses")  # finds the package without running its __init__
     locations = spec.submodule_search_locations if spec else None
     path = Path(locations[0]) / "normalize.py" if locations else None
-    if path is None or not path.is_file():  # an installation we cannot read as files: the usual import
-        from sacremoses import MosesPunctNormalizer
+    if path is not None and path.is_file():
+        module_spec = importlib.util.spec_from_file_location("nmt._sacremoses_normalize", path)
+        assert module_spec is not None and module_spec.loader is not None
+        module = importlib.util.module_from_spec(module_spec)
+        try:
+            module_spec.loader.exec_module(module)
+            return module.MosesPunctNormalizer
+        except (ImportError, AttributeError):  # another release's module needs its package
+            pass
+    from sacremoses import MosesPunctNormalizer  # an installation not readable as files, or another release
 
-        return MosesPunctNormalizer
-    module_spec = importlib.util.spec_from_file_location("nmt._sacremoses_normalize", path)
-    assert module_spec is not None and module_spec.loader is not None
-    module = importlib.util.module_from_spec(module_spec)
-    try:
-        module_spec.loader.exec_module(module)
-        return module.MosesPunctNormalizer
-    except (ImportError, AttributeError):  # another release's module needs its package: the usual import
-        from sacremoses import MosesPunctNormalizer
-
-        return MosesPunctNormalizer
+    return MosesPunctNormalizer
 
 
 @lru_cache(maxsize=8)
