@@ -4,12 +4,14 @@ Hugging Face's ``MarianMTModel.generate``, all carrying *the same trained weight
 The checkpoint is exported once (``nmt.export``) to a temporary folder; then each system runs in its own
 process, so that its peak memory (``VmHWM``, the process's peak resident set) is its own:
 
-- nmt: ``Translator``, batched by tokens, for each ``--dtype`` the device supports (fp32 on a CPU) and each
-  stopping rule (``--stop beam``, nmt's default and CTranslate2's rule; ``--stop bound``, exact, the paper recipes');
+- nmt: ``Translator``, batched by tokens, for each ``--dtype`` the device supports (fp32 on a CPU), each
+  stopping rule (``--stop beam``, nmt's default and CTranslate2's rule; ``--stop bound``, exact, the paper recipes')
+  and each ``--workers`` (1: one batch at a time on all the threads; 0: ``nmt translate``'s default, one
+  batch per thread);
 - CTranslate2 as its users run it (its documentation's ``translate_batch``): one call over all the lines,
   its own sorting and batching, for each ``--ct2`` compute type (default float32 and int8, quantized at
   load time from the same float32 export), each ``--ct2-setup`` (its default kernels, oneDNN instead of
-  MKL, one thread) and each ``--ct2-batch`` (``max_batch_size`` in examples, or ``tokens:N``); the
+  MKL, one thread, batches in parallel) and each ``--ct2-batch`` (``max_batch_size`` in examples, or ``tokens:N``); the
   reference of the × column is its fastest float32 row;
 - CTranslate2 with nmt's exact semantics (``nmt.export.ct2.CT2Translator``: one call per source length,
   to reproduce the per-sentence output limit), an agreement check only: the share of identical lines;
@@ -20,7 +22,7 @@ CTranslate2's own plus Python, SentencePiece and numpy.
 
 Every system searches with beam ``--beam``, α = 0.6 on |Y| counting EOS (``--penalty fairseq``, the
 convention of CTranslate2 and Transformers) and the same threads (``--threads``; CTranslate2 with
-``intra_threads`` = threads, ``inter_threads`` = 1). Printed: sentences/s, output tokens/s (SentencePiece
+``intra_threads`` = threads and ``inter_threads`` = 1, or the other way round in its ``inter`` set-up). Printed: sentences/s, output tokens/s (SentencePiece
 tokens of the detokenised output, + 1 for EOS, counted the same way for everyone), peak RSS of the process
 and its RSS once the model was loaded (for GPU rows also torch's peak allocated memory), and the share of
 lines identical to the first nmt row. Translation time excludes loading.
@@ -57,12 +59,12 @@ def rss_mib() -> float:
     return status_mib("VmRSS")
 
 
-def run_nmt(args: argparse.Namespace, dtype: str, stop: str, lines: list[str]) -> tuple[list[str], float, float]:
+def run_nmt(args: argparse.Namespace, dtype: str, stop: str, workers: int, lines: list[str]) -> tuple[list[str], float, float]:
     from nmt.decode.config import DecodeConfig
     from nmt.decode.translate import TranslateConfig, Translator
 
     decode = DecodeConfig(beam=args.beam, penalty="fairseq", lenpen=args.lenpen, stop=stop, **fixed_limit(args))
-    translator = Translator([args.checkpoint], TranslateConfig(decode=decode, device=args.device, dtype=dtype))
+    translator = Translator([args.checkpoint], TranslateConfig(decode=decode, device=args.device, dtype=dtype, workers=workers))
     loaded = rss_mib()
     start = time.perf_counter()
     out = [o.rstrip("\n") for o in translator.translate_buffer(list(enumerate(lines, 1)))]
@@ -80,8 +82,10 @@ def run_ct2(args: argparse.Namespace, compute_type: str, setup: str, batch: str,
     folder = args.export / "ctranslate2"
     info = json.loads((folder / "nmt_export.json").read_text())
     device = "cuda" if args.device.startswith("cuda") else "cpu"
+    # "inter": its documented way of running batches in parallel, one intra-op thread each.
+    intra, inter = {"1thread": (1, 1), "inter": (1, args.threads)}.get(setup, (args.threads, 1))
     translator = ctranslate2.Translator(str(folder), device=device, compute_type=compute_type,
-                                        intra_threads=1 if setup == "1thread" else args.threads, inter_threads=1)
+                                        intra_threads=intra, inter_threads=inter)
     proc = spm.SentencePieceProcessor(model_file=str(folder / info["sentencepiece"]))
     batch_type, size = ("tokens", int(batch.split(":")[1])) if batch.startswith("tokens:") else ("examples", int(batch))
     loaded = rss_mib()
@@ -168,7 +172,7 @@ def random_base(path: Path) -> Path:
 
 def worker(args: argparse.Namespace) -> None:
     lines = args.input.read_text(encoding="utf-8").splitlines()[: args.lines or None]
-    system, variant, *rest = args.worker.split(":", 3)  # rest: the stopping rule (nmt), or set-up and batching (ct2)
+    system, variant, *rest = args.worker.split(":", 3)  # rest: the stopping rule and workers (nmt), or set-up and batching (ct2)
     gpu = None
     if system == "ct2":  # without torch in the process, so that its memory is CTranslate2's own
         out, seconds, loaded = run_ct2(args, variant, rest[0], rest[1], lines)
@@ -178,7 +182,7 @@ def worker(args: argparse.Namespace) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-        out, seconds, loaded = run_nmt(args, variant, rest[0], lines) if system == "nmt" else run_hf(args, lines)
+        out, seconds, loaded = run_nmt(args, variant, rest[0], int(rest[1]), lines) if system == "nmt" else run_hf(args, lines)
         if torch.cuda.is_initialized():
             gpu = torch.cuda.max_memory_allocated() / 2**20
     # VmHWM, not the parent's ru_maxrss of the child: Linux carries a process's peak RSS across exec, so a
@@ -217,9 +221,10 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu, or cuda for the GPU rows (nmt, CTranslate2 and HF on the GPU).")
     parser.add_argument("--dtype", nargs="+", default=None, help="nmt dtypes [default: fp32 on a CPU; fp32 bf16 fp16 on a GPU].")
     parser.add_argument("--ct2", nargs="+", default=["float32", "int8"], help="CTranslate2 compute types.")
-    parser.add_argument("--ct2-setup", nargs="+", default=["default", "nomkl", "1thread"],
+    parser.add_argument("--ct2-setup", nargs="+", default=["default", "nomkl", "1thread", "inter"],
                         help="CTranslate2 set-ups, each a row: default (its own choice of kernels, --threads), nomkl "
-                             "(CT2_USE_MKL=0: oneDNN instead of Intel MKL), 1thread (one intra-op thread). The fastest "
+                             "(CT2_USE_MKL=0: oneDNN instead of Intel MKL), 1thread (one intra-op thread), inter "
+                             "(inter_threads = --threads batches in parallel, one intra-op thread each). The fastest "
                              "float32 row is the reference of the × column.")
     parser.add_argument("--ct2-batch", nargs="+", default=["32", "64", "tokens:2048"],
                         help="CTranslate2's batching, each a row: max_batch_size in examples (its documentation's examples use 32 "
@@ -233,6 +238,9 @@ def main() -> None:
                              "each runs to its limit: give them the same one (e.g. 50) for a comparison of speed.")
     parser.add_argument("--stop", nargs="+", default=["beam", "bound"],
                         help="nmt's stopping rules: beam (the default of nmt translate, CTranslate2's rule) and bound (exact, the paper recipes').")
+    parser.add_argument("--workers", nargs="+", type=int, default=[1, 0],
+                        help="nmt's workers, each a row: batches searched at once on a CPU, each on threads ÷ workers "
+                             "threads (0: nmt translate's default, one per thread).")
     parser.add_argument("--repeat", type=int, default=2, help="Rounds over all systems; each keeps its fastest.")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
@@ -253,7 +261,7 @@ def main() -> None:
     have_hf = importlib.util.find_spec("transformers") is not None
     with tempfile.TemporaryDirectory() as tmp:
         args.export = Path(tmp)
-        systems = [f"nmt:{d}:{stop}" for d in dtypes for stop in args.stop]
+        systems = [f"nmt:{d}:{stop}:{w}" for d in dtypes for stop in args.stop for w in args.workers]
         if have_ct2:
             export(args.checkpoint, "ctranslate2", args.export / "ctranslate2")
             systems += [f"ct2:{c}:{setup}:{batch}" for c in args.ct2 for setup in args.ct2_setup for batch in args.ct2_batch]
@@ -299,7 +307,7 @@ def main() -> None:
         gpu = f"{r['gpu_mib']:.0f}" if r.get("gpu_mib") else "-"
         kind, variant, *rest = system.split(":", 3)
         if kind == "nmt":
-            label = f"--stop {rest[0]}"
+            label = f"--stop {rest[0]} --workers {rest[1]}"
         elif kind == "ct2":
             label = " ".join(x for x in (rest[0] if rest[0] != "default" else "", f"batch {rest[1]}") if x)
         else:

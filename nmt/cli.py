@@ -215,6 +215,7 @@ def translate(
     device: Device = "auto",
     dtype: Dtype = "fp32",
     threads: Threads = None,
+    workers: Annotated[int, typer.Option(help="Batches searched at once on a CPU, each on threads ÷ workers threads (Marian's --cpu-threads, CTranslate2's inter_threads) [default 0: one per thread].")] = 0,
 ) -> None:
     """Translate raw text: stdin to stdout (or --input/--output), one line out for every line in.
 
@@ -246,7 +247,8 @@ def translate(
             torch.set_num_threads(threads)
         overrides = dict(beam=beam, lenpen=lenpen, penalty=penalty, max_len_a=max_len_a, max_len_b=max_len_b, stop=stop,
                          max_tokens=max_tokens, nbest=nbest)
-        translator = Translator(checkpoints, TranslateConfig(buffer_size=size, scores=scores, device=device, dtype=dtype), **overrides)
+        cfg = TranslateConfig(buffer_size=size, scores=scores, device=device, dtype=dtype, workers=workers)
+        translator = Translator(checkpoints, cfg, **overrides)
         if output is None:
             translator.translate_stream(source, sys.stdout, size)
             return

@@ -1,6 +1,7 @@
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -109,6 +110,48 @@ def test_output_does_not_depend_on_batching(trained: Path, real_text: Path) -> N
     assert len(batched) == 2000
     assert batched == alone
     assert batched == reordered
+
+
+def test_workers_search_each_batch_as_one_worker_does(trained: Path, real_text: Path, tmp_path: Path) -> None:
+    """Batches searched by two workers at once: the same output as one worker, both workers busy, torch's
+    thread count restored, and a failure in a worker raised in the caller. Every search runs on one thread
+    (two workers of 2 threads ÷ 2), since sums split across threads round differently."""
+    lines = (real_text / "test.en").read_text(encoding="utf-8").splitlines()[:200]
+    decode = DecodeConfig(beam=4, max_len_a=1.0, max_len_b=5, max_tokens=128)  # about 20 batches
+    one = Translator([trained / "checkpoint_60.pt"], TranslateConfig(decode=decode, workers=1))
+    two = Translator([trained / "checkpoint_60.pt"], TranslateConfig(decode=decode, workers=2))
+    sources = [one.encode(n, text) for n, text in enumerate(lines, 1) if text.strip()]
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        alone = one.translate_ids(sources)
+        torch.set_num_threads(2)
+        names: set[str] = set()
+        record = lambda i, hyps: names.add(threading.current_thread().name)  # noqa: E731
+        assert two.translate_ids(sources, on_done=record) == alone
+        assert names == {"nmt-search-0", "nmt-search-1"}
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+
+    def fail(i: int, hyps: object) -> None:
+        if i == len(sources) - 1:
+            raise ValueError("boom in a worker")
+
+    with pytest.raises(ValueError, match="boom in a worker"):
+        two.translate_ids(sources, on_done=fail)
+    assert torch.get_num_threads() == threads
+
+    (tmp_path / "in.en").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    outputs = []
+    for threads, workers in (("1", "1"), ("2", "2")):
+        r = nmt("translate", str(trained / "checkpoint_60.pt"), "-i", str(tmp_path / "in.en"), "--max-tokens", "128",
+                "--max-len-b", "5", "--threads", threads, "--workers", workers)
+        assert r.returncode == 0, r.stderr
+        outputs.append(r.stdout)
+    assert outputs[0] == outputs[1] and len(outputs[0].splitlines()) == 200
+    r = nmt("translate", str(trained / "checkpoint_60.pt"), "--workers", "-1", input="Quit\n")
+    assert r.returncode != 0 and "--workers" in r.stderr
 
 
 def test_nbest_and_scores_format(trained: Path) -> None:
