@@ -8,7 +8,8 @@ import torch
 from nmt.tokens import BOS, EOS
 from tests.helpers import tiny_model
 from nmt.decode.config import DecodeConfig
-from nmt.decode.beam import Scorer, beam_search, greedy_search
+from nmt.decode import beam as beam_module
+from nmt.decode.beam import Scorer, beam_search, best_extensions, greedy_search
 from nmt.decode.penalty import length_penalty
 from nmt.model.transformer import Transformer
 
@@ -209,6 +210,47 @@ def test_batched_equals_one_by_one_and_nbest_sorted() -> None:
         assert [h.tokens for h in alone] == [h.tokens for h in batched[i]]
         assert all(a.score >= b.score for a, b in zip(batched[i], batched[i][1:]))
         assert all(len(h.tokens) < lens[i] for h in batched[i])
+
+
+@pytest.mark.parametrize("vocab", [129, 1000, 1017, 4000])
+@pytest.mark.parametrize("m, r", [(4, 1), (9, 4), (2, 4)])
+def test_best_extensions_equal_one_top_k_over_each_sentence(vocab: int, m: int, r: int) -> None:
+    """The chunked selection (and the per-row one, for fewer than 4 sentences) against one top-k over each
+    sentence's r × V sums: masked tokens, rows forced to EOS, a dead row, a last chunk shorter than the rest."""
+    g = torch.Generator().manual_seed(vocab + m)
+    lprobs = torch.randn(m * r, vocab, generator=g).log_softmax(-1)
+    lprobs[:, :2] = float("-inf")  # PAD and BOS
+    lprobs[1, torch.arange(vocab) != EOS] = float("-inf")  # a row at its length limit: only EOS
+    lprobs[-1, -1] = 5.0  # the best entry sits in the last chunk
+    scores = torch.randn(m, r, generator=g) * 3
+    if r > 1:
+        scores[0, 1] = float("-inf")  # a dead hypothesis
+    for count in (8, 2 * r + 1):
+        top, beam, token = best_extensions(lprobs, scores, count)
+        sums = (scores[:, :, None] + lprobs.view(m, r, vocab)).view(m, r * vocab)
+        want, flat = sums.topk(count, dim=1)
+        torch.testing.assert_close(top, want, rtol=0, atol=0)
+        finite = torch.isfinite(want)
+        assert torch.equal(beam[finite], (flat // vocab)[finite]) and torch.equal(token[finite], (flat % vocab)[finite])
+        # The scores found are the sums at the rows and tokens named.
+        assert torch.equal(top[finite], sums.gather(1, beam * vocab + token)[finite])
+
+
+def test_chunked_selection_searches_as_the_per_row_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A vocabulary of 300 and 6 sentences take the chunked selection; the same search with it turned off,
+    and each sentence alone (one sentence takes the per-row one), find the same hypotheses."""
+    model = tiny_model(300, seed=1)
+    src = torch.randint(4, 300, (6, 7))
+    src[:, -1] = EOS
+    lens = [9] * 6
+    with torch.no_grad():
+        chunked = beam_search(Scorer([model]), src, lens, beam=4, nbest=2, stop="bound")
+        alone = [beam_search(Scorer([model]), src[i : i + 1], lens[:1], beam=4, nbest=2, stop="bound")[0] for i in range(6)]
+        monkeypatch.setattr(beam_module, "CHUNK", 10**6)  # every vocabulary is then too small for chunks
+        per_row = beam_search(Scorer([model]), src, lens, beam=4, nbest=2, stop="bound")
+    tokens = lambda found: [[h.tokens for h in hyps] for hyps in found]  # noqa: E731
+    assert tokens(chunked) == tokens(per_row) == tokens(alone)
+    assert any(len(h[0].tokens) > 2 for h in chunked)  # searches that went some way
 
 
 def test_ensemble_of_identical_models_equals_one() -> None:
