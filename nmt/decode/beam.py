@@ -31,6 +31,7 @@ from torch import Tensor
 
 from nmt.decode.penalty import length_penalty
 from nmt.decode.incremental import DecoderState, decode_step, init_state
+from nmt.kernels.packed import OutputProjection
 from nmt.model.transformer import Transformer
 from nmt.tokens import BOS, EOS, PAD
 
@@ -50,10 +51,11 @@ class Scorer:
 
     def __init__(self, models: list[Transformer]) -> None:
         self.models = models
+        self.projections = [OutputProjection(model.output_weight) for model in models]
 
     def start(self, src: Tensor, beam: int) -> list[DecoderState]:
         """Encode ``src`` (N, S) once; ``beam`` decoder rows per sentence."""
-        return [init_state(model, model.encode(src), beam) for model in self.models]
+        return [init_state(model, model.encode(src), beam, project) for model, project in zip(self.models, self.projections)]
 
     def step(self, tokens: Tensor, states: list[DecoderState]) -> Tensor:
         """Next-token log-probabilities (R, V) of the prefixes ending in ``tokens`` (R,): a fresh tensor."""

@@ -14,6 +14,7 @@ modules:
   queries of a sentence attend to them as one block: reordering hypotheses never copies them.
 - The self-attention caches hold exactly the positions decoded so far, contiguous: a step appends one
   position and a reorder copies what exists, never a preallocated maximum length.
+- The output projection goes through oneDNN with its weight packed once (``nmt.kernels.packed``) on CPUs.
 
 A step of the quick-start model, search bookkeeping included, is about 150 torch operations.
 """
@@ -27,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from nmt.kernels.packed import OutputProjection
 from nmt.model.attention import MultiHeadAttention
 from nmt.model.layers import DecoderLayer, Residual
 from nmt.model.transformer import EncoderOut, Transformer
@@ -72,6 +74,7 @@ class DecoderState:
     cross_bias: Tensor  # (N·h, 1, S): 0 for source tokens, -inf for padding
     weights: list[StepWeights]  # per layer, the parameters arranged for steps
     positions: Tensor  # (max_positions, d) in the model's dtype
+    project: Callable[[Tensor], Tensor]  # the output projection (§3.4), decoder states (R, d) → logits (R, V)
     beam: int = 1
     step: int = 0
     rows: list[Tensor | None] = field(default_factory=list)  # per layer: the rows its cache continues with, not yet applied
@@ -156,10 +159,11 @@ def step_weights(layer: DecoderLayer) -> StepWeights:
     )
 
 
-def init_state(model: Transformer, enc: EncoderOut, beam: int = 1) -> DecoderState:
+def init_state(model: Transformer, enc: EncoderOut, beam: int = 1, project: OutputProjection | None = None) -> DecoderState:
     """Decoding state for ``beam`` hypotheses per sentence of ``enc``; the cross-attention keys and values
     are computed here, once per sentence, and the weights arranged for steps, once per batch (so they always
-    match the parameters, also while a model trains)."""
+    match the parameters, also while a model trains). ``project``: the model's output projection, kept
+    across batches by the caller (packing its weight takes milliseconds); a new one if None."""
     cfg, memory = model.cfg, enc.memory
     n, heads = memory.size(0), cfg.heads
     cross = [_keys_values(layer.cross_attn, memory) for layer in model.decoder]
@@ -169,7 +173,8 @@ def init_state(model: Transformer, enc: EncoderOut, beam: int = 1) -> DecoderSta
         self_k=[empty(cfg.key_dim) for _ in model.decoder], self_v=[empty(cfg.value_dim) for _ in model.decoder],
         cross_k=[k.flatten(0, 1).contiguous() for k, _ in cross], cross_v=[v.flatten(0, 1).contiguous() for _, v in cross],
         cross_bias=bias.expand(n, heads, 1, -1).reshape(n * heads, 1, -1),
-        weights=[step_weights(layer) for layer in model.decoder], positions=model.position_table.to(memory.dtype), beam=beam,
+        weights=[step_weights(layer) for layer in model.decoder], positions=model.position_table.to(memory.dtype),
+        project=project or OutputProjection(model.output_weight), beam=beam,
     )
 
 
@@ -191,7 +196,7 @@ def decode_step(model: Transformer, tokens: Tensor, state: DecoderState) -> Tens
     for i, layer in enumerate(model.decoder):
         y = _layer_step(layer, y, state, i)
     state.step = t + 1
-    logits = model.logits(model.decoder_norm(y)).float()  # a fresh tensor (R, V)
+    logits = state.project(model.decoder_norm(y)).float()  # a fresh tensor (R, V)
     # In place: a second (R, V) tensor per step is a large allocation, whose fresh pages cost as much as
     # the softmax itself.
     return torch.log_softmax(logits, -1, out=logits)

@@ -2,6 +2,7 @@
 counts padded to a bucket, attention in float32 under bf16 on CPUs, the output projection with the loss,
 and ``install``, which swaps them into a model without changing what it computes."""
 
+import copy
 import gc
 import weakref
 
@@ -14,6 +15,7 @@ from nmt import kernels
 from nmt.kernels import dropout as D
 from nmt.kernels import output_loss
 from nmt.kernels.linear import ROW_BUCKET, linear
+from nmt.kernels.packed import OutputProjection, row_bucket
 from nmt.kernels.output_loss import output_cross_entropy
 from nmt.model.attention import MultiHeadAttention, padding_mask
 from nmt.train.loss import label_smoothed_nll
@@ -252,3 +254,48 @@ def test_install_swaps_every_dropout_and_it_still_drops() -> None:
     assert not torch.equal(model(src, tgt), model(src, tgt))
     model.eval()
     assert torch.equal(model(src, tgt), model(src, tgt))
+
+
+# ------------------------------------------------------------------------------ packed output projection
+
+
+@pytest.mark.parametrize("rows", [1, 3, 16, 17, 100, 513, 700])
+def test_packed_output_projection_equals_f_linear(rows: int) -> None:
+    torch.manual_seed(rows)
+    weight = torch.randn(1000, 64)
+    project = OutputProjection(weight)
+    x = torch.randn(rows, 64)
+    got = project(x)
+    assert got.shape == (rows, 1000) and got.is_contiguous()
+    torch.testing.assert_close(got, F.linear(x, weight), rtol=1e-5, atol=1e-5)
+    assert project.usable == torch.backends.mkldnn.is_available()  # the packed path ran where oneDNN is built in
+
+
+def test_packed_output_projection_follows_the_parameter() -> None:
+    """Packed again after an in-place change (an optimizer step between validations), and kept otherwise;
+    shared, not copied, by a deep copy of a decoding state."""
+    torch.manual_seed(0)
+    weight = torch.nn.Parameter(torch.randn(300, 32))
+    project = OutputProjection(weight)
+    x = torch.randn(5, 32)
+    with torch.inference_mode():
+        first = project(x)
+        packed = project.packed
+        assert project(x) is not None and project.packed is packed
+    with torch.no_grad():
+        weight.mul_(-2.0)
+    with torch.inference_mode():
+        torch.testing.assert_close(project(x), -2.0 * first, rtol=1e-5, atol=1e-5)
+    assert copy.deepcopy(project) is project
+
+
+def test_packed_output_projection_falls_back_where_it_cannot_pack() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(4, 32, dtype=torch.bfloat16)
+    weight = torch.randn(300, 32, dtype=torch.bfloat16)
+    project = OutputProjection(weight)
+    assert not project.usable and torch.equal(project(x), F.linear(x, weight))
+
+
+def test_row_buckets() -> None:
+    assert [row_bucket(r) for r in (1, 2, 3, 5, 16, 17, 33, 512, 513, 700)] == [1, 2, 4, 8, 16, 32, 64, 512, 640, 768]
