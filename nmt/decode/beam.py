@@ -30,8 +30,7 @@ import torch
 from torch import Tensor
 
 from nmt.decode.penalty import length_penalty
-from nmt.decode.incremental import DecoderState, decode_step, init_state
-from nmt.kernels.packed import OutputProjection
+from nmt.decode.incremental import DecoderState, StepModel, arrange, decode_step, init_state
 from nmt.model.transformer import Transformer
 from nmt.tokens import BOS, EOS, PAD
 
@@ -51,11 +50,12 @@ class Scorer:
 
     def __init__(self, models: list[Transformer]) -> None:
         self.models = models
-        self.projections = [OutputProjection(model.output_weight) for model in models]
+        self.arranged: list[StepModel | None] = [None] * len(models)  # kept across batches
 
     def start(self, src: Tensor, beam: int) -> list[DecoderState]:
         """Encode ``src`` (N, S) once; ``beam`` decoder rows per sentence."""
-        return [init_state(model, model.encode(src), beam, project) for model, project in zip(self.models, self.projections)]
+        self.arranged = [arrange(model, kept) for model, kept in zip(self.models, self.arranged)]
+        return [init_state(model, model.encode(src), beam, arranged) for model, arranged in zip(self.models, self.arranged)]
 
     def step(self, tokens: Tensor, states: list[DecoderState]) -> Tensor:
         """Next-token log-probabilities (R, V) of the prefixes ending in ``tokens`` (R,): a fresh tensor."""

@@ -5,16 +5,16 @@ evaluation mode), but it runs thousands of times per batch on a few rows, so the
 what costs, not their arithmetic. It therefore reads the model's parameters directly instead of calling its
 modules:
 
-- Activations are 2-D (rows × d_model) and every projection is one ``addmm`` with weights arranged once per
-  batch (``StepWeights``); the self-attention's Q, K, V projection is regrouped by head (``grouped_qkv``),
-  so each head's query, key and value are slices already laid out as attention reads them.
+- Activations are 2-D (rows × d_model) and every projection is one call with weights arranged once
+  (``StepModel``, made again only when the parameters change): on CPUs a oneDNN product on a weight packed
+  for it (``nmt.kernels.packed``); the self-attention's Q, K, V projection is regrouped by head
+  (``grouped_qkv``), so each head's query, key and value are slices already laid out as attention reads them.
 - Attention in a step is two batched matrix products (``attend_heads``): faster than the fused kernel for a
   handful of queries on a CPU.
 - The cross-attention keys and values are computed once per sentence, not per hypothesis, and the beam's
   queries of a sentence attend to them as one block: reordering hypotheses never copies them.
 - The self-attention caches hold exactly the positions decoded so far, contiguous: a step appends one
   position and a reorder copies what exists, never a preallocated maximum length.
-- The output projection goes through oneDNN with its weight packed once (``nmt.kernels.packed``) on CPUs.
 
 A step of the quick-start model, search bookkeeping included, is about 150 torch operations.
 """
@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from nmt.kernels.packed import OutputProjection
+from nmt.kernels.packed import PackedLinear
 from nmt.model.attention import MultiHeadAttention
 from nmt.model.layers import DecoderLayer, Residual
 from nmt.model.transformer import EncoderOut, Transformer
@@ -36,21 +36,33 @@ from nmt.model.transformer import EncoderOut, Transformer
 
 @dataclass
 class StepWeights:
-    """A decoder layer's weights as a step uses them: matrices (in, out), so every projection is one
-    ``addmm`` on (R, d) activations."""
+    """A decoder layer's projections as a step calls them, on (R, d) activations."""
 
-    qkv_w: Tensor  # (d, h·(2d_k + d_v)), grouped by head
-    qkv_b: Tensor
-    self_out_w: Tensor
-    self_out_b: Tensor
-    cross_q_w: Tensor
-    cross_q_b: Tensor
-    cross_out_w: Tensor
-    cross_out_b: Tensor
-    fc1_w: Tensor
-    fc1_b: Tensor
-    fc2_w: Tensor
-    fc2_b: Tensor
+    qkv: PackedLinear  # d → h·(2d_k + d_v), grouped by head
+    self_out: PackedLinear
+    cross_q: PackedLinear
+    cross_out: PackedLinear
+    fc1: PackedLinear  # with the ReLU
+    fc2: PackedLinear
+
+
+@dataclass
+class StepModel:
+    """A model's parameters arranged for steps: each decoder layer's projections and the output projection.
+    Packing weights takes milliseconds (a base model's, tens), so a searcher keeps one across batches and
+    ``arrange`` makes it again only when a parameter has changed in place (validation during training)."""
+
+    layers: list[StepWeights]
+    project: PackedLinear  # the output projection (§3.4), decoder states (R, d) → logits (R, V)
+    versions: tuple[int, ...]  # the parameters' version counters when it was made
+
+
+def arrange(model: Transformer, kept: StepModel | None = None) -> StepModel:
+    """``model``'s parameters arranged for steps: ``kept`` if they have not changed since it was made."""
+    versions = tuple(p._version for p in model.parameters())
+    if kept is not None and kept.versions == versions:
+        return kept
+    return StepModel([step_weights(layer) for layer in model.decoder], PackedLinear(model.output_weight), versions)
 
 
 @dataclass
@@ -72,9 +84,8 @@ class DecoderState:
     cross_k: list[Tensor]  # per layer (N·h, S, d_k), computed once
     cross_v: list[Tensor]  # per layer (N·h, S, d_v)
     cross_bias: Tensor  # (N·h, 1, S): 0 for source tokens, -inf for padding
-    weights: list[StepWeights]  # per layer, the parameters arranged for steps
+    arranged: StepModel  # the parameters arranged for steps
     positions: Tensor  # (max_positions, d) in the model's dtype
-    project: Callable[[Tensor], Tensor]  # the output projection (§3.4), decoder states (R, d) → logits (R, V)
     beam: int = 1
     step: int = 0
     rows: list[Tensor | None] = field(default_factory=list)  # per layer: the rows its cache continues with, not yet applied
@@ -135,35 +146,32 @@ def attend_heads(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = None) ->
 
 
 def grouped_qkv(attn: MultiHeadAttention) -> tuple[Tensor, Tensor]:
-    """The Q, K, V projection with each head's query, key and value columns side by side: weight
-    (d_model, h·(2d_k + d_v)) and bias. A step's output viewed as (R·h, 2d_k + d_v) holds a head's query,
-    key and value in one row, so each is a slice already laid out as attention reads it (heads folded into
-    the batch) and no head needs transposing."""
+    """The Q, K, V projection with each head's query, key and value rows side by side: weight
+    (h·(2d_k + d_v), d_model) and bias, for ``F.linear``. A step's output viewed as (R·h, 2d_k + d_v) holds a
+    head's query, key and value in one row, so each is a slice already laid out as attention reads it (heads
+    folded into the batch) and no head needs transposing."""
     w, b = attn.in_proj_weight.split(attn.sizes), attn.in_proj_bias.split(attn.sizes)
     h = attn.heads
     weight = torch.cat([w[0].view(h, attn.d_k, -1), w[1].view(h, attn.d_k, -1), w[2].view(h, attn.d_v, -1)], dim=1)
     bias = torch.cat([b[0].view(h, attn.d_k), b[1].view(h, attn.d_k), b[2].view(h, attn.d_v)], dim=1)
-    return weight.flatten(0, 1).t(), bias.flatten()
+    return weight.flatten(0, 1), bias.flatten()
 
 
 def step_weights(layer: DecoderLayer) -> StepWeights:
-    """``layer``'s weights arranged for steps: views of the parameters, except the self-attention's Q, K, V
-    projection, regrouped by head (a copy)."""
+    """``layer``'s projections arranged for steps (the self-attention's Q, K, V regrouped by head)."""
     sa, ca, ffn = layer.self_attn, layer.cross_attn, layer.ffn
-    qkv_w, qkv_b = grouped_qkv(sa)
     q = ca.sizes[0]
     return StepWeights(
-        qkv_w, qkv_b, sa.out_proj.weight.t(), sa.out_proj.bias,
-        ca.in_proj_weight[:q].t(), ca.in_proj_bias[:q], ca.out_proj.weight.t(), ca.out_proj.bias,
-        ffn.fc1.weight.t(), ffn.fc1.bias, ffn.fc2.weight.t(), ffn.fc2.bias,
+        PackedLinear(*grouped_qkv(sa)), PackedLinear(sa.out_proj.weight, sa.out_proj.bias),
+        PackedLinear(ca.in_proj_weight[:q], ca.in_proj_bias[:q]), PackedLinear(ca.out_proj.weight, ca.out_proj.bias),
+        PackedLinear(ffn.fc1.weight, ffn.fc1.bias, relu=True), PackedLinear(ffn.fc2.weight, ffn.fc2.bias),
     )
 
 
-def init_state(model: Transformer, enc: EncoderOut, beam: int = 1, project: OutputProjection | None = None) -> DecoderState:
+def init_state(model: Transformer, enc: EncoderOut, beam: int = 1, arranged: StepModel | None = None) -> DecoderState:
     """Decoding state for ``beam`` hypotheses per sentence of ``enc``; the cross-attention keys and values
-    are computed here, once per sentence, and the weights arranged for steps, once per batch (so they always
-    match the parameters, also while a model trains). ``project``: the model's output projection, kept
-    across batches by the caller (packing its weight takes milliseconds); a new one if None."""
+    are computed here, once per sentence. ``arranged``: the model's parameters arranged for steps, as
+    ``arrange`` returned them (the caller keeps them across batches); arranged here if None."""
     cfg, memory = model.cfg, enc.memory
     n, heads = memory.size(0), cfg.heads
     cross = [_keys_values(layer.cross_attn, memory) for layer in model.decoder]
@@ -173,8 +181,7 @@ def init_state(model: Transformer, enc: EncoderOut, beam: int = 1, project: Outp
         self_k=[empty(cfg.key_dim) for _ in model.decoder], self_v=[empty(cfg.value_dim) for _ in model.decoder],
         cross_k=[k.flatten(0, 1).contiguous() for k, _ in cross], cross_v=[v.flatten(0, 1).contiguous() for _, v in cross],
         cross_bias=bias.expand(n, heads, 1, -1).reshape(n * heads, 1, -1),
-        weights=[step_weights(layer) for layer in model.decoder], positions=model.position_table.to(memory.dtype),
-        project=project or OutputProjection(model.output_weight), beam=beam,
+        arranged=arranged or arrange(model), positions=model.position_table.to(memory.dtype), beam=beam,
     )
 
 
@@ -196,7 +203,7 @@ def decode_step(model: Transformer, tokens: Tensor, state: DecoderState) -> Tens
     for i, layer in enumerate(model.decoder):
         y = _layer_step(layer, y, state, i)
     state.step = t + 1
-    logits = state.project(model.decoder_norm(y)).float()  # a fresh tensor (R, V)
+    logits = state.arranged.project(model.decoder_norm(y)).float()  # a fresh tensor (R, V)
     # In place: a second (R, V) tensor per step is a large allocation, whose fresh pages cost as much as
     # the softmax itself.
     return torch.log_softmax(logits, -1, out=logits)
@@ -205,25 +212,25 @@ def decode_step(model: Transformer, tokens: Tensor, state: DecoderState) -> Tens
 def _layer_step(layer: DecoderLayer, y: Tensor, state: DecoderState, i: int) -> Tensor:
     """Decoder layer ``i`` at one position y (R, d), R = sentences × beam: appends its keys and values to the
     self-attention cache. The function of ``DecoderLayer.forward`` in evaluation mode."""
-    w, sa = state.weights[i], layer.self_attn
+    w, sa = state.arranged.layers[i], layer.self_attn
     r, heads, dk, dv = y.size(0), sa.heads, sa.d_k, sa.d_v
 
     def self_attention(h: Tensor) -> Tensor:
-        qkv = torch.addmm(w.qkv_b, h, w.qkv_w).view(r, heads, 1, 2 * dk + dv)  # a head's q, k, v side by side
+        qkv = w.qkv(h).view(r, heads, 1, 2 * dk + dv)  # a head's q, k, v side by side
         k, v = state.append(i, qkv[..., dk : 2 * dk], qkv[..., 2 * dk :])  # (R·h, t + 1, d_k or d_v)
         out = attend_heads(qkv.view(r * heads, 1, -1)[..., :dk], k, v)  # (R·h, 1, d_v)
-        return torch.addmm(w.self_out_b, out.view(r, heads * dv), w.self_out_w)
+        return w.self_out(out.view(r, heads * dv))
 
     def cross_attention(h: Tensor) -> Tensor:
         # The beam's queries of a sentence attend as one block: (R, h·d_k) → (N·h, beam, d_k).
         n, beam = r // state.beam, state.beam
-        q = torch.addmm(w.cross_q_b, h, w.cross_q_w).view(n, beam, heads, dk).transpose(1, 2).reshape(n * heads, beam, dk)
+        q = w.cross_q(h).view(n, beam, heads, dk).transpose(1, 2).reshape(n * heads, beam, dk)
         out = attend_heads(q, state.cross_k[i], state.cross_v[i], state.cross_bias)  # (N·h, beam, d_v)
         out = out.view(n, heads, beam, dv).transpose(1, 2).reshape(r, heads * dv)
-        return torch.addmm(w.cross_out_b, out, w.cross_out_w)
+        return w.cross_out(out)
 
     def feed_forward(h: Tensor) -> Tensor:
-        return torch.addmm(w.fc2_b, torch.addmm(w.fc1_b, h, w.fc1_w).relu_(), w.fc2_w)
+        return w.fc2(w.fc1(h))
 
     y = _residual_step(layer.self_block, y, self_attention)
     y = _residual_step(layer.cross_block, y, cross_attention)

@@ -1,27 +1,32 @@
-"""The output projection of a decoding step through oneDNN, its weight packed once for the CPU.
+"""The projections of a decoding step through oneDNN, their weights packed once for the CPU.
 
-A decoding step multiplies a few hundred rows by the whole vocabulary's output matrix (V × d). torch runs a
-float32 ``F.linear`` on a CPU through its BLAS library (Intel MKL in the PyPI wheels), which reads the
-weight in its stored layout at every call. oneDNN's matrix product instead takes the weight once rearranged
-into the blocks its kernels read (``_reorder_linear_weight``, what ``torch.compile`` uses on CPUs), and
-picks its kernels by the CPU's instruction sets rather than its vendor. On a 2-core AMD EPYC (Zen 4) one
-thread multiplied 128 rows by a 4,000 × 128 matrix in 1.47 ms instead of 2.15 ms, and 16 rows by a
-32,000 × 512 one in 6.9 ms instead of 20.1 ms (docs/performance.md); the smaller products of the decoder's
-layers gain little or lose, so only the output projection goes this way.
+A decoding step multiplies a few hundred rows by every weight matrix of the decoder and by the whole
+vocabulary's output matrix. torch runs a float32 ``F.linear`` on a CPU through its BLAS library (Intel MKL
+in the PyPI wheels), which reads the weight in its stored layout at every call. oneDNN's matrix product
+instead takes the weight once rearranged into the blocks its kernels read (``_reorder_linear_weight``, what
+``torch.compile`` uses on CPUs), picks its kernels by the CPU's instruction sets rather than its vendor, and
+applies a ReLU in the same pass. One thread of a 2-core AMD EPYC (Zen 4), MKL's time against oneDNN's
+(docs/performance.md):
 
-The packed weight is checked against ``F.linear`` once when it is made, and made again whenever the
-parameter has changed in place (validation during training decodes with weights the optimizer updates).
-oneDNN prepares (JIT-compiles) a kernel for each new row count, some 3 ms, and a search meets hundreds of
-row counts as its sentences finish, and keeps each in its cache: rows are padded to a bucket (a power of two
-up to 16, a multiple of 32 up to 512, then of 128), so that a long run meets a few dozen.
+- 128 rows × a 4,000 × 128 output matrix: 2.15 against 1.47 ms; 16 rows × 32,000 × 512: 20.1 against 6.9 ms;
+- a base model's layers (d 512, FFN 2048), 16 / 64 / 256 rows: 1.15-1.97× / 1.18-1.42× / 1.17-1.28× faster;
+- but the quick-start model's layers (d 128, FFN 512, weights of 16-64 k entries) gain nothing or lose
+  (32 rows × 128 × 384: 53 against 47-61 µs), and decoding that model was no faster with them packed.
 
-Anything this path cannot take (a GPU, another dtype, a torch build without these oneDNN operators, an
-answer that differs) goes through ``F.linear``.
+So weights of at least ``MIN_PACKED`` entries are packed (a base model's every projection, any model's
+output projection) and smaller ones go through ``F.linear``. On a base-sized model (random weights) the
+search ran 1.15-1.35× faster with all its projections packed than with none.
+
+oneDNN prepares (JIT-compiles) a kernel for each new row count, some 3 ms, and keeps each in its cache; a
+search meets hundreds of row counts as its sentences finish, so rows are padded to a bucket (a power of two
+up to 16, a multiple of 32 up to 512, then of 128) and a long run meets a few dozen.
+
+Each packed weight is checked against ``F.linear`` once when it is made. Anything this path cannot take (a
+GPU, another dtype, a torch build without these oneDNN operators, an answer that differs) goes through
+``F.linear``.
 """
 
 from __future__ import annotations
-
-import threading
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +38,9 @@ def _onednn_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(ops, "_reorder_linear_weight") and hasattr(ops, "_linear_pointwise")
 
 
+MIN_PACKED = 1 << 17  # weight entries: 512 × 256 is packed, 512 × 128 is not
+
+
 def row_bucket(rows: int) -> int:
     """The row count a product of ``rows`` rows is padded to: a power of two up to 16, a multiple of 32 up to
     512, then of 128 (the first steps of a batch of short sentences have thousands of rows)."""
@@ -42,52 +50,40 @@ def row_bucket(rows: int) -> int:
     return -(-rows // step) * step
 
 
-class OutputProjection:
-    """``x ↦ F.linear(x, weight)`` for (R, d) rows, through oneDNN with the weight packed where it can be."""
+class PackedLinear:
+    """``x ↦ F.linear(x, weight, bias)`` (then a ReLU if ``relu``) for (R, in) rows, through oneDNN with the
+    weight packed where it can be and is large enough to gain. A function of the weight as it was when
+    made: make a new one after the parameter changes."""
 
-    def __init__(self, weight: Tensor) -> None:
-        self.weight = weight
+    def __init__(self, weight: Tensor, bias: Tensor | None = None, relu: bool = False) -> None:
+        self.weight, self.bias, self.relu = weight.detach(), None if bias is None else bias.detach(), relu
         self.packed: Tensor | None = None
-        self.version = -1
-        self.usable = weight.device.type == "cpu" and weight.dtype == torch.float32 and _onednn_available()
-        self.lock = threading.Lock()  # the search's workers share one projection
+        if weight.device.type == "cpu" and weight.dtype == torch.float32 and weight.numel() >= MIN_PACKED and _onednn_available():
+            self.packed = self._pack()
 
-    def __deepcopy__(self, memo: dict) -> OutputProjection:
-        return self  # a function of the parameter, shared by copies of a decoding state (a packed weight cannot be copied)
+    def __deepcopy__(self, memo: dict) -> PackedLinear:
+        return self  # immutable, and a packed weight cannot be copied: copies of a decoding state share it
 
     def __call__(self, x: Tensor) -> Tensor:
-        if not self.usable:
-            return F.linear(x, self.weight)
-        packed = self._packed()
-        if packed is None:
-            return F.linear(x, self.weight)
+        if self.packed is None:
+            y = F.linear(x, self.weight, self.bias)
+            return y.relu_() if self.relu else y
         rows = x.size(0)
         padded = row_bucket(rows)
         if padded != rows:
             x = torch.cat([x, x.new_zeros(padded - rows, x.size(1))])
-        return torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")[:rows]
-
-    def _packed(self) -> Tensor | None:
-        """The packed weight, packed again if the parameter changed since; None where oneDNN fails the check."""
-        version = self.weight._version
-        if self.packed is not None and self.version == version:
-            return self.packed
-        with self.lock:
-            if self.packed is None or self.version != version:
-                self.packed, self.version = self._pack(), version
-                if self.packed is None:
-                    self.usable = False
-            return self.packed
+        y = torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "relu" if self.relu else "none", [], "")
+        return y[:rows] if padded != rows else y
 
     def _pack(self) -> Tensor | None:
         with torch.no_grad():
-            weight = self.weight.detach()
             try:
-                packed = torch.ops.mkldnn._reorder_linear_weight(weight, None)
-                probe = torch.randn(3, weight.size(1), generator=torch.Generator().manual_seed(0))
-                got = torch.ops.mkldnn._linear_pointwise(probe, packed, None, "none", [], "")
+                packed = torch.ops.mkldnn._reorder_linear_weight(self.weight, None)
+                probe = torch.randn(3, self.weight.size(1), generator=torch.Generator().manual_seed(0))
+                got = torch.ops.mkldnn._linear_pointwise(probe, packed, self.bias, "relu" if self.relu else "none", [], "")
             except RuntimeError:
                 return None
-            if not torch.allclose(got, F.linear(probe, weight), rtol=1e-4, atol=1e-5):
-                return None
-            return packed
+            want = F.linear(probe, self.weight, self.bias)
+            if self.relu:
+                want = want.relu_()
+            return packed if torch.allclose(got, want, rtol=1e-4, atol=1e-5) else None

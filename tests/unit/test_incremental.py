@@ -6,18 +6,25 @@ import copy
 import pytest
 import torch
 
+from nmt.decode.beam import Scorer
 from nmt.decode.incremental import attend_heads, decode_step, grouped_qkv, init_state
 from nmt.model.attention import MultiHeadAttention, naive_attention
 from tests.helpers import tiny_model
 
 
-@pytest.mark.parametrize("variant", [{}, {"pre_norm": True}, {"d_k": 16, "d_v": 48}, {"positions": "learned"}])
+WIDE = {"vocab_size": 4096, "d_model": 256, "d_ff": 512, "heads": 4}  # weights large enough to be packed
+
+
+@pytest.mark.parametrize("variant", [{}, {"pre_norm": True}, {"d_k": 16, "d_v": 48}, {"positions": "learned"}, WIDE])
 def test_incremental_decoding_equals_full_decoder(variant: dict) -> None:
-    model = tiny_model(**variant)
+    model = tiny_model(**variant, offset_vectors=True)
     src = torch.tensor([[5, 6, 7, 8, 3], [9, 10, 3, 0, 0]])
     tgt = torch.tensor([[2, 11, 12, 13, 14, 15], [2, 16, 17, 18, 19, 20]])
     full = model(src, tgt).log_softmax(-1)
     state = init_state(model, model.encode(src))
+    if variant is WIDE and torch.backends.mkldnn.is_available():  # the packed path is what is compared here
+        layer = state.arranged.layers[0]
+        assert state.arranged.project.packed is not None and layer.qkv.packed is not None and layer.fc1.packed is not None
     steps = torch.stack([decode_step(model, tgt[:, i], state) for i in range(tgt.size(1))], 1)
     torch.testing.assert_close(steps, full, atol=1e-5, rtol=1e-5)
 
@@ -80,7 +87,7 @@ def test_grouped_qkv_puts_each_heads_query_key_value_side_by_side() -> None:
     x = torch.randn(3, 64)
     q, k, v = a.project(x[:, None])  # (3, h, 1, d_k or d_v)
     weight, bias = grouped_qkv(a)
-    grouped = torch.addmm(bias, x, weight).view(3, 4, 8 + 8 + 24)
+    grouped = torch.nn.functional.linear(x, weight, bias).view(3, 4, 8 + 8 + 24)
     torch.testing.assert_close(grouped[..., :8], q[:, :, 0])
     torch.testing.assert_close(grouped[..., 8:16], k[:, :, 0])
     torch.testing.assert_close(grouped[..., 16:], v[:, :, 0])
@@ -94,3 +101,22 @@ def test_positions_beyond_the_table_are_refused() -> None:
             decode_step(model, torch.tensor([token]), state)
         with pytest.raises(ValueError, match="5 positions exceeds max_positions 4"):
             decode_step(model, torch.tensor([8]), state)
+
+
+def test_arranged_weights_are_kept_until_a_parameter_changes() -> None:
+    """A searcher packs the weights once for all its batches, and again after an in-place update (an
+    optimizer step between validations), after which it decodes with the new weights."""
+    model = tiny_model(offset_vectors=True)
+    src = torch.tensor([[5, 6, 7, 3], [9, 10, 3, 0]])
+    scorer = Scorer([model])
+    with torch.no_grad():
+        scorer.start(src, 2)
+        first = scorer.arranged[0]
+        scorer.start(src, 2)
+        assert scorer.arranged[0] is first
+        model.decoder[0].ffn.fc2.weight.mul_(-1.5)
+        state = scorer.start(src, 1)[0]
+        assert scorer.arranged[0] is not first
+        got = torch.stack([decode_step(model, t, state) for t in torch.tensor([[2, 2], [11, 16], [12, 17]])], 1)
+    full = model(src, torch.tensor([[2, 11, 12], [2, 16, 17]])).log_softmax(-1)
+    torch.testing.assert_close(got, full, atol=1e-5, rtol=1e-5)

@@ -15,7 +15,7 @@ from nmt import kernels
 from nmt.kernels import dropout as D
 from nmt.kernels import output_loss
 from nmt.kernels.linear import ROW_BUCKET, linear
-from nmt.kernels.packed import OutputProjection, row_bucket
+from nmt.kernels.packed import PackedLinear, row_bucket
 from nmt.kernels.output_loss import output_cross_entropy
 from nmt.model.attention import MultiHeadAttention, padding_mask
 from nmt.train.loss import label_smoothed_nll
@@ -256,45 +256,32 @@ def test_install_swaps_every_dropout_and_it_still_drops() -> None:
     assert torch.equal(model(src, tgt), model(src, tgt))
 
 
-# ------------------------------------------------------------------------------ packed output projection
+# ------------------------------------------------------------------------------------- packed projections
 
 
+@pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("rows", [1, 3, 16, 17, 100, 513, 700])
-def test_packed_output_projection_equals_f_linear(rows: int) -> None:
+def test_packed_linear_equals_f_linear(rows: int, relu: bool) -> None:
     torch.manual_seed(rows)
-    weight = torch.randn(1000, 64)
-    project = OutputProjection(weight)
-    x = torch.randn(rows, 64)
-    got = project(x)
-    assert got.shape == (rows, 1000) and got.is_contiguous()
-    torch.testing.assert_close(got, F.linear(x, weight), rtol=1e-5, atol=1e-5)
-    assert project.usable == torch.backends.mkldnn.is_available()  # the packed path ran where oneDNN is built in
+    weight, bias = torch.randn(1000, 160), torch.randn(1000)  # 160,000 entries: packed
+    x = torch.randn(rows, 160)
+    for b in (None, bias):
+        project = PackedLinear(weight, b, relu=relu)
+        assert (project.packed is not None) == torch.backends.mkldnn.is_available()  # packed where oneDNN is built in
+        got = project(x)
+        want = F.linear(x, weight, b)
+        assert got.shape == (rows, 1000) and got.is_contiguous()
+        torch.testing.assert_close(got, want.relu() if relu else want, rtol=1e-5, atol=1e-5)
+    assert copy.deepcopy(project) is project  # shared by copies of a decoding state
 
 
-def test_packed_output_projection_follows_the_parameter() -> None:
-    """Packed again after an in-place change (an optimizer step between validations), and kept otherwise;
-    shared, not copied, by a deep copy of a decoding state."""
+def test_packed_linear_falls_back_where_it_cannot_pack_or_would_not_gain() -> None:
     torch.manual_seed(0)
-    weight = torch.nn.Parameter(torch.randn(300, 32))
-    project = OutputProjection(weight)
-    x = torch.randn(5, 32)
-    with torch.inference_mode():
-        first = project(x)
-        packed = project.packed
-        assert project(x) is not None and project.packed is packed
-    with torch.no_grad():
-        weight.mul_(-2.0)
-    with torch.inference_mode():
-        torch.testing.assert_close(project(x), -2.0 * first, rtol=1e-5, atol=1e-5)
-    assert copy.deepcopy(project) is project
-
-
-def test_packed_output_projection_falls_back_where_it_cannot_pack() -> None:
-    torch.manual_seed(0)
-    x = torch.randn(4, 32, dtype=torch.bfloat16)
-    weight = torch.randn(300, 32, dtype=torch.bfloat16)
-    project = OutputProjection(weight)
-    assert not project.usable and torch.equal(project(x), F.linear(x, weight))
+    for dtype, size in ((torch.bfloat16, (1000, 160)), (torch.float32, (300, 32))):
+        x = torch.randn(4, size[1], dtype=dtype)
+        weight = torch.randn(*size, dtype=dtype)
+        project = PackedLinear(weight, relu=True)
+        assert project.packed is None and torch.equal(project(x), F.linear(x, weight).relu())
 
 
 def test_row_buckets() -> None:
