@@ -54,12 +54,13 @@ class StepModel:
 
     layers: list[StepWeights]
     project: PackedLinear  # the output projection (§3.4), decoder states (R, d) → logits (R, V)
-    versions: tuple[int, ...]  # the parameters' version counters when it was made
+    versions: tuple[tuple[int, int], ...]  # each parameter's storage and version counter when it was made
 
 
 def arrange(model: Transformer, kept: StepModel | None = None) -> StepModel:
-    """``model``'s parameters arranged for steps: ``kept`` if they have not changed since it was made."""
-    versions = tuple(p._version for p in model.parameters())
+    """``model``'s parameters arranged for steps: ``kept`` if they have not changed since it was made (in
+    place, or replaced by other tensors)."""
+    versions = tuple((p.data_ptr(), p._version) for p in model.parameters())
     if kept is not None and kept.versions == versions:
         return kept
     return StepModel([step_weights(layer) for layer in model.decoder], PackedLinear(model.output_weight), versions)

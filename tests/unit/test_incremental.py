@@ -120,3 +120,11 @@ def test_arranged_weights_are_kept_until_a_parameter_changes() -> None:
         got = torch.stack([decode_step(model, t, state) for t in torch.tensor([[2, 2], [11, 16], [12, 17]])], 1)
     full = model(src, torch.tensor([[2, 11, 12], [2, 16, 17]])).log_softmax(-1)
     torch.testing.assert_close(got, full, atol=1e-5, rtol=1e-5)
+    changed = scorer.arranged[0]
+    weight = model.decoder[1].self_attn.in_proj_weight
+    version = weight._version
+    weight.data = -weight.data  # other storage, same version counter (as load_state_dict(assign=True) can leave it)
+    assert weight._version == version
+    with torch.no_grad():
+        scorer.start(src, 1)
+    assert scorer.arranged[0] is not changed
