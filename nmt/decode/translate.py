@@ -44,8 +44,7 @@ class TranslateConfig:
     device: str = "auto"
     dtype: str = "fp32"
     # Batches searched at once on a CPU, each on threads ÷ workers torch threads (at least one); 0: one per
-    # torch thread.
-    # GPUs always search one batch at a time.
+    # torch thread. GPUs always search one batch at a time.
     workers: int = 0
 
 
