@@ -8,8 +8,7 @@ On a CPU the batches of a buffer are searched by several workers at once, each o
 (Marian's ``--cpu-threads``, CTranslate2's ``inter_threads``). A step of the search is some 150 small torch
 calls whose fixed cost one thread pays as fast as two, and small matrix products split poorly across
 threads: on the quick-start model two workers of one thread translate 1.2-1.4x as many sentences a second
-as one worker of two threads (docs/performance.md). A buffer of fewer batches than workers is cut into one
-batch per worker. Each batch is searched exactly as it would be alone.
+as one worker of two threads (docs/performance.md). Each batch is searched exactly as it would be alone.
 """
 
 from __future__ import annotations
@@ -119,15 +118,9 @@ class Translator:
         searched it)."""
         d = decode or self.decode
         results: list[list[Hypothesis]] = [[] for _ in sources]
-        lengths = [len(s) for s in sources]
-        batches = token_batches(lengths, d.max_tokens)
+        batches = token_batches([len(s) for s in sources], d.max_tokens)
         threads = torch.get_num_threads()
-        workers = 1 if self.device.type != "cpu" else min(self.cfg.workers or threads, len(sources))
-        if workers > len(batches):
-            # Fewer batches than workers (a short file): cut the sources into one batch per worker, so that
-            # no thread idles. Each sentence's search does not depend on its batch.
-            batches = token_batches(lengths, max(1, -(-sum(n + 1 for n in lengths) // workers)))
-        workers = min(workers, len(batches))
+        workers = 1 if self.device.type != "cpu" else min(self.cfg.workers or threads, len(batches))
         if workers <= 1:
             self._search_batches(iter(batches), sources, d, on_done, results)
             return results

@@ -59,9 +59,7 @@ class TorchEngine:
     has_attention = True
 
     def __init__(self, checkpoints: Sequence[Path], device: str = "auto", dtype: str = "fp32", **decode_overrides: object) -> None:
-        # One batch at a time, on all of torch's threads: the batcher keeps the search busy, and the cores
-        # torch does not use serve HTTP (docs/performance.md, "Serving").
-        self.translator = Translator(list(checkpoints), TranslateConfig(device=device, dtype=dtype, workers=1), **decode_overrides)
+        self.translator = Translator(list(checkpoints), TranslateConfig(device=device, dtype=dtype), **decode_overrides)
         self.decode = self.translator.decode
         self.max_source_tokens = self.translator.max_src
         self.src_lang, self.tgt_lang = self.translator.src_lang, self.translator.tgt_lang

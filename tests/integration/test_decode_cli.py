@@ -131,14 +131,6 @@ def test_workers_search_each_batch_as_one_worker_does(trained: Path, real_text: 
         assert two.translate_ids(sources, on_done=record) == alone
         assert names == {"nmt-search-0", "nmt-search-1"}
         assert torch.get_num_threads() == 2
-        # 40 lines of at most 20 pieces are one batch of 4096 tokens: cut in two, one for each worker (other
-        # batches than above: the same hypotheses, scores equal to rounding).
-        short = [i for i, ids in enumerate(sources) if len(ids) <= 20][:40]
-        wide = DecodeConfig(beam=4, max_len_a=1.0, max_len_b=5, max_tokens=4096)
-        names.clear()
-        cut = Translator([trained / "checkpoint_60.pt"], TranslateConfig(decode=wide, workers=2)).translate_ids([sources[i] for i in short], on_done=record)
-        assert len(short) == 40 and [[h.tokens for h in hyps] for hyps in cut] == [[h.tokens for h in alone[i]] for i in short]
-        assert names == {"nmt-search-0", "nmt-search-1"}
     finally:
         torch.set_num_threads(threads)
 
