@@ -215,7 +215,7 @@ def translate(
     device: Device = "auto",
     dtype: Dtype = "fp32",
     threads: Threads = None,
-    workers: Annotated[int, typer.Option(help="Batches searched at once on a CPU, each on threads ÷ workers threads (Marian's --cpu-threads, CTranslate2's inter_threads); 0: one per thread.")] = 0,
+    workers: Annotated[int, typer.Option(help="Batches searched at once on a CPU, each on threads ÷ workers threads (Marian's --cpu-threads, CTranslate2's inter_threads); 0: one per thread for a small model (step weights under 16 MiB), else one.")] = 0,
 ) -> None:
     """Translate raw text: stdin to stdout (or --input/--output), one line out for every line in.
 

@@ -8,7 +8,11 @@ On a CPU the batches of a buffer are searched by several workers at once, each o
 (Marian's ``--cpu-threads``, CTranslate2's ``inter_threads``). A step of the search is some 150 small torch
 calls whose fixed cost one thread pays as fast as two, and small matrix products split poorly across
 threads: on the quick-start model two workers of one thread translate 1.2-1.4x as many sentences a second
-as one worker of two threads (docs/performance.md). Each batch is searched exactly as it would be alone.
+as one worker of two threads (docs/performance.md). But a worker of one thread reads all of a step's
+weights itself, where two threads of one worker share them: a base-sized model (104 MiB of decoder
+and output weights) ran at 0.75x with two workers. So by default a model whose step weights fit in
+``SMALL_STEP_BYTES`` gets one worker per thread, and a larger one a single worker on all the threads. Each
+batch is searched exactly as it would be alone.
 """
 
 from __future__ import annotations
@@ -34,6 +38,11 @@ from nmt.model.transformer import Transformer
 from nmt.tokens import EOS, PAD
 
 
+# The decoder's and output projection's weights under which one worker per thread pays: the quick-start
+# model's 4 MiB gained 1.22-1.40x, a base-sized model's 104 MiB lost (0.75x); both measured on a 2-core Zen 4.
+SMALL_STEP_BYTES = 16 * 2**20
+
+
 @dataclass(frozen=True)
 class TranslateConfig:
     """How ``nmt translate`` runs: the search (``decode``, by default the checkpoint's) and where it runs."""
@@ -44,7 +53,8 @@ class TranslateConfig:
     device: str = "auto"
     dtype: str = "fp32"
     # Batches searched at once on a CPU, each on threads ÷ workers torch threads (at least one); 0: one per
-    # torch thread. GPUs always search one batch at a time.
+    # torch thread for a model whose step weights fit in SMALL_STEP_BYTES, else one. GPUs always search one
+    # batch at a time.
     workers: int = 0
 
 
@@ -94,6 +104,9 @@ class Translator:
         self.src_lang = meta["manifest"].get("src", "en")
         self.tgt_lang = meta["manifest"].get("tgt", "de")
         self.max_src = min(m.cfg.max_positions for m in self.models) - 1  # room for EOS
+        step_bytes = sum(sum(p.numel() * p.element_size() for p in m.decoder.parameters()) + m.output_weight.numel() * m.output_weight.element_size()
+                         for m in self.models)
+        self.small = step_bytes <= SMALL_STEP_BYTES  # one worker per thread by default
 
     def tokenize(self, text: str) -> list[int]:
         """SentencePiece ids of ``text``, normalised as ``nmt prepare`` normalised the training data; not truncated."""
@@ -120,7 +133,7 @@ class Translator:
         results: list[list[Hypothesis]] = [[] for _ in sources]
         batches = token_batches([len(s) for s in sources], d.max_tokens)
         threads = torch.get_num_threads()
-        workers = 1 if self.device.type != "cpu" else min(self.cfg.workers or threads, len(batches))
+        workers = 1 if self.device.type != "cpu" else min(self.cfg.workers or (threads if self.small else 1), len(batches))
         if workers <= 1:
             self._search_batches(iter(batches), sources, d, on_done, results)
             return results

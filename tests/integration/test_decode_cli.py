@@ -134,6 +134,20 @@ def test_workers_search_each_batch_as_one_worker_does(trained: Path, real_text: 
     finally:
         torch.set_num_threads(threads)
 
+    # By default one worker per thread for a small model, one worker for a large one.
+    auto = Translator([trained / "checkpoint_60.pt"], TranslateConfig(decode=decode))
+    try:
+        torch.set_num_threads(2)
+        names.clear()
+        auto.translate_ids(sources, on_done=record)
+        assert names == {"nmt-search-0", "nmt-search-1"}
+        auto.small = False  # as a model whose step weights exceed SMALL_STEP_BYTES is
+        names.clear()
+        auto.translate_ids(sources, on_done=record)
+        assert names == {"MainThread"}
+    finally:
+        torch.set_num_threads(threads)
+
     def fail(i: int, hyps: object) -> None:
         if i == len(sources) - 1:
             raise ValueError("boom in a worker")
