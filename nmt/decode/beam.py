@@ -23,6 +23,7 @@ to the host, so the per-step cost does not grow with the number of sentences in 
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass
 from typing import Callable
 
@@ -51,10 +52,12 @@ class Scorer:
     def __init__(self, models: list[Transformer]) -> None:
         self.models = models
         self.arranged: list[StepModel | None] = [None] * len(models)  # kept across batches
+        self.lock = threading.Lock()  # workers searching batches at once arrange the weights once between them
 
     def start(self, src: Tensor, beam: int) -> list[DecoderState]:
         """Encode ``src`` (N, S) once; ``beam`` decoder rows per sentence."""
-        self.arranged = [arrange(model, kept) for model, kept in zip(self.models, self.arranged)]
+        with self.lock:
+            self.arranged = [arrange(model, kept) for model, kept in zip(self.models, self.arranged)]
         return [init_state(model, model.encode(src), beam, arranged) for model, arranged in zip(self.models, self.arranged)]
 
     def step(self, tokens: Tensor, states: list[DecoderState]) -> Tensor:

@@ -7,7 +7,7 @@ modules:
 
 - Activations are 2-D (rows × d_model) and every projection is one call with weights arranged once
   (``StepModel``, made again only when the parameters change): on CPUs a oneDNN product on a weight packed
-  for it (``nmt.kernels.packed``); the self-attention's Q, K, V projection is regrouped by head
+  for it where the weight is large enough to gain (``nmt.kernels.packed``); the self-attention's Q, K, V projection is regrouped by head
   (``grouped_qkv``), so each head's query, key and value are slices already laid out as attention reads them.
 - Attention in a step is two batched matrix products (``attend_heads``): faster than the fused kernel for a
   handful of queries on a CPU.
@@ -49,8 +49,9 @@ class StepWeights:
 @dataclass
 class StepModel:
     """A model's parameters arranged for steps: each decoder layer's projections and the output projection.
-    Packing weights takes milliseconds (a base model's, tens), so a searcher keeps one across batches and
-    ``arrange`` makes it again only when a parameter has changed in place (validation during training)."""
+    Packing weights takes milliseconds (a base model's, tens), so a searcher keeps one across batches (a
+    translator's for its life, validation's for one pass) and ``arrange`` makes it again only when a
+    parameter has changed in place or been replaced."""
 
     layers: list[StepWeights]
     project: PackedLinear  # the output projection (§3.4), decoder states (R, d) → logits (R, V)

@@ -150,7 +150,7 @@ class Translator:
                 self._search_batches(_drain(pending), sources, d, on_done, results)
             except BaseException as e:  # noqa: BLE001 - handed to the caller's thread below
                 failures.append(e)
-                while _drain_one(pending):  # the others stop at their next batch
+                while _drain_one(pending) is not None:  # the others stop at their next batch
                     pass
 
         pool = [threading.Thread(target=work, name=f"nmt-search-{i}", daemon=True) for i in range(workers)]
@@ -160,7 +160,7 @@ class Translator:
             for thread in pool:
                 thread.join()
         finally:
-            torch.set_num_threads(threads)  # the BLAS library's count is global: the workers changed it
+            torch.set_num_threads(threads)  # torch's own count, which new threads start from, is global: the workers changed it
         if failures:
             raise failures[0]
         return results

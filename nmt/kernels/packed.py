@@ -13,8 +13,8 @@ applies a ReLU in the same pass. One thread of a 2-core AMD EPYC (Zen 4), MKL's 
 - but the quick-start model's layers (d 128, FFN 512, weights of 16-64 k entries) gain nothing or lose
   (32 rows × 128 × 384: 53 against 47-61 µs), and decoding that model was no faster with them packed.
 
-So weights of at least ``MIN_PACKED`` entries are packed (a base model's every projection, any model's
-output projection) and smaller ones go through ``F.linear``. On a base-sized model (random weights) the
+So weights of at least ``MIN_PACKED`` entries are packed (a base model's every projection, the output
+projection of a vocabulary of 1,024 or more at d 128) and smaller ones go through ``F.linear``. On a base-sized model (random weights) the
 search ran 1.15-1.35× faster with all its projections packed than with none.
 
 oneDNN prepares (JIT-compiles) a kernel for each new row count, some 3 ms, and keeps each in its cache; a

@@ -48,6 +48,7 @@ def validation_bleu(model: Transformer, vocab: torch.Tensor, pairs: list[tuple[n
     model.eval()
     device = next(model.parameters()).device
     hyps, refs = [], []
+    scorer = Scorer([model])  # one for the whole pass: it arranges the weights for steps once
     for start in range(0, len(pairs), 64):
         chunk = pairs[start : start + 64]
         width = max(len(src) for src, _ in chunk) + 1
@@ -56,7 +57,7 @@ def validation_bleu(model: Transformer, vocab: torch.Tensor, pairs: list[tuple[n
             src[row, : len(ids)] = torch.as_tensor(ids.astype(np.int64))
             src[row, len(ids)] = EOS
         limits = [decode.max_output_len(len(ids), model.cfg.max_positions) for ids, _ in chunk]
-        found = beam_search(Scorer([model]), src.to(device), limits, beam=decode.beam, alpha=decode.lenpen, penalty=decode.penalty,
+        found = beam_search(scorer, src.to(device), limits, beam=decode.beam, alpha=decode.lenpen, penalty=decode.penalty,
                             stop=decode.stop)
         hyps += [proc.decode(h[0].tokens if h else []) for h in found]
         refs += [proc.decode(tgt.tolist()) for _, tgt in chunk]
