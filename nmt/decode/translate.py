@@ -92,7 +92,7 @@ class Translator:
         if cfg.dtype not in DTYPES:
             raise NmtError(f"--dtype must be fp32, bf16 or fp16, not '{cfg.dtype}'")
         if cfg.workers < 0:
-            raise NmtError(f"--workers must be at least 1 (or 0 for one per thread), not {cfg.workers}")
+            raise NmtError(f"--workers must be at least 1 (or 0 for nmt's choice by model size), not {cfg.workers}")
         self.device = pick_device(cfg.device)
         if warning := slow_decoding_warning(cfg.dtype, self.device):
             console.print(f"[yellow]--dtype {cfg.dtype}: {warning}")

@@ -66,24 +66,27 @@ class PackedLinear:
 
     def __call__(self, x: Tensor) -> Tensor:
         if self.packed is None:
-            y = F.linear(x, self.weight, self.bias)
-            return y.relu_() if self.relu else y
+            return self._plain(x)
         rows = x.size(0)
         padded = row_bucket(rows)
         if padded != rows:
             x = torch.cat([x, x.new_zeros(padded - rows, x.size(1))])
-        y = torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "relu" if self.relu else "none", [], "")
+        y = self._onednn(x, self.packed)
         return y[:rows] if padded != rows else y
+
+    def _plain(self, x: Tensor) -> Tensor:
+        y = F.linear(x, self.weight, self.bias)
+        return y.relu_() if self.relu else y
+
+    def _onednn(self, x: Tensor, packed: Tensor) -> Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, packed, self.bias, "relu" if self.relu else "none", [], "")
 
     def _pack(self) -> Tensor | None:
         with torch.no_grad():
             try:
                 packed = torch.ops.mkldnn._reorder_linear_weight(self.weight, None)
                 probe = torch.randn(3, self.weight.size(1), generator=torch.Generator().manual_seed(0))
-                got = torch.ops.mkldnn._linear_pointwise(probe, packed, self.bias, "relu" if self.relu else "none", [], "")
+                got = self._onednn(probe, packed)
             except RuntimeError:
                 return None
-            want = F.linear(probe, self.weight, self.bias)
-            if self.relu:
-                want = want.relu_()
-            return packed if torch.allclose(got, want, rtol=1e-4, atol=1e-5) else None
+            return packed if torch.allclose(got, self._plain(probe), rtol=1e-4, atol=1e-5) else None
