@@ -7,7 +7,7 @@ process, so that its peak memory (``VmHWM``, the process's peak resident set) is
 - nmt: ``Translator``, batched by tokens, for each ``--dtype`` the device supports (fp32 on a CPU), each
   stopping rule (``--stop beam``, nmt's default and CTranslate2's rule; ``--stop bound``, exact, the paper recipes')
   and each ``--workers`` (1: one batch at a time on all the threads; 0: ``nmt translate``'s default, one
-  batch per thread);
+  batch per thread for a small model, else one);
 - CTranslate2 as its users run it (its documentation's ``translate_batch``): one call over all the lines,
   its own sorting and batching, for each ``--ct2`` compute type (default float32 and int8, quantized at
   load time from the same float32 export), each ``--ct2-setup`` (its default kernels, oneDNN instead of
@@ -240,7 +240,7 @@ def main() -> None:
                         help="nmt's stopping rules: beam (the default of nmt translate, CTranslate2's rule) and bound (exact, the paper recipes').")
     parser.add_argument("--workers", nargs="+", type=int, default=[1, 0],
                         help="nmt's workers, each a row: batches searched at once on a CPU, each on threads ÷ workers "
-                             "threads (0: nmt translate's default, one per thread).")
+                             "threads (0: nmt translate's default, one per thread for a small model, else one).")
     parser.add_argument("--repeat", type=int, default=2, help="Rounds over all systems; each keeps its fastest.")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
