@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from nmt.decode.penalty import length_penalty
-from nmt.decode.incremental import DecoderState, StepModel, arrange, decode_step, init_state
+from nmt.decode.incremental import DecoderState, StepModel, arrange, decode_step, encode, init_state
 from nmt.model.transformer import Transformer
 from nmt.tokens import BOS, EOS, PAD
 
@@ -58,7 +58,7 @@ class Scorer:
         """Encode ``src`` (N, S) once; ``beam`` decoder rows per sentence."""
         with self.lock:
             self.arranged = [arrange(model, kept) for model, kept in zip(self.models, self.arranged)]
-        return [init_state(model, model.encode(src), beam, arranged) for model, arranged in zip(self.models, self.arranged)]
+        return [init_state(model, encode(model, src, arranged), beam, arranged) for model, arranged in zip(self.models, self.arranged)]
 
     def step(self, tokens: Tensor, states: list[DecoderState]) -> Tensor:
         """Next-token log-probabilities (R, V) of the prefixes ending in ``tokens`` (R,): a fresh tensor."""

@@ -7,14 +7,17 @@ modules:
 
 - Activations are 2-D (rows × d_model) and every projection is one call with weights arranged once
   (``StepModel``, made again only when the parameters change): on CPUs a oneDNN product on a weight packed
-  for it where the weight is large enough to gain (``nmt.kernels.packed``); the self-attention's Q, K, V projection is regrouped by head
-  (``grouped_qkv``), so each head's query, key and value are slices already laid out as attention reads them.
+  for it (``nmt.kernels.packed``), the rows padded once per step to the bucket its kernels are prepared
+  for; the self-attention's Q, K, V projection is regrouped by head (``grouped_qkv``), so each head's
+  query, key and value are slices already laid out as attention reads them.
 - Attention in a step is two batched matrix products (``attend_heads``): faster than the fused kernel for a
   handful of queries on a CPU.
 - The cross-attention keys and values are computed once per sentence, not per hypothesis, and the beam's
   queries of a sentence attend to them as one block: reordering hypotheses never copies them.
 - The self-attention caches hold exactly the positions decoded so far, contiguous: a step appends one
   position and a reorder copies what exists, never a preallocated maximum length.
+- The search's sources are encoded here too (``encode``): the model's encoder with its projections packed
+  the same way, which on a CPU is most of the encoder's time.
 
 A step of the quick-start model, search bookkeeping included, is about 150 torch operations.
 """
@@ -28,10 +31,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from nmt.kernels.packed import PackedLinear
-from nmt.model.attention import MultiHeadAttention
-from nmt.model.layers import DecoderLayer, Residual
+from nmt.kernels.packed import PackedLinear, row_bucket
+from nmt.model.attention import MultiHeadAttention, padding_mask
+from nmt.model.layers import DecoderLayer, EncoderLayer, Residual
 from nmt.model.transformer import EncoderOut, Transformer
+from nmt.tokens import PAD
 
 
 @dataclass
@@ -47,6 +51,16 @@ class StepWeights:
 
 
 @dataclass
+class EncoderWeights:
+    """An encoder layer's projections as the search's encoder calls them, on (rows, d) activations."""
+
+    qkv: PackedLinear  # d → h·(2d_k + d_v), as ``in_proj_weight`` lays them out
+    out: PackedLinear
+    fc1: PackedLinear  # with the ReLU
+    fc2: PackedLinear
+
+
+@dataclass
 class StepModel:
     """A model's parameters arranged for steps: each decoder layer's projections and the output projection.
     Packing weights takes milliseconds (a base model's, tens), so a searcher keeps one across batches (a
@@ -55,7 +69,15 @@ class StepModel:
 
     layers: list[StepWeights]
     project: PackedLinear  # the output projection (§3.4), decoder states (R, d) → logits (R, V)
+    encoder: list[EncoderWeights]
+    cross_kv: list[PackedLinear]  # each decoder layer's K, V projection of the encoder's output
     versions: tuple[tuple[int, int], ...]  # each parameter's storage and version counter when it was made
+
+    def padded_rows(self, rows: int) -> int:
+        """The rows a step computes for ``rows`` hypotheses. oneDNN prepares a kernel per row count, so packed
+        projections take rows padded to a bucket (``row_bucket``); padding once per step instead of at each
+        of a step's dozen products saves two copies per product."""
+        return row_bucket(rows) if self.project.packed is not None else rows
 
 
 def arrange(model: Transformer, kept: StepModel | None = None) -> StepModel:
@@ -64,7 +86,14 @@ def arrange(model: Transformer, kept: StepModel | None = None) -> StepModel:
     versions = tuple((p.data_ptr(), p._version) for p in model.parameters())
     if kept is not None and kept.versions == versions:
         return kept
-    return StepModel([step_weights(layer) for layer in model.decoder], PackedLinear(model.output_weight), versions)
+    q = lambda attn: attn.sizes[0]  # noqa: E731 - rows of Q in a fused in_proj
+    encoder = [EncoderWeights(PackedLinear(layer.self_attn.in_proj_weight, layer.self_attn.in_proj_bias),
+                              PackedLinear(layer.self_attn.out_proj.weight, layer.self_attn.out_proj.bias),
+                              PackedLinear(layer.ffn.fc1.weight, layer.ffn.fc1.bias, relu=True),
+                              PackedLinear(layer.ffn.fc2.weight, layer.ffn.fc2.bias)) for layer in model.encoder]
+    cross_kv = [PackedLinear(layer.cross_attn.in_proj_weight[q(layer.cross_attn):], layer.cross_attn.in_proj_bias[q(layer.cross_attn):])
+                for layer in model.decoder]
+    return StepModel([step_weights(layer) for layer in model.decoder], PackedLinear(model.output_weight), encoder, cross_kv, versions)
 
 
 @dataclass
@@ -91,6 +120,15 @@ class DecoderState:
     beam: int = 1
     step: int = 0
     rows: list[Tensor | None] = field(default_factory=list)  # per layer: the rows its cache continues with, not yet applied
+    scratch: Tensor | None = None  # (padded rows, h·d_v): attention's output as the next projection reads it
+
+    def attention_out(self, padded: int, width: int, like: Tensor) -> Tensor:
+        """A (padded, width) tensor for attention's output, kept across a search's steps: the rows beyond the
+        hypotheses' only ever hold zeros or earlier steps' outputs, finite values whose projections are
+        dropped."""
+        if self.scratch is None or self.scratch.size(0) != padded:
+            self.scratch = like.new_zeros(padded, width)
+        return self.scratch
 
     def append(self, i: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Append layer ``i``'s keys (R, h, 1, d_k) and values (R, h, 1, d_v) at position ``step``, its cache
@@ -131,9 +169,9 @@ def _extend(cache: Tensor, rows: Tensor | None, new: Tensor) -> Tensor:
     return out
 
 
-def attend_heads(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = None) -> Tensor:
+def attend_heads(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = None, out: Tensor | None = None) -> Tensor:
     """softmax(QKᵀ/√d_k + bias)V with the heads folded into the batch: queries (B, Tq, d_k) against keys
-    (B, Tk, d_k) and values (B, Tk, d_v), any strides → (B, Tq, d_v).
+    (B, Tk, d_k) and values (B, Tk, d_v), any strides → (B, Tq, d_v), written into ``out`` if given.
 
     Equal to ``scaled_dot_product_attention`` in evaluation mode. For the few queries of a decoding step two
     batched matrix products beat the fused kernel on a CPU, and nothing is copied. ``bias`` (broadcast to the
@@ -144,7 +182,7 @@ def attend_heads(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = None) ->
     # baddbmm scales and adds the bias in the product's own pass.
     scores = torch.bmm(q, kt).mul_(scale) if bias is None else torch.baddbmm(bias, q, kt, alpha=scale)
     weights = scores.softmax(-1) if scores.dtype == torch.float32 else scores.float().softmax(-1).to(v.dtype)
-    return torch.bmm(weights, v)
+    return torch.bmm(weights, v, out=out)
 
 
 def grouped_qkv(attn: MultiHeadAttention) -> tuple[Tensor, Tensor]:
@@ -170,65 +208,101 @@ def step_weights(layer: DecoderLayer) -> StepWeights:
     )
 
 
+def encode(model: Transformer, src: Tensor, arranged: StepModel | None = None) -> EncoderOut:
+    """``model.encode(src)`` in evaluation mode, src (N, S) right-padded, with the projections through
+    ``arranged`` (as ``arrange`` returned it; arranged here if None): on CPUs, packed weights, the N·S
+    positions padded once to a bucket. Inference only, as ``decode_step``."""
+    arranged = arranged or arrange(model)
+    mask = padding_mask(src, PAD)  # (N, 1, 1, S)
+    x = model.embed(model.src_embed, src)  # (N, S, d)
+    n, s, d = x.shape
+    rows = n * s
+    x = F.pad(x.view(rows, d), (0, 0, 0, arranged.padded_rows(rows) - rows))  # padding rows: zeros, outputs dropped
+    for layer, w in zip(model.encoder, arranged.encoder):
+        x = _encoder_layer(layer, w, x, mask, n, s)
+    return EncoderOut(model.encoder_norm(x[:rows]).view(n, s, d), mask)
+
+
+def _encoder_layer(layer: EncoderLayer, w: EncoderWeights, x: Tensor, mask: Tensor, n: int, s: int) -> Tensor:
+    """``EncoderLayer.forward`` in evaluation mode on x (padded, d), whose first N·S rows are the positions
+    of N sentences of S."""
+    sa, rows = layer.self_attn, n * s
+
+    def self_attention(h: Tensor) -> Tensor:
+        q, k, v = (sa.split_heads(p) for p in w.qkv(h)[:rows].view(n, s, -1).split(sa.sizes, dim=-1))
+        heads = sa.attention(q, k, v, mask, False)  # (N, h, S, d_v)
+        out = h.new_zeros(h.size(0), sa.heads * sa.d_v)
+        out[:rows].view(n, s, sa.heads, sa.d_v).copy_(heads.transpose(1, 2))
+        return w.out(out)
+
+    x = _residual_step(layer.attn_block, x, self_attention)
+    return _residual_step(layer.ffn_block, x, lambda h: w.fc2(w.fc1(h)))
+
+
 def init_state(model: Transformer, enc: EncoderOut, beam: int = 1, arranged: StepModel | None = None) -> DecoderState:
     """Decoding state for ``beam`` hypotheses per sentence of ``enc``; the cross-attention keys and values
     are computed here, once per sentence. ``arranged``: the model's parameters arranged for steps, as
     ``arrange`` returned them (the caller keeps them across batches); arranged here if None."""
     cfg, memory = model.cfg, enc.memory
-    n, heads = memory.size(0), cfg.heads
-    cross = [_keys_values(layer.cross_attn, memory) for layer in model.decoder]
+    arranged = arranged or arrange(model)
+    n, s, heads = memory.size(0), memory.size(1), cfg.heads
+    cross_k, cross_v = [], []
+    for layer, kv in zip(model.decoder, arranged.cross_kv):
+        attn = layer.cross_attn
+        k, v = kv(memory.reshape(n * s, -1)).view(n, s, -1).split(attn.sizes[1:], dim=-1)
+        cross_k.append(attn.split_heads(k).flatten(0, 1).contiguous())  # (N·h, S, d_k)
+        cross_v.append(attn.split_heads(v).flatten(0, 1).contiguous())
     bias = torch.zeros(enc.src_mask.shape, dtype=memory.dtype, device=memory.device).masked_fill_(~enc.src_mask, float("-inf"))
     empty = lambda width: memory.new_empty(n * beam, heads, 0, width)  # noqa: E731
     return DecoderState(
         self_k=[empty(cfg.key_dim) for _ in model.decoder], self_v=[empty(cfg.value_dim) for _ in model.decoder],
-        cross_k=[k.flatten(0, 1).contiguous() for k, _ in cross], cross_v=[v.flatten(0, 1).contiguous() for _, v in cross],
-        cross_bias=bias.expand(n, heads, 1, -1).reshape(n * heads, 1, -1),
-        arranged=arranged or arrange(model), positions=model.position_table.to(memory.dtype), beam=beam,
+        cross_k=cross_k, cross_v=cross_v, cross_bias=bias.expand(n, heads, 1, -1).reshape(n * heads, 1, -1),
+        arranged=arranged, positions=model.position_table.to(memory.dtype), beam=beam,
     )
-
-
-def _keys_values(attn: MultiHeadAttention, memory: Tensor) -> tuple[Tensor, Tensor]:
-    """The keys (N, h, S, d_k) and values (N, h, S, d_v) of ``attn`` over the encoder's output ``memory``."""
-    q = attn.sizes[0]
-    k, v = F.linear(memory, attn.in_proj_weight[q:], attn.in_proj_bias[q:]).split(attn.sizes[1:], dim=-1)
-    return attn.split_heads(k), attn.split_heads(v)
 
 
 def decode_step(model: Transformer, tokens: Tensor, state: DecoderState) -> Tensor:
     """The last tokens (R,) at position ``state.step`` → next-token log-probabilities (R, V) in float32.
 
-    Advances ``state.step``; equal to the full decoder's output at that position.
+    Advances ``state.step``; equal to the full decoder's output at that position. Inference only: call it
+    without autograd (``torch.no_grad``), as the searches do.
     """
     t = state.step
     model.check_positions(t + 1)
-    y = F.embedding(tokens, model.tgt_embed.weight).mul_(model.embed_scale).add_(state.positions[t])  # (R, d)
+    r = tokens.size(0)
+    padded = state.arranged.padded_rows(r)
+    if padded != r:  # the padding rows read token 0; their outputs are dropped
+        tokens = F.pad(tokens, (0, padded - r))
+    y = F.embedding(tokens, model.tgt_embed.weight).mul_(model.embed_scale).add_(state.positions[t])  # (padded, d)
     for i, layer in enumerate(model.decoder):
-        y = _layer_step(layer, y, state, i)
+        y = _layer_step(layer, y, state, i, r)
     state.step = t + 1
-    logits = state.arranged.project(model.decoder_norm(y)).float()  # a fresh tensor (R, V)
+    logits = state.arranged.project(model.decoder_norm(y))[:r].float()  # the first rows of a fresh tensor (R, V)
     # In place: a second (R, V) tensor per step is a large allocation, whose fresh pages cost as much as
     # the softmax itself.
     return torch.log_softmax(logits, -1, out=logits)
 
 
-def _layer_step(layer: DecoderLayer, y: Tensor, state: DecoderState, i: int) -> Tensor:
-    """Decoder layer ``i`` at one position y (R, d), R = sentences × beam: appends its keys and values to the
+def _layer_step(layer: DecoderLayer, y: Tensor, state: DecoderState, i: int, r: int) -> Tensor:
+    """Decoder layer ``i`` at one position: y (padded, d) holds R = sentences × beam hypotheses in its first
+    rows, then padding rows (``StepModel.padded_rows``); appends the hypotheses' keys and values to the
     self-attention cache. The function of ``DecoderLayer.forward`` in evaluation mode."""
     w, sa = state.arranged.layers[i], layer.self_attn
-    r, heads, dk, dv = y.size(0), sa.heads, sa.d_k, sa.d_v
+    padded, heads, dk, dv = y.size(0), sa.heads, sa.d_k, sa.d_v
+    out = state.attention_out(padded, heads * dv, y)  # the hypotheses' rows are written, the padding rows kept
 
     def self_attention(h: Tensor) -> Tensor:
-        qkv = w.qkv(h).view(r, heads, 1, 2 * dk + dv)  # a head's q, k, v side by side
+        qkv = w.qkv(h)[:r].view(r, heads, 1, 2 * dk + dv)  # a head's q, k, v side by side
         k, v = state.append(i, qkv[..., dk : 2 * dk], qkv[..., 2 * dk :])  # (R·h, t + 1, d_k or d_v)
-        out = attend_heads(qkv.view(r * heads, 1, -1)[..., :dk], k, v)  # (R·h, 1, d_v)
-        return w.self_out(out.view(r, heads * dv))
+        attend_heads(qkv.view(r * heads, 1, -1)[..., :dk], k, v, out=out[:r].view(r * heads, 1, dv))
+        return w.self_out(out)
 
     def cross_attention(h: Tensor) -> Tensor:
         # The beam's queries of a sentence attend as one block: (R, h·d_k) → (N·h, beam, d_k).
         n, beam = r // state.beam, state.beam
-        q = w.cross_q(h).view(n, beam, heads, dk).transpose(1, 2).reshape(n * heads, beam, dk)
-        out = attend_heads(q, state.cross_k[i], state.cross_v[i], state.cross_bias)  # (N·h, beam, d_v)
-        out = out.view(n, heads, beam, dv).transpose(1, 2).reshape(r, heads * dv)
+        q = w.cross_q(h)[:r].view(n, beam, heads, dk).transpose(1, 2).reshape(n * heads, beam, dk)
+        heads_out = attend_heads(q, state.cross_k[i], state.cross_v[i], state.cross_bias)  # (N·h, beam, d_v)
+        out[:r].view(n, beam, heads, dv).copy_(heads_out.view(n, heads, beam, dv).transpose(1, 2))
         return w.cross_out(out)
 
     def feed_forward(h: Tensor) -> Tensor:

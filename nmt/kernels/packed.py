@@ -5,17 +5,20 @@ vocabulary's output matrix. torch runs a float32 ``F.linear`` on a CPU through i
 in the PyPI wheels), which reads the weight in its stored layout at every call. oneDNN's matrix product
 instead takes the weight once rearranged into the blocks its kernels read (``_reorder_linear_weight``, what
 ``torch.compile`` uses on CPUs), picks its kernels by the CPU's instruction sets rather than its vendor, and
-applies a ReLU in the same pass. One thread of a 2-core AMD EPYC (Zen 4), MKL's time against oneDNN's
-(docs/performance.md):
+applies a ReLU in the same pass. One thread, MKL's time against oneDNN's (docs/performance.md):
 
-- 128 rows × a 4,000 × 128 output matrix: 2.15 against 1.47 ms; 16 rows × 32,000 × 512: 20.1 against 6.9 ms;
-- a base model's layers (d 512, FFN 2048), 16 / 64 / 256 rows: 1.15-1.97× / 1.18-1.42× / 1.17-1.28× faster;
-- but the quick-start model's layers (d 128, FFN 512, weights of 16-64 k entries) gain nothing or lose
-  (32 rows × 128 × 384: 53 against 47-61 µs), and decoding that model was no faster with them packed.
+- a 2-core AMD EPYC Zen 5, the quick-start model's projections (d 128, FFN 512, vocabulary 4,000), 640 rows:
+  2.0-2.3x faster (128 × 128: 227 against 108 µs; 4,000 × 128: 7.7 against 3.4 ms), 128 rows 1.5-2.3x;
+- a 2-core AMD EPYC Zen 4: 128 rows × a 4,000 × 128 output matrix 2.15 against 1.47 ms; 16 rows × 32,000 ×
+  512: 20.1 against 6.9 ms; a base model's layers (d 512, FFN 2048), 16 / 64 / 256 rows: 1.15-1.97x /
+  1.18-1.42x / 1.17-1.28x faster. The quick-start model's layers gained nothing there.
 
-So weights of at least ``MIN_PACKED`` entries are packed (a base model's every projection, the output
-projection of a vocabulary of 1,024 or more at d 128) and smaller ones go through ``F.linear``. On a base-sized model (random weights) the
-search ran 1.15-1.35× faster with all its projections packed than with none.
+oneDNN costs some 5 µs more per call (a 32-row product of a 128 × 128 weight: 18.5 against 14.5 µs on Zen
+5), which the few-row steps at the end of a batch pay, but every float32 weight on a CPU is packed, whatever
+its size: on Zen 5 the quick-start model's layers gain as much as its output projection once a decoding
+step pads its rows once (``nmt.decode.incremental``) instead of at each product. The choice is the
+weight's, never the row count's: which library computes a product decides the last bits of its result,
+and a sentence's translation must not depend on how many rows its batch had at a step.
 
 oneDNN prepares (JIT-compiles) a kernel for each new row count, some 3 ms, and keeps each in its cache; a
 search meets hundreds of row counts as its sentences finish, so rows are padded to a bucket (a power of two
@@ -38,9 +41,6 @@ def _onednn_available() -> bool:
     return torch.backends.mkldnn.is_available() and hasattr(ops, "_reorder_linear_weight") and hasattr(ops, "_linear_pointwise")
 
 
-MIN_PACKED = 1 << 17  # weight entries: 512 × 256 is packed, 512 × 128 is not
-
-
 def row_bucket(rows: int) -> int:
     """The row count a product of ``rows`` rows is padded to: a power of two up to 16, a multiple of 32 up to
     512, then of 128 (the first steps of a batch of short sentences have thousands of rows)."""
@@ -52,13 +52,13 @@ def row_bucket(rows: int) -> int:
 
 class PackedLinear:
     """``x ↦ F.linear(x, weight, bias)`` (then a ReLU if ``relu``) for (R, in) rows, through oneDNN with the
-    weight packed where it can be and is large enough to gain. A function of the weight as it was when
+    weight packed where it can be. A function of the weight as it was when
     made: make a new one after the parameter changes."""
 
     def __init__(self, weight: Tensor, bias: Tensor | None = None, relu: bool = False) -> None:
         self.weight, self.bias, self.relu = weight.detach(), None if bias is None else bias.detach(), relu
         self.packed: Tensor | None = None
-        if weight.device.type == "cpu" and weight.dtype == torch.float32 and weight.numel() >= MIN_PACKED and _onednn_available():
+        if weight.device.type == "cpu" and weight.dtype == torch.float32 and _onednn_available():
             self.packed = self._pack()
 
     def __deepcopy__(self, memo: dict) -> PackedLinear:

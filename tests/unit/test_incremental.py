@@ -7,25 +7,31 @@ import pytest
 import torch
 
 from nmt.decode.beam import Scorer
-from nmt.decode.incremental import attend_heads, decode_step, grouped_qkv, init_state
+from nmt.decode.incremental import attend_heads, decode_step, encode, grouped_qkv, init_state
 from nmt.model.attention import MultiHeadAttention, naive_attention
 from tests.helpers import tiny_model
 
 
-WIDE = {"vocab_size": 4096, "d_model": 256, "d_ff": 512, "heads": 4}  # weights large enough to be packed
+WIDE = {"vocab_size": 4096, "d_model": 256, "d_ff": 512, "heads": 4}
 
 
 @pytest.mark.parametrize("variant", [{}, {"pre_norm": True}, {"d_k": 16, "d_v": 48}, {"positions": "learned"}, WIDE])
 def test_incremental_decoding_equals_full_decoder(variant: dict) -> None:
     model = tiny_model(**variant, offset_vectors=True)
-    src = torch.tensor([[5, 6, 7, 8, 3], [9, 10, 3, 0, 0]])
-    tgt = torch.tensor([[2, 11, 12, 13, 14, 15], [2, 16, 17, 18, 19, 20]])
+    # Three rows: a step pads them to four where the projections are packed.
+    src = torch.tensor([[5, 6, 7, 8, 3], [9, 10, 3, 0, 0], [11, 12, 13, 3, 0]])
+    tgt = torch.tensor([[2, 11, 12, 13, 14, 15], [2, 16, 17, 18, 19, 20], [2, 21, 22, 23, 24, 25]])
     full = model(src, tgt).log_softmax(-1)
-    state = init_state(model, model.encode(src))
-    if variant is WIDE and torch.backends.mkldnn.is_available():  # the packed path is what is compared here
-        layer = state.arranged.layers[0]
-        assert state.arranged.project.packed is not None and layer.qkv.packed is not None and layer.fc1.packed is not None
-    steps = torch.stack([decode_step(model, tgt[:, i], state) for i in range(tgt.size(1))], 1)
+    with torch.no_grad():
+        enc = encode(model, src)  # 15 positions: padded to 16 where the projections are packed
+        torch.testing.assert_close(enc.memory, model.encode(src).memory, atol=1e-5, rtol=1e-5)
+        assert torch.equal(enc.src_mask, model.encode(src).src_mask)
+        state = init_state(model, enc)
+        if torch.backends.mkldnn.is_available():  # the packed path is what is compared here
+            layer = state.arranged.layers[0]
+            assert state.arranged.project.packed is not None and layer.qkv.packed is not None and layer.fc1.packed is not None
+            assert state.arranged.encoder[0].qkv.packed is not None and state.arranged.cross_kv[0].packed is not None
+        steps = torch.stack([decode_step(model, tgt[:, i], state) for i in range(tgt.size(1))], 1)
     torch.testing.assert_close(steps, full, atol=1e-5, rtol=1e-5)
 
 

@@ -263,7 +263,7 @@ def test_install_swaps_every_dropout_and_it_still_drops() -> None:
 @pytest.mark.parametrize("rows", [1, 3, 16, 17, 100, 513, 700])
 def test_packed_linear_equals_f_linear(rows: int, relu: bool) -> None:
     torch.manual_seed(rows)
-    weight, bias = torch.randn(1000, 160), torch.randn(1000)  # 160,000 entries: packed
+    weight, bias = torch.randn(1000, 160), torch.randn(1000)
     x = torch.randn(rows, 160)
     for b in (None, bias):
         project = PackedLinear(weight, b, relu=relu)
@@ -275,13 +275,15 @@ def test_packed_linear_equals_f_linear(rows: int, relu: bool) -> None:
     assert copy.deepcopy(project) is project  # shared by copies of a decoding state
 
 
-def test_packed_linear_falls_back_where_it_cannot_pack_or_would_not_gain() -> None:
+def test_packed_linear_falls_back_where_it_cannot_pack() -> None:
     torch.manual_seed(0)
-    for dtype, size in ((torch.bfloat16, (1000, 160)), (torch.float32, (300, 32))):
+    for dtype, size in ((torch.bfloat16, (1000, 160)), (torch.float16, (300, 32))):
         x = torch.randn(4, size[1], dtype=dtype)
         weight = torch.randn(*size, dtype=dtype)
         project = PackedLinear(weight, relu=True)
         assert project.packed is None and torch.equal(project(x), F.linear(x, weight).relu())
+    small = PackedLinear(torch.randn(64, 32))  # float32 of any size is packed
+    assert (small.packed is not None) == torch.backends.mkldnn.is_available()
 
 
 def test_row_buckets() -> None:
