@@ -169,6 +169,10 @@ def _extend(cache: Tensor, rows: Tensor | None, new: Tensor) -> Tensor:
     return out
 
 
+# ATen's batched product (bmm_out_or_baddbmm_) loops over scalars when a product has fewer multiply-adds.
+SCALAR_BMM = 400
+
+
 def attend_heads(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = None, out: Tensor | None = None) -> Tensor:
     """softmax(QKᵀ/√d_k + bias)V with the heads folded into the batch: queries (B, Tq, d_k) against keys
     (B, Tk, d_k) and values (B, Tk, d_v), any strides → (B, Tq, d_v), written into ``out`` if given.
@@ -182,6 +186,11 @@ def attend_heads(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = None, ou
     # baddbmm scales and adds the bias in the product's own pass.
     scores = torch.bmm(q, kt).mul_(scale) if bias is None else torch.baddbmm(bias, q, kt, alpha=scale)
     weights = scores.softmax(-1) if scores.dtype == torch.float32 else scores.float().softmax(-1).to(v.dtype)
+    if q.size(1) == 1 and v.size(1) * v.size(2) < SCALAR_BMM:
+        # A weighted sum instead: torch computes a batch of products this small in a scalar loop, which took
+        # 4-7x longer for the first dozen positions of a step (600 rows × 4 heads of 32 on a Zen 5 core:
+        # 548 against 149 µs at 8 positions).
+        return torch.sum(weights.transpose(1, 2) * v, dim=1, keepdim=True, out=out)
     return torch.bmm(weights, v, out=out)
 
 

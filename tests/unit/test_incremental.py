@@ -85,6 +85,12 @@ def test_attend_heads_equals_reference_attention_on_strided_inputs() -> None:
     bias = torch.zeros(6, 1, 5).masked_fill(~allowed, float("-inf"))
     torch.testing.assert_close(attend_heads(q, k, v, bias), naive_attention(q, k, v, allowed), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(attend_heads(q, k, v), naive_attention(q, k, v), atol=1e-5, rtol=1e-5)
+    # One query, as a self-attention step has: over few positions a weighted sum, over many a product.
+    for positions in (1, 3, 12, 13, 40):
+        q1, k1, v1 = torch.randn(6, 1, 32), torch.randn(6, positions, 32), torch.randn(6, positions, 32)
+        out = torch.full((6, 1, 32), float("nan"))
+        assert attend_heads(q1, k1, v1, out=out) is out
+        torch.testing.assert_close(out, naive_attention(q1, k1, v1), atol=1e-5, rtol=1e-5)
 
 
 def test_grouped_qkv_puts_each_heads_query_key_value_side_by_side() -> None:
