@@ -86,14 +86,8 @@ def arrange(model: Transformer, kept: StepModel | None = None) -> StepModel:
     versions = tuple((p.data_ptr(), p._version) for p in model.parameters())
     if kept is not None and kept.versions == versions:
         return kept
-    q = lambda attn: attn.sizes[0]  # noqa: E731 - rows of Q in a fused in_proj
-    encoder = [EncoderWeights(PackedLinear(layer.self_attn.in_proj_weight, layer.self_attn.in_proj_bias),
-                              PackedLinear(layer.self_attn.out_proj.weight, layer.self_attn.out_proj.bias),
-                              PackedLinear(layer.ffn.fc1.weight, layer.ffn.fc1.bias, relu=True),
-                              PackedLinear(layer.ffn.fc2.weight, layer.ffn.fc2.bias)) for layer in model.encoder]
-    cross_kv = [PackedLinear(layer.cross_attn.in_proj_weight[q(layer.cross_attn):], layer.cross_attn.in_proj_bias[q(layer.cross_attn):])
-                for layer in model.decoder]
-    return StepModel([step_weights(layer) for layer in model.decoder], PackedLinear(model.output_weight), encoder, cross_kv, versions)
+    return StepModel([step_weights(layer) for layer in model.decoder], PackedLinear(model.output_weight),
+                     [encoder_weights(layer) for layer in model.encoder], [keys_values(layer.cross_attn) for layer in model.decoder], versions)
 
 
 @dataclass
@@ -215,6 +209,20 @@ def step_weights(layer: DecoderLayer) -> StepWeights:
         PackedLinear(ca.in_proj_weight[:q], ca.in_proj_bias[:q]), PackedLinear(ca.out_proj.weight, ca.out_proj.bias),
         PackedLinear(ffn.fc1.weight, ffn.fc1.bias, relu=True), PackedLinear(ffn.fc2.weight, ffn.fc2.bias),
     )
+
+
+def encoder_weights(layer: EncoderLayer) -> EncoderWeights:
+    """``layer``'s projections arranged for the search's encoder."""
+    sa, ffn = layer.self_attn, layer.ffn
+    return EncoderWeights(PackedLinear(sa.in_proj_weight, sa.in_proj_bias), PackedLinear(sa.out_proj.weight, sa.out_proj.bias),
+                          PackedLinear(ffn.fc1.weight, ffn.fc1.bias, relu=True), PackedLinear(ffn.fc2.weight, ffn.fc2.bias))
+
+
+def keys_values(attn: MultiHeadAttention) -> PackedLinear:
+    """The K and V rows of a cross-attention's fused projection: the encoder's output (rows, d) → its keys
+    and values side by side (rows, h·(d_k + d_v))."""
+    q = attn.sizes[0]
+    return PackedLinear(attn.in_proj_weight[q:], attn.in_proj_bias[q:])
 
 
 def encode(model: Transformer, src: Tensor, arranged: StepModel | None = None) -> EncoderOut:
