@@ -11,7 +11,8 @@ with its reason and its measurement in its own module:
 - ``output_loss``: the output projection and the label-smoothed loss together, logits never stored whole
   (training's loss on every device).
 - ``allocator``: glibc kept from returning large blocks to the system between steps.
-- ``packed``: a decoding step's large projections through oneDNN, their weights packed once (CPU, float32).
+- ``packed``: the search's projections (encoder, decoding steps) through oneDNN, their weights packed once
+  (CPU, float32).
 
 ``install`` swaps the first four into a model: each module's class becomes a subclass computing the same
 function with the same parameters and state dict, so checkpoints, hooks and ``torch.compile`` see the
