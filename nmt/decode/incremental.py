@@ -11,7 +11,8 @@ modules:
   for; the self-attention's Q, K, V projection is regrouped by head (``grouped_qkv``), so each head's
   query, key and value are slices already laid out as attention reads them.
 - Attention in a step is two batched matrix products (``attend_heads``): faster than the fused kernel for a
-  handful of queries on a CPU.
+  handful of queries on a CPU. One query over the first dozen positions is weighted by a sum instead, where
+  torch's batched product would run a scalar loop.
 - The cross-attention keys and values are computed once per sentence, not per hypothesis, and the beam's
   queries of a sentence attend to them as one block: reordering hypotheses never copies them.
 - The self-attention caches hold exactly the positions decoded so far, contiguous: a step appends one
@@ -62,8 +63,9 @@ class EncoderWeights:
 
 @dataclass
 class StepModel:
-    """A model's parameters arranged for steps: each decoder layer's projections and the output projection.
-    Packing weights takes milliseconds (a base model's, tens), so a searcher keeps one across batches (a
+    """A model's parameters arranged for the search: each decoder layer's projections, the output
+    projection, each encoder layer's projections and the cross-attentions' key and value projections (a
+    float32 model on a CPU thus holds each weight twice: the parameter and its packed copy). Packing weights takes milliseconds (a base model's, tens), so a searcher keeps one across batches (a
     translator's for its life, validation's for one pass) and ``arrange`` makes it again only when a
     parameter has changed in place or been replaced."""
 
@@ -163,7 +165,8 @@ def _extend(cache: Tensor, rows: Tensor | None, new: Tensor) -> Tensor:
     return out
 
 
-# ATen's batched product (bmm_out_or_baddbmm_) loops over scalars when a product has fewer multiply-adds.
+# ATen's batched product (bmm_out_or_baddbmm_) loops over scalars when a product has fewer multiply-adds
+# than this (the scores' product QKᵀ too, which the weighted sum below does not replace: it gained nothing).
 SCALAR_BMM = 400
 
 
@@ -172,7 +175,8 @@ def attend_heads(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = None, ou
     (B, Tk, d_k) and values (B, Tk, d_v), any strides → (B, Tq, d_v), written into ``out`` if given.
 
     Equal to ``scaled_dot_product_attention`` in evaluation mode. For the few queries of a decoding step two
-    batched matrix products beat the fused kernel on a CPU, and nothing is copied. ``bias`` (broadcast to the
+    batched matrix products beat the fused kernel on a CPU, and the keys and values are read where they
+    are. ``bias`` (broadcast to the
     scores) is 0 where a key may be attended and -inf elsewhere.
     """
     scale = q.size(-1) ** -0.5
@@ -180,10 +184,11 @@ def attend_heads(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = None, ou
     # baddbmm scales and adds the bias in the product's own pass.
     scores = torch.bmm(q, kt).mul_(scale) if bias is None else torch.baddbmm(bias, q, kt, alpha=scale)
     weights = scores.softmax(-1) if scores.dtype == torch.float32 else scores.float().softmax(-1).to(v.dtype)
-    if q.size(1) == 1 and v.size(1) * v.size(2) < SCALAR_BMM:
+    if q.size(1) == 1 and v.size(1) * v.size(2) < SCALAR_BMM and v.dtype == torch.float32 and v.device.type == "cpu":
         # A weighted sum instead: torch computes a batch of products this small in a scalar loop, which took
         # 4-7x longer for the first dozen positions of a step (600 rows × 4 heads of 32 on a Zen 5 core:
-        # 548 against 149 µs at 8 positions).
+        # 548 against 149 µs at 8 positions). Only in float32 on CPUs: in bf16 each product would be
+        # rounded before the sum, and GPUs have no scalar loop to avoid.
         return torch.sum(weights.transpose(1, 2) * v, dim=1, keepdim=True, out=out)
     return torch.bmm(weights, v, out=out)
 
@@ -228,27 +233,32 @@ def keys_values(attn: MultiHeadAttention) -> PackedLinear:
 def encode(model: Transformer, src: Tensor, arranged: StepModel | None = None) -> EncoderOut:
     """``model.encode(src)`` in evaluation mode, src (N, S) right-padded, with the projections through
     ``arranged`` (as ``arrange`` returned it; arranged here if None): on CPUs, packed weights, the N·S
-    positions padded once to a bucket. Inference only, as ``decode_step``."""
+    positions padded once to a bucket. Inference only, as ``decode_step``, with the model in evaluation
+    mode (as every search sets it)."""
+    if model.training:
+        raise RuntimeError("encode needs evaluation mode (model.eval()): dropout would change the search")
     arranged = arranged or arrange(model)
     mask = padding_mask(src, PAD)  # (N, 1, 1, S)
     x = model.embed(model.src_embed, src)  # (N, S, d)
     n, s, d = x.shape
     rows = n * s
-    x = F.pad(x.view(rows, d), (0, 0, 0, arranged.padded_rows(rows) - rows))  # padding rows: zeros, outputs dropped
+    padded = arranged.padded_rows(rows)
+    x = F.pad(x.view(rows, d), (0, 0, 0, padded - rows))  # padding rows: zeros, outputs dropped
+    out = x.new_empty(padded, model.cfg.heads * model.cfg.value_dim)  # every layer's attention output in turn
+    out[rows:].zero_()
     for layer, w in zip(model.encoder, arranged.encoder):
-        x = _encoder_layer(layer, w, x, mask, n, s)
+        x = _encoder_layer(layer, w, x, out, mask, n, s)
     return EncoderOut(model.encoder_norm(x[:rows]).view(n, s, d), mask)
 
 
-def _encoder_layer(layer: EncoderLayer, w: EncoderWeights, x: Tensor, mask: Tensor, n: int, s: int) -> Tensor:
+def _encoder_layer(layer: EncoderLayer, w: EncoderWeights, x: Tensor, out: Tensor, mask: Tensor, n: int, s: int) -> Tensor:
     """``EncoderLayer.forward`` in evaluation mode on x (padded, d), whose first N·S rows are the positions
-    of N sentences of S."""
+    of N sentences of S; attention's output goes into the first N·S rows of ``out`` (padded, h·d_v)."""
     sa, rows = layer.self_attn, n * s
 
     def self_attention(h: Tensor) -> Tensor:
         q, k, v = (sa.split_heads(p) for p in w.qkv(h)[:rows].view(n, s, -1).split(sa.sizes, dim=-1))
         heads = sa.attention(q, k, v, mask, False)  # (N, h, S, d_v)
-        out = h.new_zeros(h.size(0), sa.heads * sa.d_v)
         out[:rows].view(n, s, sa.heads, sa.d_v).copy_(heads.transpose(1, 2))
         return w.out(out)
 

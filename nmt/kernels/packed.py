@@ -1,4 +1,4 @@
-"""The projections of a decoding step through oneDNN, their weights packed once for the CPU.
+"""The search's projections (encoder, decoding steps) through oneDNN, their weights packed once for the CPU.
 
 A decoding step multiplies a few hundred rows by every weight matrix of the decoder and by the whole
 vocabulary's output matrix. torch runs a float32 ``F.linear`` on a CPU through its BLAS library (Intel MKL
@@ -18,7 +18,8 @@ oneDNN costs some 5 µs more per call (a 32-row product of a 128 × 128 weight: 
 its size: on Zen 5 the quick-start model's layers gain as much as its output projection once a decoding
 step pads its rows once (``nmt.decode.incremental``) instead of at each product. The choice is the
 weight's, never the row count's: which library computes a product decides the last bits of its result,
-and a sentence's translation must not depend on how many rows its batch had at a step.
+and a sentence's translation must not depend on how many rows its batch had at a step (a packed product's
+row comes out bitwise the same whatever the other rows).
 
 oneDNN prepares (JIT-compiles) a kernel for each new row count, some 3 ms, and keeps each in its cache; a
 search meets hundreds of row counts as its sentences finish, so rows are padded to a bucket (a power of two

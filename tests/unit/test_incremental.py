@@ -74,6 +74,35 @@ def test_incremental_decoding_through_many_reorders_equals_full_decoder() -> Non
         torch.testing.assert_close(decode_step(model, prefixes[:, -1], state), full, atol=1e-4, rtol=1e-4)
 
 
+def test_rows_shrinking_within_a_bucket_still_score_as_the_full_decoder() -> None:
+    """20 rows and then 18 (a sentence leaves) are both padded to 32: the padding rows the attention buffer
+    keeps from the step before never reach the hypotheses' scores."""
+    torch.manual_seed(0)
+    model = tiny_model()
+    src = torch.randint(5, 40, (10, 6))
+    src[:, -1] = 3
+    with torch.no_grad():
+        state = init_state(model, encode(model, src), beam=2)
+        prefixes = torch.full((20, 1), 2)
+        for _ in range(3):
+            decode_step(model, prefixes[:, -1], state)
+            prefixes = torch.cat([prefixes, torch.randint(5, 40, (20, 1))], dim=1)
+        if torch.backends.mkldnn.is_available():
+            assert state.scratch is not None and state.scratch.size(0) == 32
+        state.reorder(torch.arange(2, 20), sentences=torch.arange(1, 10))  # sentence 0 leaves
+        got = decode_step(model, prefixes[2:, -1], state)
+        if torch.backends.mkldnn.is_available():
+            assert state.scratch.size(0) == 32  # the same buffer, its last rows from the step before
+        full = model(src[1:].repeat_interleave(2, 0), prefixes[2:]).log_softmax(-1)[:, -1]
+    torch.testing.assert_close(got, full, atol=1e-5, rtol=1e-5)
+
+
+def test_search_encoder_needs_evaluation_mode() -> None:
+    model = tiny_model().train()
+    with torch.no_grad(), pytest.raises(RuntimeError, match="evaluation mode"):
+        encode(model, torch.tensor([[5, 6, 3]]))
+
+
 def test_attend_heads_equals_reference_attention_on_strided_inputs() -> None:
     """Decoding's attention: heads folded into the batch, keys and values read through views, an additive
     padding bias; equal to softmax(QKᵀ/√d_k)V with the mask."""
