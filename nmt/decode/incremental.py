@@ -65,9 +65,10 @@ class EncoderWeights:
 class StepModel:
     """A model's parameters arranged for the search: each decoder layer's projections, the output
     projection, each encoder layer's projections and the cross-attentions' key and value projections (a
-    float32 model on a CPU thus holds each weight twice: the parameter and its packed copy). Packing weights takes milliseconds (a base model's, tens), so a searcher keeps one across batches (a
-    translator's for its life, validation's for one pass) and ``arrange`` makes it again only when a
-    parameter has changed in place or been replaced."""
+    float32 model on a CPU thus holds each weight twice: the parameter and its packed copy). Packing weights
+    takes milliseconds (a base model's, tens), so a searcher keeps one across batches (a translator's for
+    its life, validation's for one pass) and ``arrange`` makes it again only when a parameter has changed in
+    place or been replaced."""
 
     layers: list[StepWeights]
     project: PackedLinear  # the output projection (§3.4), decoder states (R, d) → logits (R, V)
@@ -176,8 +177,7 @@ def attend_heads(q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None = None, ou
 
     Equal to ``scaled_dot_product_attention`` in evaluation mode. For the few queries of a decoding step two
     batched matrix products beat the fused kernel on a CPU, and the keys and values are read where they
-    are. ``bias`` (broadcast to the
-    scores) is 0 where a key may be attended and -inf elsewhere.
+    are. ``bias`` (broadcast to the scores) is 0 where a key may be attended and -inf elsewhere.
     """
     scale = q.size(-1) ** -0.5
     kt = k.transpose(1, 2)
