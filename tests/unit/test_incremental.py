@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from nmt.decode.beam import Scorer
-from nmt.decode.incremental import attend_heads, decode_step, encode, grouped_qkv, init_state
+from nmt.decode.incremental import SOFTMAX_MIN, attend_heads, decode_step, encode, grouped_qkv, init_state, softmax_last
 from nmt.model.attention import MultiHeadAttention, naive_attention
 from tests.helpers import tiny_model
 
@@ -120,6 +120,38 @@ def test_attend_heads_equals_reference_attention_on_strided_inputs() -> None:
         out = torch.full((6, 1, 32), float("nan"))
         assert attend_heads(q1, k1, v1, out=out) is out
         torch.testing.assert_close(out, naive_attention(q1, k1, v1), atol=1e-5, rtol=1e-5)
+
+
+def test_softmax_of_short_rows_equals_softmax() -> None:
+    """Rows shorter than ``SOFTMAX_MIN`` go through -inf padding: the same weights, summing to 1, masked
+    positions exactly 0, on contiguous and strided scores."""
+    torch.manual_seed(0)
+    for width in (1, 2, 7, 12, SOFTMAX_MIN - 1, SOFTMAX_MIN, 40):
+        scores = torch.randn(30, 3, 2 * width)[..., ::2] * 4  # strided
+        if width > 1:
+            scores[0, 0, -1] = float("-inf")  # a masked position
+        got = softmax_last(scores)
+        assert got.shape == scores.shape
+        torch.testing.assert_close(got, torch.softmax(scores, -1), atol=1e-7, rtol=1e-6)
+        torch.testing.assert_close(got.sum(-1), torch.ones(30, 3))
+        if width > 1:
+            assert got[0, 0, -1] == 0
+    half = torch.randn(4, 1, 5, dtype=torch.bfloat16)
+    assert softmax_last(half).dtype == torch.bfloat16
+
+
+def test_short_sources_get_padding_positions_once() -> None:
+    """A source batch narrower than ``SOFTMAX_MIN`` has its cross-attention keys and values padded once, at
+    the start, with zeros and a -inf bias; the steps still score as the full decoder (tested above)."""
+    model = tiny_model()
+    src = torch.tensor([[5, 6, 7, 3], [9, 3, 0, 0]])
+    with torch.no_grad():
+        state = init_state(model, model.encode(src))
+    heads = model.cfg.heads
+    assert state.cross_k[0].shape[:2] == (2 * heads, SOFTMAX_MIN) and state.cross_v[0].size(1) == SOFTMAX_MIN
+    assert torch.equal(state.cross_k[0][:, 4:], torch.zeros_like(state.cross_k[0][:, 4:]))
+    assert torch.isinf(state.cross_bias[:, :, 4:]).all() and torch.isinf(state.cross_bias[heads:, :, 2:]).all()
+    assert (state.cross_bias[:heads, :, :4] == 0).all()
 
 
 def test_grouped_qkv_puts_each_heads_query_key_value_side_by_side() -> None:
