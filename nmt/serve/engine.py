@@ -3,8 +3,9 @@ CTranslate2 folder through ``CT2Translator``. Both answer the same three questio
 what a batch of segments translates to under given search settings, and (PyTorch only) what the attention of
 one translation looks like.
 
-The batching thread calls ``translate``; the page's attention pass runs in another thread. Both use the one
-model, so ``lock`` keeps them apart: ``nmt.inspect.record`` hooks the attention modules for its pass, and a
+``nmt serve`` runs ``TorchEngine`` in a decoding process of its own (``nmt.serve.worker``), ``CT2Engine`` in
+the server's process (CTranslate2 decodes without Python's lock). The batching thread calls ``translate``; the
+page's attention pass runs in another thread. Both use the one model, so ``lock`` keeps them apart: ``nmt.inspect.record`` hooks the attention modules for its pass, and a
 batch encoded while the hooks are on would both feed them and be slowed by them.
 """
 
@@ -51,6 +52,9 @@ class Engine(Protocol):
 
     def attention(self, source: Sequence, best: Output) -> SentenceAttention: ...
 
+    def close(self) -> None:
+        """Release what the engine holds (the server calls it once the queue is drained)."""
+
 
 class TorchEngine:
     """Checkpoints (one, or an ensemble), searched exactly as ``nmt translate`` searches them."""
@@ -86,6 +90,9 @@ class TorchEngine:
         with self.lock:
             return record(self.translator, list(source), list(best.tokens), best.score)
 
+    def close(self) -> None:
+        pass
+
 
 class CT2Engine:
     """A folder written by ``nmt export --to ctranslate2``, searched as ``CT2Translator`` searches it."""
@@ -115,6 +122,9 @@ class CT2Engine:
 
     def attention(self, source: Sequence, best: Output) -> SentenceAttention:
         raise NmtError("attention maps need the PyTorch checkpoint; this server runs a CTranslate2 model")
+
+    def close(self) -> None:
+        pass
 
 
 def request_decode(engine: Engine, beam: int | None, nbest: int | None) -> DecodeConfig:

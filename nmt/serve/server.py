@@ -25,7 +25,8 @@ from nmt.errors import NmtError
 from nmt.serve.app import State, create_app
 from nmt.serve.batcher import Batcher
 from nmt.serve.config import ServeConfig
-from nmt.serve.engine import CT2Engine, Engine, TorchEngine
+from nmt.serve.engine import CT2Engine, Engine
+from nmt.serve.worker import ProcessEngine
 
 
 class _Server(uvicorn.Server):
@@ -102,7 +103,13 @@ def load(cfg: ServeConfig) -> Engine:
         if cfg.device not in ("auto", "cpu", "cuda"):
             raise NmtError(f"--device {cfg.device}: with --ctranslate2, auto, cpu or cuda")
         return CT2Engine(cfg.ctranslate2, threads=cfg.threads or torch.get_num_threads(), device=cfg.device, **decode)
-    return TorchEngine(cfg.checkpoints, device=cfg.device, dtype=cfg.dtype, **decode)
+    return ProcessEngine(cfg.checkpoints, device=cfg.device, dtype=cfg.dtype, threads=decoding_threads(cfg), **decode)
+
+
+def decoding_threads(cfg: ServeConfig) -> int:
+    """``--threads``, else the cores less one: the HTTP side needs the other. OpenMP's threads wait for each
+    other at every operation, so one that the event loop pushes off its core stalls the whole decoding step."""
+    return cfg.threads or max(1, (os.cpu_count() or 2) - 1)
 
 
 def start_loading(cfg: ServeConfig, state: State, failed: Callable[[str], None]) -> threading.Thread:
@@ -118,7 +125,12 @@ def start_loading(cfg: ServeConfig, state: State, failed: Callable[[str], None])
             return
         batcher = Batcher(engine, state.metrics, cfg.limits.max_queue, cfg.max_wait_ms / 1000)
         batcher.start()
-        state.on_shutdown = batcher.close
+
+        def shutdown() -> None:
+            batcher.close()
+            engine.close()
+
+        state.on_shutdown = shutdown
         state.engine, state.batcher = engine, batcher
         state.metrics.ready.set(1)
         d = engine.decode
@@ -134,9 +146,7 @@ def serve(cfg: ServeConfig) -> None:
     """Serve until SIGTERM or Ctrl-C; NmtError if the socket or the model cannot be had."""
     import torch
 
-    # One core is left to the HTTP side by default: OpenMP's threads wait for each other at every operation,
-    # so one that the event loop pushes off its core stalls the whole decoding step.
-    torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 2) - 1))
+    torch.set_num_threads(decoding_threads(cfg))  # CTranslate2's threads (the decoding process sets its own)
     sock = bind(cfg.host, cfg.port)
     host, port = sock.getsockname()[:2]
     state = State(cfg.limits)

@@ -9,6 +9,7 @@ answers every accepted request, then exits 0. The committed tiny checkpoint keep
 from __future__ import annotations
 
 import json
+import os
 import random
 import socket
 import subprocess
@@ -282,6 +283,72 @@ def test_sigterm_answers_what_was_accepted_and_exits_0(lines: list[str], expecte
                 check_answer({}, answer, expected, p)
         assert s.proc.wait(60) == 0
     assert "SIGTERM: no new connections; finishing 18 queued segments" in s.stderr
+
+
+def decoding_process(server: ServeProcess) -> int:
+    """The pid of the server's decoding process (``nmt.serve.worker``): its child started by multiprocessing's
+    spawn (the other child, multiprocessing's resource tracker, is not it)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == server.proc.pid and b"spawn_main" in cmdline:
+            found.append(int(stat.parent.name))
+    assert len(found) == 1, found
+    return found[0]
+
+
+def alive(pid: int) -> bool:
+    try:
+        return (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]) != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the decoding process through /proc (Linux)")
+def test_sigterm_to_every_process_of_the_service_still_answers_everything(lines: list[str], expected: dict) -> None:
+    """A service manager stopping the service signals all its processes (systemd's default): the decoding
+    process ignores SIGTERM, decodes what was queued, and ends with the server, which exits 0."""
+    with ServeProcess(str(CKPT), "--max-wait-ms", "3000") as s:
+        child = decoding_process(s)
+        with ThreadPoolExecutor(2) as pool:
+            picks = [[0, 1, 2], [3, 4]]
+            sent = [pool.submit(http, s.port, "POST", "/v1/translate", {"text": [lines[i] for i in p], "scores": True}) for p in picks]
+            wait_for(lambda: s.metric("nmt_queue_depth") == 5)
+            s.proc.send_signal(15)
+            os.kill(child, 15)
+            for future, p in zip(sent, picks):
+                status, _, answer = future.result(timeout=60)
+                assert status == 200
+                check_answer({}, answer, expected, p)
+        assert s.proc.wait(60) == 0
+        wait_for(lambda: not alive(child), 10)
+    assert "decoding process ended" not in s.stderr  # the same process decoded the queue
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the decoding process through /proc (Linux)")
+def test_a_decoding_process_that_dies_is_replaced_and_one_that_outlives_the_server_ends(lines: list[str], expected: dict) -> None:
+    with ServeProcess(str(CKPT), "--max-wait-ms", "1000") as s:
+        first = decoding_process(s)
+        with ThreadPoolExecutor(1) as pool:
+            waiting = pool.submit(http, s.port, "POST", "/v1/translate", {"text": [lines[5]], "scores": True})
+            wait_for(lambda: s.metric("nmt_queue_depth") == 1)
+            os.kill(first, 9)  # killed (out of memory, say) while the request waits: its batch starts a new one
+            status, _, answer = waiting.result(timeout=120)
+        assert status == 200
+        check_answer({}, answer, expected, [5])
+        second = decoding_process(s)
+        assert second != first
+        status, _, answer = http(s.port, "POST", "/v1/translate", {"text": [lines[6]], "scores": True})
+        assert status == 200
+        check_answer({}, answer, expected, [6])
+        s.proc.kill()  # the server dies without stopping in order: its decoding process sees the pipe close
+        s.proc.wait(30)
+        wait_for(lambda: not alive(second), 10)
+    assert "nmt serve: the decoding process ended (exit code -9); starting a new one" in s.stderr
 
 
 def test_a_model_that_cannot_load_is_one_line_and_exit_2(tmp_path: Path) -> None:
