@@ -115,6 +115,7 @@ def beam_search(
             at_limit = (limits == t + 1).repeat_interleave(r)
             lprobs = torch.where(at_limit[:, None], lprobs + eos_only[0], lprobs)
         top_scores, top_beam, top_token = best_extensions(lprobs, scores, 2 * k)
+        del lprobs  # before the next step's (R, V) tensor is made, so that it reuses this one's memory
         is_eos = top_token == EOS
         # The best k candidates that do not end the hypothesis stay alive (stable: best first).
         order = torch.sort(is_eos.to(torch.int8), dim=1, stable=True).indices[:, :k]
