@@ -4,9 +4,10 @@ what a batch of segments translates to under given search settings, and (PyTorch
 one translation looks like.
 
 ``nmt serve`` runs ``TorchEngine`` in a decoding process of its own (``nmt.serve.worker``), ``CT2Engine`` in
-the server's process (CTranslate2 decodes without Python's lock). The batching thread calls ``translate``; the
-page's attention pass runs in another thread. Both use the one model, so ``lock`` keeps them apart: ``nmt.inspect.record`` hooks the attention modules for its pass, and a
-batch encoded while the hooks are on would both feed them and be slowed by them.
+the server's process (CTranslate2 decodes without Python's lock). The batching thread calls ``translate``;
+the page's attention pass runs in another thread. Both use the one model, so ``lock`` keeps them apart:
+``nmt.inspect.record`` hooks the attention modules for its pass, and a batch encoded while the hooks are on
+would both feed them and be slowed by them.
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ class TorchEngine:
             return record(self.translator, list(source), list(best.tokens), best.score)
 
     def close(self) -> None:
-        pass
+        """Nothing to release: the model lives as long as this object."""
 
 
 class CT2Engine:
@@ -124,7 +125,7 @@ class CT2Engine:
         raise NmtError("attention maps need the PyTorch checkpoint; this server runs a CTranslate2 model")
 
     def close(self) -> None:
-        pass
+        """Nothing to release: CTranslate2's translator lives as long as this object."""
 
 
 def request_decode(engine: Engine, beam: int | None, nbest: int | None) -> DecodeConfig:

@@ -123,6 +123,9 @@ def start_loading(cfg: ServeConfig, state: State, failed: Callable[[str], None])
         except Exception as err:  # noqa: BLE001 - reported as nmt's one-line error, and the server stops
             failed(str(err) if isinstance(err, NmtError) else f"{type(err).__name__}: {err}")
             return
+        if state.stopping:  # stopped while the model loaded: nothing was accepted, nothing to drain
+            engine.close()
+            return
         batcher = Batcher(engine, state.metrics, cfg.limits.max_queue, cfg.max_wait_ms / 1000)
         batcher.start()
 

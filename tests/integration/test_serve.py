@@ -331,7 +331,7 @@ def test_sigterm_to_every_process_of_the_service_still_answers_everything(lines:
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the decoding process through /proc (Linux)")
 def test_a_decoding_process_that_dies_is_replaced_and_one_that_outlives_the_server_ends(lines: list[str], expected: dict) -> None:
-    with ServeProcess(str(CKPT), "--max-wait-ms", "1000") as s:
+    with ServeProcess(str(CKPT), "--max-wait-ms", "3000") as s:
         first = decoding_process(s)
         with ThreadPoolExecutor(1) as pool:
             waiting = pool.submit(http, s.port, "POST", "/v1/translate", {"text": [lines[5]], "scores": True})

@@ -149,8 +149,9 @@ def test_short_sources_get_padding_positions_once() -> None:
         state = init_state(model, model.encode(src))
     heads = model.cfg.heads
     assert state.cross_k[0].shape[:2] == (2 * heads, SOFTMAX_MIN) and state.cross_v[0].size(1) == SOFTMAX_MIN
-    assert torch.equal(state.cross_k[0][:, 4:], torch.zeros_like(state.cross_k[0][:, 4:]))
-    assert torch.isinf(state.cross_bias[:, :, 4:]).all() and torch.isinf(state.cross_bias[heads:, :, 2:]).all()
+    for padded in (state.cross_k[0][:, 4:], state.cross_v[0][:, 4:]):
+        assert torch.equal(padded, torch.zeros_like(padded))
+    assert (state.cross_bias[:, :, 4:] == float("-inf")).all() and (state.cross_bias[heads:, :, 2:] == float("-inf")).all()
     assert (state.cross_bias[:heads, :, :4] == 0).all()
 
 

@@ -1,13 +1,17 @@
 """nmt/serve/ in parts: the batcher over the real tiny checkpoint (grouping, bounds, cancelling, draining), the
-application in this process while its model loads, and the words the server says about who can reach it."""
+decoding process and its pipe (answers, errors, death), the application in this process while its model
+loads, and the words the server says about who can reach it."""
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import uvicorn
 
@@ -19,6 +23,7 @@ from nmt.serve.config import Limits, ServeConfig
 from nmt.serve.engine import TorchEngine
 from nmt.serve.metrics import Metrics
 from nmt.serve.server import bind, reach, start_loading
+from nmt.serve.worker import DecoderDied, ProcessEngine
 from tests.helpers import http
 
 CKPT = Path(__file__).resolve().parents[1] / "fixtures" / "tiny" / "checkpoint.pt"
@@ -29,6 +34,13 @@ SOURCES = ["Open the file.", "Quit", "Do you want to save the changes to the doc
 @pytest.fixture(scope="module")
 def engine() -> TorchEngine:
     return TorchEngine([CKPT], device="cpu")
+
+
+@pytest.fixture(scope="module")
+def process_engine() -> ProcessEngine:
+    engine = ProcessEngine([CKPT], device="cpu")
+    yield engine
+    engine.close()
 
 
 def count(metrics: Metrics, name: str, **labels: str) -> float:
@@ -59,9 +71,11 @@ def test_segments_of_several_jobs_share_a_batch_per_setting(engine: TorchEngine)
     assert count(metrics, "nmt_queue_depth") == 0
 
 
-def test_a_short_segment_is_answered_before_its_batch_ends(engine: TorchEngine) -> None:
+@pytest.mark.parametrize("kind", ["engine", "process_engine"])
+def test_a_short_segment_is_answered_before_its_batch_ends(kind: str, request: pytest.FixtureRequest) -> None:
     """A job's answer goes out as soon as its last segment's search ends, not when its batch's longest does:
-    its client can send its next request meanwhile."""
+    its client can send its next request meanwhile. Through the decoding process too."""
+    engine = request.getfixturevalue(kind)
     batcher = Batcher(engine, Metrics(), max_queue=10, max_wait=0)
     long = "Do you want to save the changes to the document before closing? " * 4
     short, slow = batcher.submit([engine.tokenize("Quit")], engine.decode), batcher.submit([engine.tokenize(long)], engine.decode)
@@ -73,6 +87,63 @@ def test_a_short_segment_is_answered_before_its_batch_ends(engine: TorchEngine) 
     batcher.close()
     assert batcher.metrics.registry.get_sample_value("nmt_batch_segments_count") == 1  # one batch held both
     assert at["slow"] - at["short"] > 0.005  # the long search went on for many steps after the short one's answer
+
+
+def test_the_decoding_process_answers_as_the_translator_does(engine: TorchEngine, process_engine: ProcessEngine) -> None:
+    """Tokens, texts and scores of every hypothesis, and the attention pass, as ``TorchEngine`` gives them in
+    this process; the pipe stays in step after a failing ``on_done``, and after an error in the model."""
+    ids = [engine.tokenize(s) for s in SOURCES]
+    assert [process_engine.tokenize(s) for s in SOURCES] == ids
+    assert (process_engine.decode, process_engine.max_source_tokens) == (engine.decode, engine.max_source_tokens)
+    nbest = replace(engine.decode, nbest=2)
+    assert process_engine.translate(ids, nbest) == engine.translate(ids, nbest)
+    early: dict[int, list] = {}
+    got = process_engine.translate(ids, engine.decode, lambda i, outputs: early.setdefault(i, outputs))
+    assert got == engine.translate(ids, engine.decode) and early == dict(enumerate(got))
+    best = got[0][0]
+    mine, theirs = engine.attention(ids[0], best), process_engine.attention(ids[0], best)
+    assert theirs.source == mine.source and theirs.target_out == mine.target_out
+    for maps in ("encoder", "decoder", "cross"):  # one torch thread there, this process's count here: last bits
+        np.testing.assert_allclose(getattr(theirs, maps), getattr(mine, maps), atol=1e-4)
+
+    def fails(i: int, outputs: list) -> None:
+        raise ValueError("a callback that fails")
+
+    with pytest.raises(ValueError, match="a callback that fails"):  # after the whole reply was read
+        process_engine.translate(ids, engine.decode, fails)
+    with pytest.raises(RuntimeError, match="IndexError"):  # an id beyond the vocabulary: the model raises there
+        process_engine.translate([[10**6]], engine.decode)
+    words = lambda found: [[(o.text, o.tokens) for o in hyps] for hyps in found]  # noqa: E731 - scores' last bits follow the padding
+    assert words(process_engine.translate(ids[:2], engine.decode)) == words(got[:2])  # in step: this batch's own answers
+
+
+def test_a_decoding_process_killed_during_a_batch_fails_that_batch_and_is_replaced(engine: TorchEngine,
+                                                                                  capsys: pytest.CaptureFixture) -> None:
+    """SIGKILL (the out-of-memory killer, say) while a batch decodes: that batch raises ``DecoderDied``, the
+    next starts a new decoding process and is answered. The kill comes when the short segment's answer
+    arrives, while the long one still decodes; a batch that ended before the kill landed is tried again."""
+    dying = ProcessEngine([CKPT], device="cpu")
+    try:
+        ids = [engine.tokenize("Quit"), engine.tokenize("Do you want to save the changes to the document before closing? " * 4)]
+        for _ in range(5):
+            pid = dying._process.pid
+
+            def kill(i: int, outputs: list, pid: int = pid) -> None:
+                os.kill(pid, signal.SIGKILL)
+
+            try:
+                dying.translate(ids, engine.decode, kill)
+            except DecoderDied as err:
+                assert "exit code -9" in str(err)
+                break
+            assert "starting a new one" in capsys.readouterr().err  # the batch ended first; the next starts anew
+        else:
+            pytest.fail("the long segment never outlasted the kill")
+        assert dying.translate(ids, engine.decode) == engine.translate(ids, engine.decode)
+        assert "nmt serve: the decoding process ended (exit code -9); starting a new one" in capsys.readouterr().err
+    finally:
+        dying.close()
+    assert dying._process is None
 
 
 def test_the_queue_is_bounded_and_closing_drains_it(engine: TorchEngine) -> None:
