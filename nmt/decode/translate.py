@@ -32,6 +32,7 @@ from nmt.decode.config import DecodeConfig, decode_config
 from nmt.console import console
 from nmt.data.text import normalise
 from nmt.decode.beam import Hypothesis, Scorer, beam_search
+from nmt.decode.order import token_batches
 from nmt.device import DTYPES, pick_device, slow_decoding_warning
 from nmt.errors import NmtError
 from nmt.model.transformer import Transformer
@@ -72,18 +73,6 @@ def load_models(paths: list[Path], device: torch.device, dtype: torch.dtype) -> 
         models.append(model)
     assert first is not None
     return models, first
-
-
-def token_batches(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
-    """The indices of sources of ``lengths`` (ids, EOS not counted), longest first (ties in input order), cut
-    into batches of at most ``max_tokens`` padded source tokens, EOS counted; a longer source is a batch alone."""
-    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-    batches, start = [], 0
-    while start < len(order):
-        size = max(1, max_tokens // (lengths[order[start]] + 1))
-        batches.append(order[start : start + size])
-        start += size
-    return batches
 
 
 class Translator:

@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
-import numpy as np
 import torch
 from rich.console import Console
 from rich.text import Text
@@ -29,14 +28,13 @@ from nmt.console import console
 from nmt.data.text import normalise
 from nmt.decode.translate import TranslateConfig, Translator
 from nmt.errors import NmtError
+from nmt.inspect.maps import SentenceAttention
 from nmt.inspect.record import attention_maps
-from nmt.inspect.render import Heatmap
-from nmt.inspect.render.page import html_page
+from nmt.inspect.render.page import KINDS, NOTES, html_page
 from nmt.inspect.render.svg import svg
 from nmt.inspect.render.terminal import terminal
 from nmt.tokens import BOS, EOS, SPECIAL_PIECES
 
-KINDS = {"cross": "decoder–encoder attention", "encoder": "encoder self-attention", "decoder": "decoder self-attention (masked)"}
 
 
 @dataclass(frozen=True)
@@ -55,61 +53,6 @@ class AttendConfig:
     svg: Path | None = None
     device: str = "auto"
     decode: dict = field(default_factory=dict)  # overrides of the checkpoint's [decode] settings (None: unset)
-
-
-@dataclass
-class SentenceAttention:
-    """One sentence pair's attention maps, every layer and head, and what they are maps of."""
-
-    source: list[str]  # the source pieces, then </s>: the encoder's positions
-    target_in: list[str]  # <s>, then the target pieces: what the decoder's positions read
-    target_out: list[str]  # the target pieces, then </s>: what they predict
-    translation: str
-    logprob: float  # log-probability of target_out, from the recorded pass
-    score: float | None  # the search's length-penalised score; None when forced
-    encoder: np.ndarray  # (layers, heads, S, S)
-    decoder: np.ndarray  # (layers, heads, T, T)
-    cross: np.ndarray  # (layers, heads, T, S)
-
-    @property
-    def forced(self) -> bool:
-        return self.score is None
-
-    def maps(self, kind: str) -> np.ndarray:
-        return {"encoder": self.encoder, "decoder": self.decoder, "cross": self.cross}[kind]
-
-    def labels(self, kind: str) -> tuple[list[str], list[str]]:
-        """(row labels, column labels): queries down, keys across."""
-        return {"encoder": (self.source, self.source), "decoder": (self.target_out, self.target_in),
-                "cross": (self.target_out, self.source)}[kind]
-
-    def heatmap(self, kind: str, layer: int | None = None, head: int | None = None) -> Heatmap:
-        """The map of ``kind`` at ``layer`` (from 1; None: the last), for ``head`` (from 1) or the heads' average."""
-        if kind not in KINDS:
-            raise NmtError(f"--kind must be one of {', '.join(KINDS)}, not '{kind}'")
-        stack = self.maps(kind)
-        layers, heads = stack.shape[:2]
-        layer = layers if layer is None else layer
-        if not 1 <= layer <= layers:
-            raise NmtError(f"--layer {layer}: the {'encoder' if kind == 'encoder' else 'decoder'} has layers 1 to {layers}")
-        if head is not None and not 1 <= head <= heads:
-            raise NmtError(f"--head {head}: the model has heads 1 to {heads}")
-        weights = stack[layer - 1].mean(0) if head is None else stack[layer - 1, head - 1]
-        rows, cols = self.labels(kind)
-        masked = np.zeros(weights.shape, dtype=bool)
-        if kind == "decoder":  # a position never sees a later one (§3.2.3); no other mask applies to one sentence
-            masked = ~np.tril(np.ones(weights.shape, dtype=bool))
-        which = "average of the heads" if head is None else f"head {head} of {heads}"
-        return Heatmap(weights, rows, cols, masked, kind, layer, head, f"{KINDS[kind]}, layer {layer} of {layers}, {which}")
-
-    def heatmaps(self) -> list[Heatmap]:
-        """Every map: per kind and layer, the heads' average, then each head."""
-        out = []
-        for kind in KINDS:
-            layers, heads = self.maps(kind).shape[:2]
-            for layer in range(1, layers + 1):
-                out += [self.heatmap(kind, layer, head) for head in (None, *range(1, heads + 1))]
-        return out
 
 
 def read_sentence(cfg: AttendConfig) -> str:
@@ -171,10 +114,6 @@ def record(translator: Translator, src_ids: list[int], tgt_ids: list[int], score
     )
 
 
-NOTES = """<p>Rows are queries, columns keys: a row shows how one position spread its attention, and sums to 1.
-Decoder rows are labelled by the token their position predicts; the position reads the token before it
-(<code>&lt;s&gt;</code> first), so in the masked self-attention a row reaches the tokens already written and no
-further. Weights are those of one teacher-forced forward pass over the source and the target shown.</p>"""
 
 
 def run(cfg: AttendConfig, out: TextIO | None = None) -> SentenceAttention:

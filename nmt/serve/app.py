@@ -19,8 +19,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 
 from nmt.decode.config import DecodeConfig
-from nmt.inspect.attend import KINDS
-from nmt.inspect.render.page import facts_html, grids_html
+from nmt.inspect.render.page import KINDS, facts_html, grids_html
 from nmt.serve import api
 from nmt.serve.api import ApiError
 from nmt.serve.batcher import Batcher, Closed, QueueFull

@@ -15,12 +15,13 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 
 from nmt.decode.config import DecodeConfig, decode_config
-from nmt.decode.translate import TranslateConfig, Translator
 from nmt.errors import NmtError
-from nmt.inspect.attend import SentenceAttention, record
+
+if TYPE_CHECKING:  # torch comes with the engines that decode: a checkpoint's server process imports none
+    from nmt.inspect.maps import SentenceAttention
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,8 @@ class TorchEngine:
     has_attention = True
 
     def __init__(self, checkpoints: Sequence[Path], device: str = "auto", dtype: str = "fp32", **decode_overrides: object) -> None:
+        from nmt.decode.translate import TranslateConfig, Translator
+
         self.translator = Translator(list(checkpoints), TranslateConfig(device=device, dtype=dtype), **decode_overrides)
         self.decode = self.translator.decode
         self.max_source_tokens = self.translator.max_src
@@ -87,6 +90,8 @@ class TorchEngine:
 
     def attention(self, source: Sequence, best: Output) -> SentenceAttention:
         """The maps ``nmt attend`` draws, of the first model's teacher-forced pass over ``source`` and ``best``."""
+        from nmt.inspect.attend import record
+
         assert best.tokens is not None
         with self.lock:
             return record(self.translator, list(source), list(best.tokens), best.score)

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from importlib.resources import files
 
-from nmt.inspect.attend import NOTES
-from nmt.inspect.render.page import SCRIPT, STYLE, picker_html
+from nmt.inspect.render.page import NOTES, SCRIPT, STYLE, picker_html
 
 PAGE_STYLE = files(__package__).joinpath("page.css").read_text(encoding="utf-8")
 PAGE_SCRIPT = files(__package__).joinpath("page.js").read_text(encoding="utf-8")

@@ -98,11 +98,9 @@ def load(cfg: ServeConfig) -> Engine:
     """The model: PyTorch checkpoints, or the CTranslate2 folder."""
     decode = {k: v for k, v in cfg.decode.items() if v is not None}
     if cfg.ctranslate2 is not None:
-        import torch
-
         if cfg.device not in ("auto", "cpu", "cuda"):
             raise NmtError(f"--device {cfg.device}: with --ctranslate2, auto, cpu or cuda")
-        return CT2Engine(cfg.ctranslate2, threads=cfg.threads or torch.get_num_threads(), device=cfg.device, **decode)
+        return CT2Engine(cfg.ctranslate2, threads=decoding_threads(cfg), device=cfg.device, **decode)
     return ProcessEngine(cfg.checkpoints, device=cfg.device, dtype=cfg.dtype, threads=decoding_threads(cfg), **decode)
 
 
@@ -146,10 +144,8 @@ def start_loading(cfg: ServeConfig, state: State, failed: Callable[[str], None])
 
 
 def serve(cfg: ServeConfig) -> None:
-    """Serve until SIGTERM or Ctrl-C; NmtError if the socket or the model cannot be had."""
-    import torch
-
-    torch.set_num_threads(decoding_threads(cfg))  # CTranslate2's threads (the decoding process sets its own)
+    """Serve until SIGTERM or Ctrl-C; NmtError if the socket or the model cannot be had. A checkpoint's server
+    process imports no torch: the model and torch live in the decoding process."""
     sock = bind(cfg.host, cfg.port)
     host, port = sock.getsockname()[:2]
     state = State(cfg.limits)

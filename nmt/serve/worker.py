@@ -23,15 +23,17 @@ import sys
 import threading
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import sentencepiece as spm
 
 from nmt.data.text import normalise
 from nmt.decode.config import DecodeConfig
 from nmt.errors import NmtError
-from nmt.inspect.attend import SentenceAttention
 from nmt.serve.engine import Output
+
+if TYPE_CHECKING:
+    from nmt.inspect.maps import SentenceAttention
 
 # What a service manager or a terminal sends to every process of the server; the decoding process ignores
 # them from its first instruction on (blocked while it starts, as multiprocessing's resource tracker does).

@@ -308,6 +308,16 @@ def alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads the process's mappings in /proc (Linux)")
+def test_the_server_process_loads_no_torch(server: ServeProcess, lines: list[str]) -> None:
+    """The model and torch live in the decoding process; the server's own stays small, even once it has drawn
+    an attention map (which it unpickles from the decoding process)."""
+    status, _, answer = http(server.port, "POST", "/v1/attention", {"text": lines[0]})
+    assert status == 200 and answer["maps_html"]
+    assert "libtorch" not in Path(f"/proc/{server.proc.pid}/maps").read_text()
+    assert "libtorch" in Path(f"/proc/{decoding_process(server)}/maps").read_text()
+
+
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the decoding process through /proc (Linux)")
 def test_sigterm_to_every_process_of_the_service_still_answers_everything(lines: list[str], expected: dict) -> None:
     """A service manager stopping the service signals all its processes (systemd's default): the decoding

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import uvicorn
 
-from nmt.decode.translate import token_batches
+from nmt.decode.order import token_batches
 from nmt.serve.api import field_name
 from nmt.serve.app import State, create_app
 from nmt.serve.batcher import Batcher, Closed, QueueFull

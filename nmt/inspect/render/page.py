@@ -8,6 +8,15 @@ from importlib.resources import files
 
 from nmt.inspect.render import BLUES, Heatmap, colour, escape, hex_colour, ink, tooltip
 
+# The three attentions of a Transformer, by the names ``nmt attend --kind`` takes.
+KINDS = {"cross": "decoder–encoder attention", "encoder": "encoder self-attention", "decoder": "decoder self-attention (masked)"}
+
+# What the maps of a page show, said above them.
+NOTES = """<p>Rows are queries, columns keys: a row shows how one position spread its attention, and sums to 1.
+Decoder rows are labelled by the token their position predicts; the position reads the token before it
+(<code>&lt;s&gt;</code> first), so in the masked self-attention a row reaches the tokens already written and no
+further. Weights are those of one teacher-forced forward pass over the source and the target shown.</p>"""
+
 STYLE = files(__package__).joinpath("page.css").read_text(encoding="utf-8")
 SCRIPT = files(__package__).joinpath("page.js").read_text(encoding="utf-8")
 
