@@ -68,7 +68,7 @@ class ProcessEngine:
 
     def _start(self) -> dict[str, Any]:
         """Start the decoding process and wait until its model is loaded; its description of the model."""
-        # spawn, not fork: the server's process has threads (and may hold torch's), which a fork does not carry.
+        # spawn, not fork: the server's process has threads (the event loop's, the batcher's), which a fork does not carry.
         ctx = multiprocessing.get_context("spawn")
         ours, theirs = ctx.Pipe()
         process = ctx.Process(target=_serve_pipe, args=(theirs, *self._args), name="nmt-decode", daemon=True)
