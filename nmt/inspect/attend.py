@@ -36,7 +36,6 @@ from nmt.inspect.render.terminal import terminal
 from nmt.tokens import BOS, EOS, SPECIAL_PIECES
 
 
-
 @dataclass(frozen=True)
 class AttendConfig:
     """What ``nmt attend`` draws: which sentence, which map, and where."""
@@ -112,8 +111,6 @@ def record(translator: Translator, src_ids: list[int], tgt_ids: list[int], score
         target_out=[piece(i) for i in tgt_ids] + [SPECIAL_PIECES[EOS]], translation=translator.spm.decode(tgt_ids),
         logprob=logprob, score=score, encoder=stack(maps.encoder), decoder=stack(maps.decoder), cross=stack(maps.cross),
     )
-
-
 
 
 def run(cfg: AttendConfig, out: TextIO | None = None) -> SentenceAttention:

@@ -3,11 +3,11 @@
 A request's segments join the queue as one ``Job``. The decoding thread waits until the oldest queued segment
 has waited ``max_wait`` seconds (or the queue holds a full batch of tokens, or the server is stopping), then
 cuts the segments that share the oldest one's search settings exactly as ``nmt translate`` cuts a buffer
-(``nmt.decode.order.token_batches``: longest first, ``max_tokens`` padded source tokens a batch) and decodes the batch that
-holds the oldest segment. Segments are never held back for more than one batch by later arrivals, a request
-with its own beam or n-best size is batched with its peers only, and since the beam search decodes each
-sentence on its own (``nmt.decode.beam``), every segment gets what ``nmt translate`` gives for it, whatever
-else shared its batch.
+(``nmt.decode.order.token_batches``: longest first, ``max_tokens`` padded source tokens a batch) and decodes
+the batch that holds the oldest segment. Segments are never held back for more than one batch by later
+arrivals, a request with its own beam or n-best size is batched with its peers only, and since the beam
+search decodes each sentence on its own (``nmt.decode.beam``), every segment gets what ``nmt translate``
+gives for it, whatever else shared its batch.
 
 The queue is bounded (``max_queue`` segments waiting or decoding): ``submit`` refuses what would overflow it
 instead of letting memory grow. ``cancel`` drops a job's segments that are still waiting (its client left);
