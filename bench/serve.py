@@ -64,7 +64,7 @@ class Server:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
         conn.request("GET", "/metrics")
         text = conn.getresponse().read().decode()
-        wanted = ("nmt_batch_segments_sum", "nmt_batch_segments_count", "nmt_decoding_seconds_total")
+        wanted = ("nmt_batch_segments_sum", "nmt_batch_segments_count", "nmt_batch_seconds_sum")
         return {name: float(value) for name, value in (line.split(" ") for line in text.splitlines() if line.startswith(wanted))}
 
     def stop(self) -> None:
@@ -185,7 +185,7 @@ def main() -> None:
                 after = {k: v - before[k] for k, v in server.metrics().items()}
                 runs[clients].append({"seconds": took, "latencies": latencies,
                                       "batch": after["nmt_batch_segments_sum"] / after["nmt_batch_segments_count"],
-                                      "busy": after["nmt_decoding_seconds_total"] / took,
+                                      "busy": after["nmt_batch_seconds_sum"] / took,
                                       "identical": sum(a == b for a, b in zip(outputs, reference)) / len(lines)})
         short = []
         for _ in range(50):  # one short sentence at a time on an idle server

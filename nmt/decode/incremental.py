@@ -138,11 +138,6 @@ class DecoderState:
             self.rows[i] = None
         return self.self_k[i].flatten(0, 1), self.self_v[i].flatten(0, 1)
 
-    def next_rows(self) -> int:
-        """The rows the next step computes: the hypotheses of the last reorder, else those of the last step."""
-        pending = self.rows[0] if self.rows else None
-        return self.self_k[0].size(0) if pending is None else pending.size(0)
-
     def reorder(self, rows: Tensor, sentences: Tensor | None = None, beam: int | None = None) -> None:
         """Continue with the hypotheses ``rows`` (indices into the current rows; ``beam`` per sentence kept, if
         it changes); ``sentences`` (indices of the sentences kept) when some have left the batch."""
@@ -313,73 +308,48 @@ def init_state(model: Transformer, enc: EncoderOut, beam: int = 1, arranged: Ste
     )
 
 
-def decode_step(model: Transformer, tokens: Tensor, state: DecoderState | list[DecoderState]) -> Tensor:
+def decode_step(model: Transformer, tokens: Tensor, state: DecoderState) -> Tensor:
     """The last tokens (R,) at position ``state.step`` → next-token log-probabilities (R, V) in float32.
 
     Advances ``state.step``; equal to the full decoder's output at that position. Inference only: call it
     without autograd (``torch.no_grad``), as the searches do.
-
-    ``state`` may be several states (of one model, arranged once), their rows one after the other in
-    ``tokens``: each at its own step, with its own sources, as when sentences join a running search
-    (``nmt.decode.beam.BeamSearch``). Their projections are then computed together, and each state's
-    attention on its own: what costs in a step, the number of torch calls, is then paid once for all, and
-    no state's attention reads the others' positions.
     """
-    states = state if isinstance(state, list) else [state]
+    t = state.step
+    model.check_positions(t + 1)
     r = tokens.size(0)
-    parts, a = [], 0
-    for s in states:
-        model.check_positions(s.step + 1)
-        b = a + s.next_rows()
-        parts.append((a, b, s))
-        a = b
-    assert a == r, f"{r} tokens for states of {a} rows"
-    padded = states[0].arranged.padded_rows(r)
+    padded = state.arranged.padded_rows(r)
     if padded != r:  # the padding rows read token 0; their outputs are dropped
         tokens = F.pad(tokens, (0, padded - r))
-    y = F.embedding(tokens, model.tgt_embed.weight).mul_(model.embed_scale)  # (padded, d)
-    if len(states) == 1:
-        y.add_(states[0].positions[states[0].step])
-    else:  # each state's rows at its own position (the padding rows at none: their outputs are dropped)
-        for a, b, s in parts:
-            y[a:b].add_(s.positions[s.step])
+    y = F.embedding(tokens, model.tgt_embed.weight).mul_(model.embed_scale).add_(state.positions[t])  # (padded, d)
     for i, layer in enumerate(model.decoder):
-        y = _layer_step(layer, y, parts, i, r)
-    for s in states:
-        s.step += 1
-    logits = states[0].arranged.project(model.decoder_norm(y))[:r].float()  # the first rows of a fresh tensor (R, V)
+        y = _layer_step(layer, y, state, i, r)
+    state.step = t + 1
+    logits = state.arranged.project(model.decoder_norm(y))[:r].float()  # the first rows of a fresh tensor (R, V)
     # In place: a second (R, V) tensor per step is a large allocation, whose fresh pages cost as much as
     # the softmax itself.
     return torch.log_softmax(logits, -1, out=logits)
 
 
-def _layer_step(layer: DecoderLayer, y: Tensor, parts: list[tuple[int, int, DecoderState]], i: int, r: int) -> Tensor:
+def _layer_step(layer: DecoderLayer, y: Tensor, state: DecoderState, i: int, r: int) -> Tensor:
     """Decoder layer ``i`` at one position: y (padded, d) holds R = sentences × beam hypotheses in its first
-    rows, then padding rows (``StepModel.padded_rows``); rows a to b belong to the state of each part in
-    ``parts``, which attend to their own caches and sources. Appends the hypotheses' keys and values to the
-    self-attention caches. The function of ``DecoderLayer.forward`` in evaluation mode."""
-    first = parts[0][2]
-    w, sa = first.arranged.layers[i], layer.self_attn
+    rows, then padding rows (``StepModel.padded_rows``); appends the hypotheses' keys and values to the
+    self-attention cache. The function of ``DecoderLayer.forward`` in evaluation mode."""
+    w, sa = state.arranged.layers[i], layer.self_attn
     padded, heads, dk, dv = y.size(0), sa.heads, sa.d_k, sa.d_v
-    out = first.attention_out(padded, heads * dv, y)  # the hypotheses' rows are written, the padding rows kept
+    out = state.attention_out(padded, heads * dv, y)  # the hypotheses' rows are written, the padding rows kept
 
     def self_attention(h: Tensor) -> Tensor:
-        projected = w.qkv(h)
-        for a, b, state in parts:
-            qkv = projected[a:b].view(b - a, heads, 1, 2 * dk + dv)  # a head's q, k, v side by side
-            k, v = state.append(i, qkv[..., dk : 2 * dk], qkv[..., 2 * dk :])  # (rows·h, t + 1, d_k or d_v)
-            attend_heads(qkv.view((b - a) * heads, 1, -1)[..., :dk], k, v, out=out[a:b].view((b - a) * heads, 1, dv))
+        qkv = w.qkv(h)[:r].view(r, heads, 1, 2 * dk + dv)  # a head's q, k, v side by side
+        k, v = state.append(i, qkv[..., dk : 2 * dk], qkv[..., 2 * dk :])  # (R·h, t + 1, d_k or d_v)
+        attend_heads(qkv.view(r * heads, 1, -1)[..., :dk], k, v, out=out[:r].view(r * heads, 1, dv))
         return w.self_out(out)
 
     def cross_attention(h: Tensor) -> Tensor:
-        projected = w.cross_q(h)
-        for a, b, state in parts:
-            # The beam's queries of a sentence attend as one block: (rows, h·d_k) → (N·h, beam, d_k).
-            beam = state.beam
-            n = (b - a) // beam
-            q = projected[a:b].view(n, beam, heads, dk).transpose(1, 2).reshape(n * heads, beam, dk)
-            heads_out = attend_heads(q, state.cross_k[i], state.cross_v[i], state.cross_bias)  # (N·h, beam, d_v)
-            out[a:b].view(n, beam, heads, dv).copy_(heads_out.view(n, heads, beam, dv).transpose(1, 2))
+        # The beam's queries of a sentence attend as one block: (R, h·d_k) → (N·h, beam, d_k).
+        n, beam = r // state.beam, state.beam
+        q = w.cross_q(h)[:r].view(n, beam, heads, dk).transpose(1, 2).reshape(n * heads, beam, dk)
+        heads_out = attend_heads(q, state.cross_k[i], state.cross_v[i], state.cross_bias)  # (N·h, beam, d_v)
+        out[:r].view(n, beam, heads, dv).copy_(heads_out.view(n, heads, beam, dv).transpose(1, 2))
         return w.cross_out(out)
 
     def feed_forward(h: Tensor) -> Tensor:

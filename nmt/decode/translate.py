@@ -31,7 +31,7 @@ from nmt import checkpoint, kernels
 from nmt.decode.config import DecodeConfig, decode_config
 from nmt.console import console
 from nmt.data.text import normalise
-from nmt.decode.beam import BeamSearch, Hypothesis, Scorer, beam_search
+from nmt.decode.beam import Hypothesis, Scorer, beam_search
 from nmt.decode.order import token_batches
 from nmt.device import DTYPES, pick_device, slow_decoding_warning
 from nmt.errors import NmtError
@@ -42,11 +42,6 @@ from nmt.tokens import EOS, PAD
 # The decoder's and output projection's weights under which one worker per thread pays: the quick-start
 # model's 4 MiB gained 1.22-1.40x, a base-sized model's 104 MiB lost (0.75x); both measured on a 2-core Zen 4.
 SMALL_STEP_BYTES = 16 * 2**20
-# Cohorts a joining search steps at once (``Translator.search_arrivals``): each costs a few attention calls
-# per layer and step, and more cohorts let arrivals start sooner. With 64 clients in a loop on the quick-start
-# model (one thread, docs/performance.md), at most 4 searched 1.2x as many sentences a second as batches of 64
-# in turn, at most 2 only 1.07x.
-MAX_COHORTS = 4
 
 
 @dataclass(frozen=True)
@@ -160,46 +155,17 @@ class Translator:
         return results
 
     @torch.inference_mode()
-    def search_arrivals(self, decode: DecodeConfig, arrivals: Callable[[bool], list[tuple[int, list[int]]] | None],
-                        on_done: Callable[[int, list[Hypothesis]], None]) -> None:
-        """Search sentences as they arrive, each joining the running search at its next step (``BeamSearch``):
-        ``arrivals(wait)`` gives (id, source ids) pairs to add, waiting for some if ``wait`` (nothing is
-        being searched), else at once (maybe none); None once no more will come. ``on_done(id, hypotheses)``
-        as each sentence's search ends. Each sentence gets what ``translate_ids`` gives for it; returns once
-        ``arrivals`` said None and every sentence is done. Sentences that arrive together join as one cohort,
-        and at most ``MAX_COHORTS`` are searched at once (later arrivals wait until a cohort has ended)."""
-        d = decode
-        search = BeamSearch(self.scorer, d.beam, d.lenpen, d.penalty, d.nbest, d.stop)
-        ended = False
-        while not ended or search.live:
-            if not ended and len(search.cohorts) < MAX_COHORTS:
-                new = arrivals(not search.live)
-                if new is None:
-                    ended = True
-                elif new:
-                    sources = [ids for _, ids in new]
-                    search.add(self._source_tensor(sources), [self.max_len(len(ids), d) for ids in sources], [i for i, _ in new])
-            if search.live:
-                for i, hyps in search.step():
-                    on_done(i, hyps)
-
-    def _source_tensor(self, sources: list[list[int]]) -> torch.Tensor:
-        """Sources (ids without EOS) as a batch (N, S) on the device: EOS after each, PAD after that."""
-        width = max(len(ids) for ids in sources) + 1
-        src = torch.full((len(sources), width), PAD, dtype=torch.long)
-        for row, ids in enumerate(sources):
-            src[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-            src[row, len(ids)] = EOS
-        return src.to(self.device)
-
-    @torch.inference_mode()
     def _search_batches(self, batches: Iterator[list[int]], sources: list[list[int]], d: DecodeConfig,
                         on_done: Callable[[int, list[Hypothesis]], None] | None, results: list[list[Hypothesis]]) -> None:
         """Search each batch of source indices, writing its sources' hypotheses into ``results``."""
         for chunk in batches:
-            src = self._source_tensor([sources[i] for i in chunk])
+            width = len(sources[chunk[0]]) + 1
+            src = torch.full((len(chunk), width), PAD, dtype=torch.long)
+            for row, i in enumerate(chunk):
+                src[row, : len(sources[i])] = torch.tensor(sources[i], dtype=torch.long)
+                src[row, len(sources[i])] = EOS
             done = None if on_done is None else (lambda row, hyps, chunk=chunk: on_done(chunk[row], hyps))
-            hyps = beam_search(self.scorer, src, [self.max_len(len(sources[i]), d) for i in chunk],
+            hyps = beam_search(self.scorer, src.to(self.device), [self.max_len(len(sources[i]), d) for i in chunk],
                                beam=d.beam, alpha=d.lenpen, penalty=d.penalty, nbest=d.nbest, stop=d.stop, on_done=done)
             for i, h in zip(chunk, hyps):
                 results[i] = h

@@ -138,10 +138,7 @@ class Batcher:
                 batch = self._next_batch()
             if batch is None:
                 return
-            if hasattr(self.engine, "stream"):
-                self._stream(batch)
-            else:
-                self._decode(batch)
+            self._decode(batch)
 
     def _next_batch(self) -> list[_Segment] | None:
         """Wait for a batch and take it off the queue (the lock held); None once closed and drained."""
@@ -172,16 +169,23 @@ class Batcher:
         answered = [False] * len(batch)
 
         def done(i: int, outputs: list[Output]) -> None:
-            answered[i] = True
-            self._answer(batch[i], outputs)
+            with self._cond:
+                answered[i] = True
+                self._depth -= 1
+                self.metrics.queue_depth.set(self._depth)
+                job = batch[i].job
+                if job.future.done():  # an earlier batch of this job failed
+                    return
+                job.results[batch[i].index] = outputs
+                job.remaining -= 1
+                if job.remaining == 0:
+                    job.future.set_result(job.results)
 
         try:
             outputs = self.engine.translate([s.source for s in batch], batch[0].decode, done)
         except Exception as err:  # noqa: BLE001 - whatever the model raised goes to the requests, the thread lives on
             self._fail([s for s, was in zip(batch, answered) if not was], err)
             return
-        finally:
-            self.metrics.decoding_seconds.inc(time.monotonic() - start)
         for i, hyps in enumerate(outputs):  # those the engine did not answer early
             if not answered[i]:
                 done(i, hyps)
@@ -189,85 +193,9 @@ class Batcher:
         self.metrics.batch_segments.observe(len(batch))
         self.metrics.batch_tokens.observe((max(len(s.source) for s in batch) + 1) * len(batch))
         self.metrics.batch_seconds.observe(seconds)
+        self.metrics.segments.labels("translated").inc(len(batch))
         rate = len(batch) / max(seconds, 1e-6)
         self._rate = rate if self._rate == 0 else 0.8 * self._rate + 0.2 * rate
-
-    def _stream(self, first: list[_Segment]) -> None:
-        """Decode ``first`` and, while it decodes, what joins the queue with the same search settings: the
-        engine adds each segment to its running search at its next step (``JoiningEngine.stream``), so the
-        search's steps stay full instead of ending with a batch's longest sentences alone, and a segment
-        starts without waiting for a batch to end. Segments in the search hold at most ``max_tokens`` source
-        tokens; once an older segment with other settings waits, nothing more is taken and the stream ends
-        when its segments are done. A failure fails the segments not yet answered."""
-        decode = first[0].decode
-        inflight: dict[int, tuple[_Segment, list]] = {}  # id → segment, and the group it was taken with
-        ids = iter(range(2**62))
-        held = 0  # source tokens in the search
-
-        def take() -> list[tuple[int, Sequence]]:
-            nonlocal first, held
-            with self._cond:
-                batch, first = first or self._take(decode, decode.max_tokens - held), []
-                if not batch:
-                    return []
-                group = [len(batch), time.monotonic(), len(batch)]  # segments not yet answered, when taken, how many
-                taken = [(next(ids), s) for s in batch]
-                inflight.update((i, (s, group)) for i, s in taken)
-                held += sum(len(s.source) + 1 for s in batch)
-                self.metrics.batch_segments.observe(len(batch))
-                self.metrics.batch_tokens.observe((max(len(s.source) for s in batch) + 1) * len(batch))
-                return [(i, s.source) for i, s in taken]
-
-        def done(i: int, outputs: list[Output]) -> None:
-            nonlocal held
-            with self._cond:
-                segment, group = inflight.pop(i)
-                held -= len(segment.source) + 1
-                group[0] -= 1
-                if group[0] == 0:
-                    seconds = time.monotonic() - group[1]
-                    self.metrics.batch_seconds.observe(seconds)
-                    rate = group[2] / max(seconds, 1e-6)
-                    self._rate = rate if self._rate == 0 else 0.8 * self._rate + 0.2 * rate
-            self._answer(segment, outputs)
-
-        start = time.monotonic()
-        try:
-            self.engine.stream(decode, take, done)  # type: ignore[attr-defined]
-        except Exception as err:  # noqa: BLE001 - whatever the model raised goes to the requests, the thread lives on
-            self._fail([s for s, _ in inflight.values()], err)
-        finally:
-            self.metrics.decoding_seconds.inc(time.monotonic() - start)
-
-    def _take(self, decode: DecodeConfig, budget: int) -> list[_Segment]:
-        """The queued segments with ``decode`` that fit in ``budget`` source tokens, oldest first, taken off the
-        queue (the lock held); none once an older segment with other settings waits (its turn comes next)."""
-        taken: list[_Segment] = []
-        for s in self._pending:
-            if s.decode != decode:
-                break
-            if len(s.source) + 1 > budget:
-                break
-            taken.append(s)
-            budget -= len(s.source) + 1
-        if taken:
-            self._pending = self._pending[len(taken):]
-            self._pending_tokens -= sum(len(s.source) + 1 for s in taken)
-        return taken
-
-    def _answer(self, segment: _Segment, outputs: list[Output]) -> None:
-        """Hand a segment's hypotheses to its job (answered once all its segments are)."""
-        with self._cond:
-            self._depth -= 1
-            self.metrics.queue_depth.set(self._depth)
-            self.metrics.segments.labels("translated").inc()
-            job = segment.job
-            if job.future.done():  # an earlier part of this job failed
-                return
-            job.results[segment.index] = outputs
-            job.remaining -= 1
-            if job.remaining == 0:
-                job.future.set_result(job.results)
 
     def _fail(self, unanswered: list[_Segment], error: Exception) -> None:
         """The jobs of ``unanswered`` get ``error``; their segments still queued are dropped (decoded for nobody)."""

@@ -21,7 +21,6 @@ from nmt.decode.config import DecodeConfig, decode_config
 from nmt.errors import NmtError
 
 if TYPE_CHECKING:  # torch comes with the engines that decode: a checkpoint's server process imports none
-    from nmt.decode.beam import Hypothesis
     from nmt.inspect.maps import SentenceAttention
 
 
@@ -59,16 +58,6 @@ class Engine(Protocol):
         """Release what the engine holds (the server calls it once the queue is drained)."""
 
 
-class JoiningEngine(Engine, Protocol):
-    """An engine whose search takes in segments while it runs (``nmt.decode.beam.BeamSearch``)."""
-
-    def stream(self, decode: DecodeConfig, take: Callable[[], list[tuple[int, Sequence]]],
-               on_done: Callable[[int, list[Output]], None]) -> None:
-        """Search what ``take()`` gives, (id, source) pairs, each joining the running search at its next step;
-        ``take`` is called between steps and must not block (an empty list: nothing new). ``on_done(id,
-        hypotheses)`` as each search ends. Returns once ``take`` gave nothing and every segment is done."""
-
-
 class TorchEngine:
     """Checkpoints (one, or an ensemble), searched exactly as ``nmt translate`` searches them."""
 
@@ -92,26 +81,12 @@ class TorchEngine:
     def translate(self, sources: list[Sequence], decode: DecodeConfig,
                   on_done: Callable[[int, list[Output]], None] | None = None) -> list[list[Output]]:
         """``nmt translate``'s search; each sentence is handed to ``on_done`` as its search ends."""
-        done = None if on_done is None else (lambda i, hyps: on_done(i, self.outputs(hyps)))
+        text = self.translator.spm.decode
+        outputs = lambda hyps: [Output(text(h.tokens), h.score, tuple(h.tokens)) for h in hyps]  # noqa: E731
+        done = None if on_done is None else (lambda i, hyps: on_done(i, outputs(hyps)))
         with self.lock:
             found = self.translator.translate_ids([list(s) for s in sources], decode, done)
-        return [self.outputs(hyps) for hyps in found]
-
-    def outputs(self, hyps: list[Hypothesis]) -> list[Output]:
-        """A segment's hypotheses as the API gives them."""
-        return [Output(self.translator.spm.decode(h.tokens), h.score, tuple(h.tokens)) for h in hyps]
-
-    def stream(self, decode: DecodeConfig, take: Callable[[], list[tuple[int, Sequence]]],
-               on_done: Callable[[int, list[Output]], None], idle: Callable[[], list[tuple[int, Sequence]]] | None = None) -> None:
-        """``Translator.search_arrivals``: segments join the running search as ``take`` gives them; while
-        nothing is searching, ``idle`` (which may wait for segments; ``take`` if None) is asked instead."""
-
-        def arrivals(wait: bool) -> list[tuple[int, list[int]]] | None:
-            new = [(i, list(source)) for i, source in ((idle or take) if wait else take)()]
-            return None if wait and not new else new  # nothing searching and nothing new: the stream ends
-
-        with self.lock:
-            self.translator.search_arrivals(decode, arrivals, lambda i, hyps: on_done(i, self.outputs(hyps)))
+        return [outputs(hyps) for hyps in found]
 
     def attention(self, source: Sequence, best: Output) -> SentenceAttention:
         """The maps ``nmt attend`` draws, of the first model's teacher-forced pass over ``source`` and ``best``."""

@@ -25,14 +25,10 @@ class Metrics:
                                 "cancelled (their client left before they were decoded).", ["outcome"], registry=r)
         self.queue_depth = Gauge("nmt_queue_depth", "Segments accepted and not yet answered: waiting or being decoded.", registry=r)
         self.ready = Gauge("nmt_ready", "1 once the model is loaded and translations are accepted, else 0.", registry=r)
-        self.batch_segments = Histogram("nmt_batch_segments", "Segments per batch: taken off the queue at once (to join the running "
-                                        "search, with a PyTorch model).", buckets=SIZE_BUCKETS, registry=r)
-        self.batch_tokens = Histogram("nmt_batch_tokens", "Padded source tokens per batch (EOS counted).",
+        self.batch_segments = Histogram("nmt_batch_segments", "Segments per decoded batch.", buckets=SIZE_BUCKETS, registry=r)
+        self.batch_tokens = Histogram("nmt_batch_tokens", "Padded source tokens per decoded batch (EOS counted).",
                                       buckets=TOKEN_BUCKETS, registry=r)
-        self.batch_seconds = Histogram("nmt_batch_seconds", "Time from a batch's start to its last segment's answer.",
-                                       buckets=LATENCY_BUCKETS, registry=r)
-        self.decoding_seconds = Counter("nmt_decoding_seconds", "Time the model spent decoding (searches running, with or "
-                                        "without company): over wall time, how busy the decoder is.", registry=r)
+        self.batch_seconds = Histogram("nmt_batch_seconds", "Time to decode one batch.", buckets=LATENCY_BUCKETS, registry=r)
         self.latency = Histogram("nmt_request_seconds", "Time from a request's arrival to its answer, by endpoint.", ["endpoint"],
                                  buckets=LATENCY_BUCKETS, registry=r)
 

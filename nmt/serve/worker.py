@@ -34,14 +34,10 @@ from nmt.serve.engine import Output
 
 if TYPE_CHECKING:
     from nmt.inspect.maps import SentenceAttention
-    from nmt.serve.engine import TorchEngine
 
 # What a service manager or a terminal sends to every process of the server; the decoding process ignores
 # them from its first instruction on (blocked while it starts, as multiprocessing's resource tracker does).
 STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
-# How often a stream looks at the queue while no reply comes (``ProcessEngine.stream``): a segment queued
-# meanwhile joins the search at most this much later.
-POLL = 0.001
 
 
 class DecoderDied(RuntimeError):
@@ -126,46 +122,6 @@ class ProcessEngine:
             raise failure
         return [late if early is None else early for early, late in zip(results, payload, strict=True)]
 
-    def stream(self, decode: DecodeConfig, take: Callable[[], list[tuple[int, Sequence]]],
-               on_done: Callable[[int, list[Output]], None]) -> None:
-        """``TorchEngine.stream`` in the decoding process: what ``take`` gives is sent as it comes (the decoding
-        process adds it at its next step), and ``on_done`` is called here as each search ends. Between replies
-        ``take`` is asked every ``POLL`` seconds. Raises ``DecoderDied`` if the decoding process dies meanwhile;
-        an error of the search ends the stream (every segment not yet answered fails with it)."""
-        failure: Exception | None = None
-        with self.lock:
-            self._request(("stream", decode))
-            try:
-                outstanding: set[int] = set()
-                while True:
-                    if new := take():
-                        self._request(("add", [(i, list(source)) for i, source in new]))
-                        outstanding.update(i for i, _ in new)
-                    elif not outstanding:
-                        self._request(("end",))
-                        break
-                    if not self._ready(POLL):
-                        continue
-                    kind, payload = self._receive()
-                    if kind != "done":
-                        raise _error(kind, payload)  # the decoding process is back at its requests: the pipe is in step
-                    i, outputs = payload
-                    outstanding.discard(i)
-                    try:
-                        on_done(i, outputs)
-                    except Exception as err:  # noqa: BLE001 - raised once the stream has ended, the pipe in step
-                        failure = failure or err
-                kind, payload = self._receive()
-            except (NmtError, RuntimeError):
-                raise
-            except BaseException:
-                self._abandon()  # a reply read in part leaves the pipe out of step: the next call starts anew
-                raise
-        if kind != "ended":
-            raise _error(kind, payload)
-        if failure is not None:
-            raise failure
-
     def attention(self, source: Sequence, best: Output) -> SentenceAttention:
         """``TorchEngine.attention`` in the decoding process."""
         with self.lock:
@@ -214,14 +170,6 @@ class ProcessEngine:
             self._conn.send(message)
         except OSError:
             raise self._died() from None
-
-    def _ready(self, seconds: float) -> bool:
-        """Whether a reply can be read within ``seconds`` (a closed pipe can: reading it raises)."""
-        assert self._conn is not None
-        try:
-            return self._conn.poll(seconds)
-        except (EOFError, OSError):
-            return True
 
     def _receive(self) -> tuple[str, Any]:
         assert self._conn is not None
@@ -283,12 +231,7 @@ def _serve_pipe(conn: Connection, checkpoints: list[str], device: str, dtype: st
             except (EOFError, OSError):  # the server closed the pipe, or is gone
                 return
             try:
-                if request[0] == "stream":
-                    _stream(conn, engine, request[1], send)
-                    send(("ended", None))
-                elif request[0] in ("add", "end"):  # what the server sent on to a stream that failed: dropped with it
-                    continue
-                elif request[0] == "translate":
+                if request[0] == "translate":
                     _, sources, decode, early = request
                     sent: set[int] = set()
 
@@ -309,28 +252,3 @@ def _serve_pipe(conn: Connection, checkpoints: list[str], device: str, dtype: st
                 send(("error", f"{type(err).__name__}: {err}"))
     except (BrokenPipeError, ConnectionResetError):  # the server is gone
         return
-
-
-def _stream(conn: Connection, engine: TorchEngine, decode: DecodeConfig, send: Callable[[tuple], None]) -> None:
-    """A stream in the decoding process: the server's "add" messages join the search (all those waiting at a
-    step, as one cohort) until its "end", which it sends once every segment it added was answered."""
-    ended = False
-
-    def take() -> list[tuple[int, Sequence]]:
-        nonlocal ended
-        new: list[tuple[int, Sequence]] = []
-        while not ended and conn.poll():
-            kind, *payload = conn.recv()
-            if kind == "end":
-                ended = True
-            else:
-                new += payload[0]
-        return new
-
-    def wait_take() -> list[tuple[int, Sequence]]:
-        # Nothing is searching: wait for the server's next message (more segments, or the end).
-        if not ended:
-            conn.poll(None)
-        return take()
-
-    engine.stream(decode, take, lambda i, outputs: send(("done", (i, outputs))), idle=wait_take)

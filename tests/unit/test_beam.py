@@ -9,7 +9,7 @@ from nmt.tokens import BOS, EOS
 from tests.helpers import tiny_model
 from nmt.decode.config import DecodeConfig
 from nmt.decode import beam as beam_module
-from nmt.decode.beam import BeamSearch, Scorer, beam_search, best_extensions, greedy_search
+from nmt.decode.beam import Scorer, beam_search, best_extensions, greedy_search
 from nmt.decode.penalty import length_penalty
 from nmt.model.transformer import Transformer
 
@@ -287,43 +287,3 @@ def test_each_sentence_is_handed_over_once_as_its_search_ends(stop: str, nbest: 
     assert {i: hyps for i, hyps, _ in calls} == {i: [(h.tokens, h.score) for h in hyps] for i, hyps in enumerate(result)}
     when = {i: at for i, _, at in calls}
     assert when[0] <= 2 < len(steps) and when[0] < max(when.values())
-
-
-@pytest.mark.parametrize("stop, nbest", [("beam", 1), ("bound", 2)])
-def test_sentences_joining_a_running_search_find_what_they_find_alone(stop: str, nbest: int) -> None:
-    """Sentences added while a search runs (one with a longer source than any before it; some after the first
-    have left, so the search drops columns; one into a search that has emptied) find the same hypotheses, with
-    the same scores, as each searched alone; the chunked selection (4 sentences or more) is on at most steps."""
-    model = tiny_model(300, seed=1)
-    g = torch.Generator().manual_seed(2)
-    lengths = [4, 2, 9, 3, 6, 5, 7, 1, 3, 4]
-    sources = [torch.cat([torch.randint(4, 300, (n,), generator=g), torch.tensor([EOS])]) for n in lengths]
-    limits = [n + 2 for n in lengths[:5]] + [n + 8 for n in lengths[5:]]  # the first five leave before the rest
-    joins = {0: [0, 1, 2, 3, 4], 2: [5, 6], 4: [7, 8]}  # step → sentences added before it; 9 joins once empty
-
-    def batch(ids: list[int]) -> torch.Tensor:
-        width = max(len(sources[i]) for i in ids)
-        return torch.stack([torch.nn.functional.pad(sources[i], (0, width - len(sources[i]))) for i in ids])
-
-    with torch.no_grad():
-        alone = [beam_search(Scorer([model]), sources[i][None], [limits[i]], beam=4, nbest=nbest, stop=stop)[0] for i in range(10)]
-        search = BeamSearch(Scorer([model]), beam=4, nbest=nbest, stop=stop)
-        found: dict[int, list] = {}
-        steps, rebased, emptied = 0, False, False
-        while len(found) < 10:
-            if steps in joins:
-                search.add(batch(joins[steps]), [limits[i] for i in joins[steps]], joins[steps])
-            elif not search.live:
-                emptied = True
-                search.add(batch([9]), [limits[9]], [9])
-            before = search.t
-            for i, hyps in search.step():
-                assert i not in found
-                found[i] = hyps
-            rebased |= search.t < before + 1
-            steps += 1
-    assert rebased and emptied
-    for i in range(10):
-        assert [h.tokens for h in found[i]] == [h.tokens for h in alone[i]], i
-        torch.testing.assert_close([h.score for h in found[i]], [h.score for h in alone[i]], atol=1e-5, rtol=1e-5)
-    assert any(len(hyps[0].tokens) > 3 for hyps in found.values())

@@ -74,42 +74,6 @@ def test_incremental_decoding_through_many_reorders_equals_full_decoder() -> Non
         torch.testing.assert_close(decode_step(model, prefixes[:, -1], state), full, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("variant", [{}, {"positions": "learned"}, WIDE])
-def test_states_stepped_together_score_as_the_full_decoder(variant: dict) -> None:
-    """States started at different steps, with sources of different lengths, stepped as one (``decode_step``
-    of several states, as a search's cohorts are): each row gets the full decoder's scores at its own
-    position, through reorders within each state and the first state leaving."""
-    model = tiny_model(**variant, offset_vectors=True)
-    srcs = [torch.tensor([[5, 6, 3], [8, 3, 0]]), torch.tensor([[9, 10, 11, 12, 13, 14, 3]]), torch.tensor([[7, 3]])]
-    g = torch.Generator().manual_seed(0)
-    beam, starts = 2, [0, 3, 5]  # the step each state joins at
-    prefixes = [torch.full((beam * len(src), 1), 2) for src in srcs]  # BOS first
-
-    def full(i: int) -> torch.Tensor:
-        return model(srcs[i].repeat_interleave(beam, 0), prefixes[i]).log_softmax(-1)[:, -1]
-
-    with torch.no_grad():
-        states, live = [], []
-        for t in range(9):
-            if t in starts:
-                i = starts.index(t)
-                states.append(init_state(model, model.encode(srcs[i]), beam=beam, arranged=states[0].arranged if states else None))
-                live.append(i)
-            if t == 7:  # the first state's sentences are done
-                states, live = states[1:], live[1:]
-            out = decode_step(model, torch.cat([prefixes[i][:, -1] for i in live]), states)
-            at = 0
-            for i, state in zip(live, states):
-                rows = prefixes[i].size(0)
-                torch.testing.assert_close(out[at : at + rows], full(i), atol=1e-5, rtol=1e-5)
-                assert state.step == t + 1 - starts[i]
-                at += rows
-                # Each row continues one of its sentence's rows, with a random next token.
-                keep = torch.randint(0, beam, (rows,), generator=g) + torch.arange(rows) // beam * beam
-                prefixes[i] = torch.cat([prefixes[i][keep], torch.randint(3, 40, (rows, 1), generator=g)], 1)
-                state.reorder(keep)
-
-
 def test_rows_shrinking_within_a_bucket_still_score_as_the_full_decoder() -> None:
     """20 rows and then 18 (a sentence leaves) are both padded to 32: the padding rows the attention buffer
     keeps from the step before never reach the hypotheses' scores."""

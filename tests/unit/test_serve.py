@@ -18,8 +18,7 @@ import uvicorn
 from nmt.decode.order import token_batches
 from nmt.serve.api import field_name
 from nmt.serve.app import State, create_app
-from nmt.decode.config import DecodeConfig
-from nmt.serve.batcher import Batcher, Closed, Job, QueueFull
+from nmt.serve.batcher import Batcher, Closed, QueueFull
 from nmt.serve.config import Limits, ServeConfig
 from nmt.serve.engine import TorchEngine
 from nmt.serve.metrics import Metrics
@@ -145,92 +144,6 @@ def test_a_decoding_process_killed_during_a_batch_fails_that_batch_and_is_replac
     finally:
         dying.close()
     assert dying._process is None
-
-
-LONG = "Do you want to save the changes to the document before closing? " * 8  # 42 tokens out of the tiny model
-
-
-@pytest.mark.parametrize("kind", ["engine", "process_engine"])
-def test_segments_queued_while_a_search_runs_join_it(kind: str, request: pytest.FixtureRequest) -> None:
-    """Segments queued while a long one decodes join its search (answered before it ends, not after), each
-    with what the translator gives it alone; a request with other settings waits for the search to end, and
-    so does a later one with the server's settings (no one overtakes it)."""
-    engine = request.getfixturevalue(kind)
-    metrics = Metrics()
-    batcher = Batcher(engine, metrics, max_queue=20, max_wait=0)
-    ids = [engine.tokenize(s) for s in SOURCES]
-    at: dict[str, float] = {}
-
-    def submit(name: str, sources: list, decode: DecodeConfig) -> Job:
-        job = batcher.submit(sources, decode)
-        job.future.add_done_callback(lambda _: at.setdefault(name, time.monotonic()))
-        return job
-
-    slow = submit("slow", [engine.tokenize(LONG)], engine.decode)
-    batcher.start()
-    deadline = time.monotonic() + 30
-    while count(metrics, "nmt_batch_segments_count") == 0 and time.monotonic() < deadline:  # the long one is taken
-        time.sleep(0.0005)
-    beam2 = replace(engine.decode, beam=2)
-    joined, other, later = submit("joined", ids, engine.decode), submit("other", ids[:2], beam2), submit("later", ids[2:3], engine.decode)
-    found = {name: job.future.result(timeout=60) for name, job in [("slow", slow), ("joined", joined), ("other", other), ("later", later)]}
-    batcher.close()
-    assert at["joined"] < at["slow"] < at["other"] < at["later"]
-    tokens = lambda hyps: [list(o.tokens) for o in hyps]  # noqa: E731
-    reference = request.getfixturevalue("engine").translator
-    assert [tokens(h) for h in found["joined"]] == [[h.tokens for h in reference.translate_ids([i])[0]] for i in ids]
-    assert [tokens(h) for h in found["other"]] == [[h.tokens for h in reference.translate_ids([i], beam2)[0]] for i in ids[:2]]
-    assert tokens(found["later"][0]) == [h.tokens for h in reference.translate_ids([ids[2]])[0]]
-    assert tokens(found["slow"][0]) == [h.tokens for h in reference.translate_ids([engine.tokenize(LONG)])[0]]
-    assert count(metrics, "nmt_segments_total", outcome="translated") == 10 and count(metrics, "nmt_queue_depth") == 0
-
-
-def test_a_failing_stream_fails_what_it_holds_and_the_pipe_stays_in_step(engine: TorchEngine, process_engine: ProcessEngine) -> None:
-    """A segment the model fails on (an id beyond the vocabulary) ends the stream it joined, with the model's
-    error, before the long segment it joined is answered; the next stream is answered as the translator
-    answers, so no reply of the failed one was left in the pipe. A failing ``on_done`` is raised once the
-    stream has ended, in step too."""
-    given = [[(0, engine.tokenize(LONG))], [(1, [10**6])]]
-    answered: dict[int, list] = {}
-    with pytest.raises(RuntimeError, match="IndexError"):
-        process_engine.stream(engine.decode, lambda: given.pop(0) if given else [], lambda i, outputs: answered.setdefault(i, outputs))
-    assert answered == {}
-    ids = [engine.tokenize(s) for s in SOURCES]
-
-    def fails(i: int, outputs: list) -> None:
-        raise ValueError("a callback that fails")
-
-    given = [list(enumerate(ids))]
-    with pytest.raises(ValueError, match="a callback that fails"):
-        process_engine.stream(engine.decode, lambda: given.pop(0) if given else [], fails)
-    given = [[(5, ids[0]), (6, ids[1])], [], [(7, ids[2])]]
-    process_engine.stream(engine.decode, lambda: given.pop(0) if given else [], lambda i, outputs: answered.setdefault(i, outputs))
-    words = lambda hyps: [(o.text, o.tokens) for o in hyps]  # noqa: E731 - scores' last bits follow the padding
-    assert {i: words(hyps) for i, hyps in answered.items()} == {5 + i: words(engine.translate([ids[i]], engine.decode)[0]) for i in range(3)}
-
-
-def test_a_decoding_process_killed_during_a_stream_fails_it_and_is_replaced(engine: TorchEngine) -> None:
-    """SIGKILL while a stream decodes: the stream raises ``DecoderDied``, the next starts a new decoding process."""
-    dying = ProcessEngine([CKPT], device="cpu")
-    try:
-        pid, calls = dying._process.pid, []
-
-        def take() -> list:
-            calls.append(1)
-            if len(calls) == 1:
-                return [(0, engine.tokenize(LONG))]
-            if len(calls) == 2:
-                os.kill(pid, signal.SIGKILL)
-            return []
-
-        with pytest.raises(DecoderDied, match="exit code -9"):
-            dying.stream(engine.decode, take, lambda i, outputs: None)
-        ids = [engine.tokenize(s) for s in SOURCES]
-        given, answered = [list(enumerate(ids))], {}
-        dying.stream(engine.decode, lambda: given.pop(0) if given else [], lambda i, outputs: answered.setdefault(i, outputs))
-        assert answered == dict(enumerate(engine.translate(ids, engine.decode)))  # the same batch: the same scores
-    finally:
-        dying.close()
 
 
 def test_the_queue_is_bounded_and_closing_drains_it(engine: TorchEngine) -> None:
