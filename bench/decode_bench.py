@@ -182,7 +182,7 @@ def worker(args: argparse.Namespace) -> None:
         import torch
 
         torch.set_num_threads(args.threads)
-        out, seconds, loaded = run_nmt(args, variant, rest[0], int(rest[1]), lines) if system == "nmt" else run_hf(args, lines)
+        out, seconds, loaded = run_nmt(args, variant, rest[0], int(rest[1]), lines) if system in ("nmt", "nmttorch") else run_hf(args, lines)
         if torch.cuda.is_initialized():
             gpu = torch.cuda.max_memory_allocated() / 2**20
     # VmHWM, not the parent's ru_maxrss of the child: Linux carries a process's peak RSS across exec, so a
@@ -201,6 +201,8 @@ def measure(args: argparse.Namespace, system: str) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     if ":nomkl" in system:
         env["CT2_USE_MKL"] = "0"  # CTranslate2's oneDNN/own kernels instead of Intel MKL
+    if system.startswith("nmttorch:"):
+        env["NMT_NATIVE"] = "0"  # the self-attention step through torch's calls (nmt.kernels.native)
     status = subprocess.run(cmd, env=env).returncode
     if status != 0:
         result.unlink(missing_ok=True)
@@ -241,6 +243,9 @@ def main() -> None:
     parser.add_argument("--workers", nargs="+", type=int, default=[1, 0],
                         help="nmt's workers, each a row: batches searched at once on a CPU, each on threads ÷ workers "
                              "threads (0: nmt translate's default, one per thread for a small model, else one).")
+    parser.add_argument("--torch-step", action="store_true",
+                        help="Also each nmt row with NMT_NATIVE=0: decoding's self-attention through torch's calls instead of "
+                             "the C step (nmt.kernels.native), as on a machine without a C compiler.")
     parser.add_argument("--repeat", type=int, default=2, help="Rounds over all systems; each keeps its fastest.")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--result", type=Path, help=argparse.SUPPRESS)
@@ -261,7 +266,7 @@ def main() -> None:
     have_hf = importlib.util.find_spec("transformers") is not None
     with tempfile.TemporaryDirectory() as tmp:
         args.export = Path(tmp)
-        systems = [f"nmt:{d}:{stop}:{w}" for d in dtypes for stop in args.stop for w in args.workers]
+        systems = [f"{kind}:{d}:{stop}:{w}" for kind in ("nmt", "nmttorch")[: 1 + args.torch_step] for d in dtypes for stop in args.stop for w in args.workers]
         if have_ct2:
             export(args.checkpoint, "ctranslate2", args.export / "ctranslate2")
             systems += [f"ct2:{c}:{setup}:{batch}" for c in args.ct2 for setup in args.ct2_setup for batch in args.ct2_batch]
@@ -306,13 +311,13 @@ def main() -> None:
         same = sum(a == b for a, b in zip(r["out"], reference)) / max(n, 1) if reference else float("nan")
         gpu = f"{r['gpu_mib']:.0f}" if r.get("gpu_mib") else "-"
         kind, variant, *rest = system.split(":", 3)
-        if kind == "nmt":
-            label = f"--stop {rest[0]} --workers {rest[1]}"
+        if kind in ("nmt", "nmttorch"):
+            label = f"--stop {rest[0]} --workers {rest[1]}" + (", torch step" if kind == "nmttorch" else "")
         elif kind == "ct2":
             label = " ".join(x for x in (rest[0] if rest[0] != "default" else "", f"batch {rest[1]}") if x)
         else:
             label = "(exact semantics: agreement only)" if kind == "ct2exact" else ""
-        name = f"{dict(nmt='nmt', ct2='CTranslate2', ct2exact='CTranslate2', hf='MarianMTModel')[kind]} {variant} {label}".rstrip()
+        name = f"{dict(nmt='nmt', nmttorch='nmt', ct2='CTranslate2', ct2exact='CTranslate2', hf='MarianMTModel')[kind]} {variant} {label}".rstrip()
         ratio = f"{ct2 / r['seconds']:.2f}" if ct2 else "-"
         print(f"{name:<52}{n / r['seconds']:>9.1f}{ratio:>11}{tokens / r['seconds']:>11.0f}{r['peak_mib']:>14.0f}{r['loaded_mib']:>12.0f}{gpu:>9}{100 * same:>10.1f}%")
 

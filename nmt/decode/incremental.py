@@ -12,7 +12,9 @@ modules:
   query, key and value are slices already laid out as attention reads them.
 - Attention in a step is two batched matrix products (``attend_heads``): faster than the fused kernel for a
   handful of queries on a CPU. One query over the first dozen positions is weighted by a sum instead, where
-  torch's batched product would run a scalar loop.
+  torch's batched product would run a scalar loop. On CPUs in float32 the self-attention goes through C
+  instead (``nmt.kernels.native``, where a C compiler is): the cache's reorder, the append and the attention
+  in one pass over the cache, and one call instead of a dozen.
 - The cross-attention keys and values are computed once per sentence, not per hypothesis, and the beam's
   queries of a sentence attend to them as one block: reordering hypotheses never copies them.
 - The self-attention caches hold exactly the positions decoded so far, contiguous: a step appends one
@@ -32,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from nmt.kernels import native
 from nmt.kernels.packed import PackedLinear, row_bucket
 from nmt.model.attention import MultiHeadAttention, padding_mask
 from nmt.model.layers import DecoderLayer, EncoderLayer, Residual
@@ -118,6 +121,7 @@ class DecoderState:
     step: int = 0
     rows: list[Tensor | None] = field(default_factory=list)  # per layer: the rows its cache continues with, not yet applied
     scratch: Tensor | None = None  # (padded rows, h·d_v): attention's output as the next projection reads it
+    fused_attention: bool = False  # the self-attention through the C step (``nmt.kernels.native``)
 
     def attention_out(self, padded: int, width: int, like: Tensor) -> Tensor:
         """A (padded, width) tensor for attention's output, kept across a search's steps: the rows beyond the
@@ -127,15 +131,20 @@ class DecoderState:
             self.scratch = like.new_zeros(padded, width)
         return self.scratch
 
+    def take_rows(self, i: int) -> Tensor | None:
+        """The rows layer ``i``'s cache continues with (None: as it stands), which the caller applies now."""
+        rows = self.rows[i] if self.rows else None
+        if rows is not None:
+            self.rows[i] = None
+        return rows
+
     def append(self, i: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Append layer ``i``'s keys (R, h, 1, d_k) and values (R, h, 1, d_v) at position ``step``, its cache
         reordered first if hypotheses were; returns the layer's caches with heads folded in,
         (R·h, step + 1, d_k) and (R·h, step + 1, d_v)."""
-        rows = self.rows[i] if self.rows else None
+        rows = self.take_rows(i)
         self.self_k[i] = _extend(self.self_k[i], rows, k)
         self.self_v[i] = _extend(self.self_v[i], rows, v)
-        if rows is not None:
-            self.rows[i] = None
         return self.self_k[i].flatten(0, 1), self.self_v[i].flatten(0, 1)
 
     def reorder(self, rows: Tensor, sentences: Tensor | None = None, beam: int | None = None) -> None:
@@ -301,10 +310,12 @@ def init_state(model: Transformer, enc: EncoderOut, beam: int = 1, arranged: Ste
         cross_v = [F.pad(c, (0, 0, 0, extra)) for c in cross_v]
         bias = F.pad(bias, (0, extra), value=float("-inf"))
     empty = lambda width: memory.new_empty(n * beam, heads, 0, width)  # noqa: E731
+    # Per process, never per batch: the C step rounds differently from torch's.
+    fused = memory.dtype == torch.float32 and memory.device.type == "cpu" and native.library() is not None
     return DecoderState(
         self_k=[empty(cfg.key_dim) for _ in model.decoder], self_v=[empty(cfg.value_dim) for _ in model.decoder],
         cross_k=cross_k, cross_v=cross_v, cross_bias=bias.expand(n, heads, 1, -1).reshape(n * heads, 1, -1),
-        arranged=arranged, positions=model.position_table.to(memory.dtype), beam=beam,
+        arranged=arranged, positions=model.position_table.to(memory.dtype), beam=beam, fused_attention=fused,
     )
 
 
@@ -339,6 +350,10 @@ def _layer_step(layer: DecoderLayer, y: Tensor, state: DecoderState, i: int, r: 
     out = state.attention_out(padded, heads * dv, y)  # the hypotheses' rows are written, the padding rows kept
 
     def self_attention(h: Tensor) -> Tensor:
+        if state.fused_attention:  # the cache's reorder, append and attention in one pass, in C
+            state.self_k[i], state.self_v[i] = native.self_attention_step(
+                w.qkv(h)[:r], state.self_k[i], state.self_v[i], state.take_rows(i), out[:r], heads, dk, dv)
+            return w.self_out(out)
         qkv = w.qkv(h)[:r].view(r, heads, 1, 2 * dk + dv)  # a head's q, k, v side by side
         k, v = state.append(i, qkv[..., dk : 2 * dk], qkv[..., 2 * dk :])  # (R·h, t + 1, d_k or d_v)
         attend_heads(qkv.view(r * heads, 1, -1)[..., :dk], k, v, out=out[:r].view(r * heads, 1, dv))

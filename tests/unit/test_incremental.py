@@ -8,6 +8,7 @@ import torch
 
 from nmt.decode.beam import Scorer
 from nmt.decode.incremental import SOFTMAX_MIN, attend_heads, decode_step, encode, grouped_qkv, init_state, softmax_last
+from nmt.kernels import native
 from nmt.model.attention import MultiHeadAttention, naive_attention
 from tests.helpers import tiny_model
 
@@ -15,8 +16,21 @@ from tests.helpers import tiny_model
 WIDE = {"vocab_size": 4096, "d_model": 256, "d_ff": 512, "heads": 4}
 
 
+@pytest.fixture(params=["C", "torch"])
+def step_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each test using it runs twice: self-attention steps through the C library (``nmt.kernels.native``),
+    then through torch's calls, the path of machines without a C compiler."""
+    if request.param == "torch":
+        monkeypatch.setattr(native, "_loaded", [None])
+    elif native.library() is None:
+        if native._compiler() is not None:
+            pytest.fail("a C compiler is here, but the self-attention library could not be built or was wrong")
+        pytest.skip("no C compiler on this machine: the torch path is tested")
+    return request.param
+
+
 @pytest.mark.parametrize("variant", [{}, {"pre_norm": True}, {"d_k": 16, "d_v": 48}, {"positions": "learned"}, WIDE])
-def test_incremental_decoding_equals_full_decoder(variant: dict) -> None:
+def test_incremental_decoding_equals_full_decoder(variant: dict, step_path: str) -> None:
     model = tiny_model(**variant, offset_vectors=True)
     # Three rows: a step pads them to four where the projections are packed.
     src = torch.tensor([[5, 6, 7, 8, 3], [9, 10, 3, 0, 0], [11, 12, 13, 3, 0]])
@@ -27,6 +41,7 @@ def test_incremental_decoding_equals_full_decoder(variant: dict) -> None:
         torch.testing.assert_close(enc.memory, model.encode(src).memory, atol=1e-5, rtol=1e-5)
         assert torch.equal(enc.src_mask, model.encode(src).src_mask)
         state = init_state(model, enc)
+        assert state.fused_attention == (step_path == "C")
         if torch.backends.mkldnn.is_available():  # the packed path is what is compared here
             layer = state.arranged.layers[0]
             assert state.arranged.project.packed is not None and layer.qkv.packed is not None and layer.fc1.packed is not None
@@ -35,7 +50,7 @@ def test_incremental_decoding_equals_full_decoder(variant: dict) -> None:
     torch.testing.assert_close(steps, full, atol=1e-5, rtol=1e-5)
 
 
-def test_state_reorders_hypotheses_and_drops_sentences() -> None:
+def test_state_reorders_hypotheses_and_drops_sentences(step_path: str) -> None:
     model = tiny_model()
     src = torch.tensor([[5, 6, 3], [9, 3, 0]])
     with torch.no_grad():  # states are copied below, which autograd's graph would forbid
@@ -56,7 +71,7 @@ def test_state_reorders_hypotheses_and_drops_sentences() -> None:
         torch.testing.assert_close(c, d[[3, 3]], atol=1e-6, rtol=1e-6)
 
 
-def test_incremental_decoding_through_many_reorders_equals_full_decoder() -> None:
+def test_incremental_decoding_through_many_reorders_equals_full_decoder(step_path: str) -> None:
     """Forty steps of a beam of 3 whose rows swap at every step still score every row as the full decoder
     scores its own prefix."""
     model = tiny_model()
@@ -74,7 +89,7 @@ def test_incremental_decoding_through_many_reorders_equals_full_decoder() -> Non
         torch.testing.assert_close(decode_step(model, prefixes[:, -1], state), full, atol=1e-4, rtol=1e-4)
 
 
-def test_rows_shrinking_within_a_bucket_still_score_as_the_full_decoder() -> None:
+def test_rows_shrinking_within_a_bucket_still_score_as_the_full_decoder(step_path: str) -> None:
     """20 rows and then 18 (a sentence leaves) are both padded to 32: the padding rows the attention buffer
     keeps from the step before never reach the hypotheses' scores."""
     torch.manual_seed(0)

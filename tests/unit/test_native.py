@@ -1,0 +1,136 @@
+"""The C self-attention step (``nmt.kernels.native``): built once into its cache, equal to torch's reorder,
+append and attention, the same however a step is split across threads, refused when wrong, and absent
+(decoding on torch's path) where no compiler is."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from nmt.decode.incremental import attend_heads, decode_step, init_state
+from nmt.kernels import native
+from tests.helpers import tiny_model
+
+
+@pytest.fixture
+def fresh(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A process that has loaded no library yet, with an empty cache of its own; returns the cache."""
+    monkeypatch.setenv("NMT_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("NMT_NATIVE", raising=False)
+    monkeypatch.setattr(native, "_loaded", [])
+    return tmp_path
+
+
+@pytest.fixture
+def needs_compiler() -> None:
+    if native._compiler() is None:
+        pytest.skip("no C compiler on this machine (decoding takes torch's path, tested in test_incremental)")
+
+
+def reference(qkv: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor, rows: torch.Tensor | None, heads: int, d_k: int, d_v: int):
+    """torch's step: the caches reordered and extended, then ``attend_heads``."""
+    r = qkv.size(0)
+    parts = qkv.view(r, heads, 1, -1)
+    old_k, old_v = (cache_k, cache_v) if rows is None else (cache_k[rows], cache_v[rows])
+    k, v = torch.cat([old_k, parts[..., d_k : 2 * d_k]], 2), torch.cat([old_v, parts[..., 2 * d_k :]], 2)
+    out = attend_heads(parts[..., :d_k].reshape(r * heads, 1, d_k), k.flatten(0, 1), v.flatten(0, 1))
+    return k, v, out.view(r, heads * d_v)
+
+
+@pytest.mark.parametrize("positions", [0, 1, 7, 12, 13, 40, 300])
+@pytest.mark.parametrize("heads, d_k, d_v", [(4, 32, 32), (2, 16, 48), (8, 64, 64)])
+@pytest.mark.parametrize("reorder", [False, True])
+def test_step_equals_reorder_append_and_attention(needs_compiler: None, positions: int, heads: int, d_k: int, d_v: int, reorder: bool) -> None:
+    g = torch.Generator().manual_seed(positions * 31 + heads)
+    r = 5
+    old_rows = 6 if reorder else r  # without a reorder each hypothesis continues its own row
+    # qkv as a step has it: the first rows of a wider (padded) projection output
+    qkv = torch.randn(8, heads * (2 * d_k + d_v), generator=g)[:r] * 2
+    cache_k, cache_v = torch.randn(old_rows, heads, positions, d_k, generator=g), torch.randn(old_rows, heads, positions, d_v, generator=g)
+    rows = torch.tensor([5, 0, 0, 3, 2]) if reorder else None
+    buffer = torch.full((8, heads * d_v), float("nan"))
+    k, v = native.self_attention_step(qkv, cache_k, cache_v, rows, buffer[:r], heads, d_k, d_v)
+    want_k, want_v, want = reference(qkv, cache_k, cache_v, rows, heads, d_k, d_v)
+    assert torch.equal(k, want_k) and torch.equal(v, want_v)  # copies: exact
+    torch.testing.assert_close(buffer[:r], want, atol=1e-5, rtol=1e-5)
+    assert buffer[r:].isnan().all()  # only the hypotheses' rows are written
+
+
+def test_very_large_scores_and_many_positions(needs_compiler: None) -> None:
+    """Scores far apart (weights under e^-87 of the largest are 0) and more positions than the function's
+    stack buffer holds: as close to the result in float64 as torch's float32 path is."""
+    g = torch.Generator().manual_seed(1)
+    heads, d, r = 2, 32, 3
+    qkv = torch.randn(r, heads * 3 * d, generator=g) * 30
+    cache_k, cache_v = torch.randn(r, heads, 5000, d, generator=g) * 3, torch.randn(r, heads, 5000, d, generator=g)
+    out = torch.empty(r, heads * d)
+    native.self_attention_step(qkv, cache_k, cache_v, None, out, heads, d, d)
+    exact = reference(qkv.double(), cache_k.double(), cache_v.double(), None, heads, d, d)[2]
+    torch_error = (reference(qkv, cache_k, cache_v, None, heads, d, d)[2] - exact).abs().max()
+    assert (out - exact).abs().max() <= 2 * torch_error + 1e-6
+
+
+def test_a_step_split_across_threads_is_the_same_to_the_bit(needs_compiler: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    g = torch.Generator().manual_seed(2)
+    heads, d, r = 4, 32, 37
+    qkv = torch.randn(r, heads * 3 * d, generator=g)
+    cache_k, cache_v = torch.randn(40, heads, 9, d, generator=g), torch.randn(40, heads, 9, d, generator=g)
+    rows = torch.randint(0, 40, (r,), generator=g)
+    threads = torch.get_num_threads()
+    results = []
+    monkeypatch.setattr(native, "SPLIT_WORK", 1)  # split every step as far as the threads go
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            out = torch.empty(r, heads * d)
+            k, v = native.self_attention_step(qkv, cache_k, cache_v, rows, out, heads, d, d)
+            results.append((k, v, out))
+    finally:
+        torch.set_num_threads(threads)
+    for k, v, out in results[1:]:
+        assert torch.equal(k, results[0][0]) and torch.equal(v, results[0][1]) and torch.equal(out, results[0][2])
+
+
+def test_built_once_then_loaded_from_the_cache(fresh: Path, needs_compiler: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert native.library() is not None
+    built = list((fresh / "kernels").glob("step_attention-*.so"))
+    assert len(built) == 1 and not list((fresh / "kernels").glob(".build-*"))  # no temporary file left
+    stamp = built[0].stat().st_mtime_ns
+    monkeypatch.setattr(native, "_loaded", [])
+    monkeypatch.setattr(native.subprocess, "run", lambda *a, **k: pytest.fail("compiled again"))
+    assert native.library() is not None
+    assert built[0].stat().st_mtime_ns == stamp
+
+
+def test_a_library_that_computes_wrong_is_refused(fresh: Path, needs_compiler: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    wrong = tmp_path / "wrong.c"
+    wrong.write_text(native.SOURCE.read_text().replace("s *= scale;", "s *= scale * 1.01f;"))
+    monkeypatch.setattr(native, "SOURCE", wrong)
+    assert native.library() is None
+    assert list((fresh / "kernels").glob("step_attention-*.so"))  # built, loaded, checked, not used
+
+
+@pytest.mark.parametrize("setting", ["CC=/nonexistent/cc", "CC=false", "NMT_NATIVE=0"])
+def test_without_the_library_decoding_takes_torchs_path(fresh: Path, monkeypatch: pytest.MonkeyPatch, setting: str) -> None:
+    """No compiler, a compiler that fails, or the library turned off: torch's calls, and the same scores."""
+    name, value = setting.split("=")
+    monkeypatch.setenv(name, value)
+    assert native.library() is None
+    with pytest.raises(RuntimeError, match="not available"):
+        native.self_attention_step(torch.zeros(1, 6), torch.zeros(1, 1, 0, 2), torch.zeros(1, 1, 0, 2), None, torch.zeros(1, 2), 1, 2, 2)
+    model = tiny_model()
+    src = torch.tensor([[5, 6, 7, 3]])
+    tgt = torch.tensor([[2, 11, 12, 13]])
+    with torch.no_grad():
+        state = init_state(model, model.encode(src))
+        assert not state.fused_attention
+        steps = torch.stack([decode_step(model, tgt[:, i], state) for i in range(tgt.size(1))], 1)
+    torch.testing.assert_close(steps, model(src, tgt).log_softmax(-1), atol=1e-5, rtol=1e-5)
+
+
+def test_inputs_it_cannot_take_are_refused(needs_compiler: None) -> None:
+    qkv, cache = torch.zeros(2, 6), torch.zeros(2, 1, 3, 2)
+    with pytest.raises(ValueError, match="float32"):
+        native.self_attention_step(qkv.double(), cache, cache, None, torch.zeros(2, 2), 1, 2, 2)
+    with pytest.raises(ValueError, match="contiguous"):
+        native.self_attention_step(qkv, torch.zeros(2, 1, 2, 3).transpose(2, 3), cache, None, torch.zeros(2, 2), 1, 2, 2)
