@@ -112,7 +112,7 @@ class DecoderState:
 
     self_k: list[Tensor]  # per layer (R, h, step, d_k), rows as of the last append
     self_v: list[Tensor]  # per layer (R, h, step, d_v)
-    cross_k: list[Tensor]  # per layer (N·h, S, d_k), computed once
+    cross_k: list[Tensor]  # per layer (N·h, S, d_k), computed once; (N·h, d_k, S) with the C steps (``native.cross_layout``)
     cross_v: list[Tensor]  # per layer (N·h, S, d_v)
     cross_bias: Tensor  # (N·h, 1, S): 0 for source tokens, -inf for padding
     arranged: StepModel  # the parameters arranged for steps
@@ -121,7 +121,7 @@ class DecoderState:
     step: int = 0
     rows: list[Tensor | None] = field(default_factory=list)  # per layer: the rows its cache continues with, not yet applied
     scratch: Tensor | None = None  # (padded rows, h·d_v): attention's output as the next projection reads it
-    fused_attention: bool = False  # the self-attention through the C step (``nmt.kernels.native``)
+    fused_attention: bool = False  # attention through the C steps (``nmt.kernels.native``)
 
     def attention_out(self, padded: int, width: int, like: Tensor) -> Tensor:
         """A (padded, width) tensor for attention's output, kept across a search's steps: the rows beyond the
@@ -302,7 +302,13 @@ def init_state(model: Transformer, enc: EncoderOut, beam: int = 1, arranged: Ste
         cross_k.append(attn.split_heads(k).flatten(0, 1).contiguous())  # (N·h, S, d_k)
         cross_v.append(attn.split_heads(v).flatten(0, 1).contiguous())
     bias = torch.zeros(enc.src_mask.shape, dtype=memory.dtype, device=memory.device).masked_fill_(~enc.src_mask, float("-inf"))
-    if s < SOFTMAX_MIN and memory.dtype == torch.float32 and memory.device.type == "cpu":
+    bias = bias.expand(n, heads, 1, -1).reshape(n * heads, 1, -1)
+    # Per process, never per batch: the C steps round differently from torch's.
+    fused = memory.dtype == torch.float32 and memory.device.type == "cpu" and native.library() is not None
+    if fused:
+        layout = [native.cross_layout(k, v, bias) for k, v in zip(cross_k, cross_v)]
+        cross_k, cross_v, bias = [k for k, _, _ in layout], [v for _, v, _ in layout], layout[0][2]
+    elif s < SOFTMAX_MIN and memory.dtype == torch.float32 and memory.device.type == "cpu":
         # Sources shorter than softmax's scalar-loop threshold get padding positions once here (keys and values
         # 0, bias -inf, so weight 0), rather than their scores padded at every step (``softmax_last``).
         extra = SOFTMAX_MIN - s
@@ -310,11 +316,9 @@ def init_state(model: Transformer, enc: EncoderOut, beam: int = 1, arranged: Ste
         cross_v = [F.pad(c, (0, 0, 0, extra)) for c in cross_v]
         bias = F.pad(bias, (0, extra), value=float("-inf"))
     empty = lambda width: memory.new_empty(n * beam, heads, 0, width)  # noqa: E731
-    # Per process, never per batch: the C step rounds differently from torch's.
-    fused = memory.dtype == torch.float32 and memory.device.type == "cpu" and native.library() is not None
     return DecoderState(
         self_k=[empty(cfg.key_dim) for _ in model.decoder], self_v=[empty(cfg.value_dim) for _ in model.decoder],
-        cross_k=cross_k, cross_v=cross_v, cross_bias=bias.expand(n, heads, 1, -1).reshape(n * heads, 1, -1),
+        cross_k=cross_k, cross_v=cross_v, cross_bias=bias,
         arranged=arranged, positions=model.position_table.to(memory.dtype), beam=beam, fused_attention=fused,
     )
 
@@ -360,6 +364,9 @@ def _layer_step(layer: DecoderLayer, y: Tensor, state: DecoderState, i: int, r: 
         return w.self_out(out)
 
     def cross_attention(h: Tensor) -> Tensor:
+        if state.fused_attention:
+            native.cross_attention_step(w.cross_q(h)[:r], state.cross_k[i], state.cross_v[i], state.cross_bias, out[:r], heads, state.beam)
+            return w.cross_out(out)
         # The beam's queries of a sentence attend as one block: (R, h·d_k) → (N·h, beam, d_k).
         n, beam = r // state.beam, state.beam
         q = w.cross_q(h)[:r].view(n, beam, heads, dk).transpose(1, 2).reshape(n * heads, beam, dk)

@@ -30,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 SOURCE = Path(__file__).with_name("step_attention.c")
@@ -99,6 +100,8 @@ def _load() -> ctypes.CDLL | None:
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     lib.nmt_self_attention_step.argtypes = [ptr, i64, ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, i64, i64, ctypes.c_float]
     lib.nmt_self_attention_step.restype = ctypes.c_int
+    lib.nmt_cross_attention_step.argtypes = [ptr, i64, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, i64, i64, i64, ctypes.c_float]
+    lib.nmt_cross_attention_step.restype = ctypes.c_int
     return lib if _agrees(lib) else None
 
 
@@ -142,16 +145,56 @@ def _step(lib: ctypes.CDLL, qkv: Tensor, cache_k: Tensor, cache_v: Tensor, rows:
     args = (qkv.data_ptr(), qkv.stride(0), cache_k.data_ptr(), cache_v.data_ptr(), None if rows is None else rows.data_ptr(),
             new_k.data_ptr(), new_v.data_ptr(), out.data_ptr(), out.stride(0))
     tail = (heads, t, d_k, d_v, d_k**-0.5)
-    parts = min(torch.get_num_threads(), r, max(1, r * heads * (t + 1) * (d_k + d_v) // SPLIT_WORK))
-    if parts == 1:
-        status = [lib.nmt_self_attention_step(*args, 0, r, *tail)]
-    else:
-        bounds = [r * p // parts for p in range(parts + 1)]
-        futures = [_threads().submit(lib.nmt_self_attention_step, *args, bounds[p], bounds[p + 1], *tail) for p in range(1, parts)]
-        status = [lib.nmt_self_attention_step(*args, 0, bounds[1], *tail)] + [f.result() for f in futures]
-    if any(status):
-        raise MemoryError(f"self_attention_step: no memory for the weights of {t + 1} positions")
+    _run(lib.nmt_self_attention_step, args, r, tail, r * heads * (t + 1) * (d_k + d_v))
     return new_k, new_v
+
+
+def cross_layout(keys: Tensor, values: Tensor, bias: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """A search's cross-attention keys (G, S, d_k), values (G, S, d_v) and bias (G, 1, S) (G = sentences ×
+    heads; the bias 0 for source tokens, -inf for padding) as ``cross_attention_step`` reads them: positions
+    padded to a multiple of 16 (keys and values 0, bias -inf), the keys transposed to (G, d_k, S')."""
+    extra = -keys.size(1) % 16
+    keys_t = F.pad(keys, (0, 0, 0, extra)).transpose(1, 2).contiguous()
+    return keys_t, F.pad(values, (0, 0, 0, extra)).contiguous(), F.pad(bias, (0, extra), value=float("-inf")).contiguous()
+
+
+def cross_attention_step(q: Tensor, keys_t: Tensor, values: Tensor, bias: Tensor, out: Tensor, heads: int, beam: int) -> None:
+    """One decoding step's cross-attention, float32 on a CPU: queries ``q`` (N·beam, heads·d_k), ``beam``
+    consecutive rows per sentence, against each sentence's keys and values as ``cross_layout`` arranged them
+    (G = N·heads blocks); writes each head's output into ``out`` (N·beam, heads·d_v). Equal to
+    ``attend_heads`` over each sentence's keys and values, up to rounding."""
+    lib = library()
+    if lib is None:
+        raise RuntimeError("cross_attention_step: the C library is not available here (see nmt.kernels.native)")
+    _cross(lib, q, keys_t, values, bias, out, heads, beam)
+
+
+def _cross(lib: ctypes.CDLL, q: Tensor, keys_t: Tensor, values: Tensor, bias: Tensor, out: Tensor, heads: int, beam: int) -> None:
+    g, d_k, s = keys_t.shape
+    d_v = values.size(2)
+    if any(x.dtype != torch.float32 or x.device.type != "cpu" for x in (q, keys_t, values, bias, out)):
+        raise ValueError("cross_attention_step: float32 tensors on the CPU only")
+    if q.stride(1) != 1 or out.stride(1) != 1 or not all(x.is_contiguous() for x in (keys_t, values, bias)) or s % 16:
+        raise ValueError("cross_attention_step: keys, values and bias as cross_layout makes them, rows of q and out contiguous")
+    if q.size(0) != g // heads * beam or bias.numel() != g * s:
+        raise ValueError(f"cross_attention_step: {q.size(0)} queries for {g // heads} sentences of beam {beam}")
+    args = (q.data_ptr(), q.stride(0), keys_t.data_ptr(), values.data_ptr(), bias.data_ptr(), out.data_ptr(), out.stride(0))
+    _run(lib.nmt_cross_attention_step, args, g, (heads, beam, s, d_k, d_v, d_k**-0.5), g * beam * s * (d_k + d_v))
+
+
+def _run(function: ctypes._CFuncPtr, args: tuple, items: int, tail: tuple, work: int) -> None:
+    """``function(*args, first, last, *tail)`` over items [0, items): in the calling thread, or split across
+    torch's threads when the work is large enough to pay for handing parts over (the library runs without
+    the GIL). Each item's result is the same however the items are split."""
+    parts = min(torch.get_num_threads(), items, max(1, work // SPLIT_WORK))
+    if parts == 1:
+        status = [function(*args, 0, items, *tail)]
+    else:
+        bounds = [items * p // parts for p in range(parts + 1)]
+        futures = [_threads().submit(function, *args, bounds[p], bounds[p + 1], *tail) for p in range(1, parts)]
+        status = [function(*args, 0, bounds[1], *tail)] + [f.result() for f in futures]
+    if any(status):
+        raise MemoryError(f"{function.__name__}: no memory for a row of attention weights")
 
 
 def _threads() -> ThreadPoolExecutor:
@@ -163,21 +206,32 @@ def _threads() -> ThreadPoolExecutor:
 
 
 def _agrees(lib: ctypes.CDLL) -> bool:
-    """Whether the library computes what torch does on a small case (a reorder, two heads, d_k ≠ d_v)."""
+    """Whether the library computes what torch does on small cases: head widths that take its vector code and
+    widths that do not, a reorder, a padded source."""
     g = torch.Generator().manual_seed(0)
-    heads, d_k, d_v, t = 2, 8, 12, 5
-    qkv = torch.randn(3, heads * (2 * d_k + d_v), generator=g)
-    cache_k, cache_v = torch.randn(4, heads, t, d_k, generator=g), torch.randn(4, heads, t, d_v, generator=g)
-    rows = torch.tensor([3, 0, 3])
-    out = torch.zeros(3, heads * d_v)
-    try:
-        new_k, new_v = _step(lib, qkv, cache_k, cache_v, rows, out, heads, d_k, d_v)
-    except (MemoryError, ctypes.ArgumentError):
-        return False
-    parts = qkv.view(3, heads, 1, -1)
-    want_k = torch.cat([cache_k[rows], parts[..., d_k : 2 * d_k]], 2)
-    want_v = torch.cat([cache_v[rows], parts[..., 2 * d_k :]], 2)
-    q = parts[..., :d_k]
-    weights = (q @ want_k.transpose(-1, -2) * d_k**-0.5).softmax(-1)
-    want = (weights @ want_v).view(3, heads * d_v)
-    return torch.equal(new_k, want_k) and torch.equal(new_v, want_v) and torch.allclose(out, want, rtol=1e-5, atol=1e-6)
+    for heads, d_k, d_v in ((2, 16, 32), (2, 8, 12)):
+        t, n, beam, s = 5, 2, 3, 7
+        qkv = torch.randn(n * beam, heads * (2 * d_k + d_v), generator=g)
+        cache_k, cache_v = torch.randn(4, heads, t, d_k, generator=g), torch.randn(4, heads, t, d_v, generator=g)
+        rows = torch.tensor([3, 0, 3, 1, 1, 2])
+        out = torch.zeros(n * beam, heads * d_v)
+        keys, values = torch.randn(n * heads, s, d_k, generator=g), torch.randn(n * heads, s, d_v, generator=g)
+        bias = torch.zeros(n * heads, 1, s)
+        bias[heads:, :, 4:] = float("-inf")  # the second source is shorter
+        cross = torch.zeros(n * beam, heads * d_v)
+        try:
+            new_k, new_v = _step(lib, qkv, cache_k, cache_v, rows, out, heads, d_k, d_v)
+            _cross(lib, qkv[:, : heads * d_k], *cross_layout(keys, values, bias), cross, heads, beam)
+        except (MemoryError, ctypes.ArgumentError):
+            return False
+        parts = qkv.view(n * beam, heads, 1, -1)
+        want_k = torch.cat([cache_k[rows], parts[..., d_k : 2 * d_k]], 2)
+        want_v = torch.cat([cache_v[rows], parts[..., 2 * d_k :]], 2)
+        want = ((parts[..., :d_k] @ want_k.transpose(-1, -2) * d_k**-0.5).softmax(-1) @ want_v).view(n * beam, heads * d_v)
+        q = qkv[:, : heads * d_k].view(n, beam, heads, d_k).transpose(1, 2)  # (N, heads, beam, d_k)
+        scores = q @ keys.view(n, heads, s, d_k).transpose(-1, -2) * d_k**-0.5 + bias.view(n, heads, 1, s)
+        want_cross = (scores.softmax(-1) @ values.view(n, heads, s, d_v)).transpose(1, 2).reshape(n * beam, heads * d_v)
+        if not (torch.equal(new_k, want_k) and torch.equal(new_v, want_v) and torch.allclose(out, want, rtol=1e-5, atol=1e-6)
+                and torch.allclose(cross, want_cross, rtol=1e-5, atol=1e-6)):
+            return False
+    return True

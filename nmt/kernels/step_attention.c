@@ -1,67 +1,105 @@
-/* A decoding step's self-attention for one new query per hypothesis, with its cache's reorder and append
- * in the same pass (nmt.kernels.native loads this; nmt.decode.incremental calls it).
+/* A decoding step's attention for one new query per hypothesis (nmt.kernels.native loads this;
+ * nmt.decode.incremental calls it).
  *
- * For each hypothesis b and head h: the cache of the hypothesis it continues (rows[b], or b) is copied into
- * the new cache, the step's key and value are appended, and softmax(q·Kᵀ/√d_k)·V over the t + 1 positions
- * is written to out. Each (hypothesis, head) block of keys and values is attended right after it is
- * written, while it is still in the core's cache; torch's path reads the whole reordered cache back from
- * memory, through batched products that torch runs in a scalar loop at these sizes.
+ * nmt_self_attention_step: for each hypothesis b and head h, the cache of the hypothesis it continues
+ * (rows[b], or b) is copied into the new cache, the step's key and value are appended, and
+ * softmax(q·Kᵀ/√d_k)·V over the t + 1 positions is written out. Each (hypothesis, head) block is attended
+ * right after it is written, while it is in the core's cache; torch's path reads the whole reordered cache
+ * back from memory, through batched products that it runs in a scalar loop at these sizes.
+ *
+ * nmt_cross_attention_step: the beam's queries of a sentence against its source's keys and values, computed
+ * once per sentence; keys transposed (d_k, S) so that a query's scores are a vector over positions, S a
+ * multiple of 16 (padding positions carry a -inf bias).
  *
  * Each hypothesis's result depends on its own inputs only, computed in one fixed order: a sentence's
- * translation does not depend on the rows beside it.
+ * translation does not depend on the rows beside it, nor on how a step is split across threads.
+ *
+ * The vectors are GCC's vector extension (also clang's): 16 floats, which the compiler maps onto the
+ * machine's registers (one AVX-512 register, two AVX ones, four SSE or NEON ones).
  */
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
-/* e^x for x <= 0 (x - max of a softmax row), -inf giving 0: Cephes' expf polynomial on x - n·ln 2, scaled by
- * 2^n, branch-free so that the compiler vectorises the loop calling it (the C library's expf is a call per
- * element). Relative error under 2e-7; below -87 (weights under 1e-38 of the row's largest) it is 0. */
-static inline float exp_nonpositive(float x) {
-    int under = x < -87.0f;
-    x = under ? -87.0f : x;
-    float n = __builtin_floorf(x * 1.44269504088896341f + 0.5f);
-    float r = x - n * 0.693359375f + n * 2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    int32_t bits = ((int32_t)n + 127) << 23;
-    float scale;
-    memcpy(&scale, &bits, sizeof scale);
-    return under ? 0.0f : p * scale;
+typedef float v16 __attribute__((vector_size(64), aligned(4)));  /* aligned(4): loads from any float */
+typedef int32_t v16i __attribute__((vector_size(64), aligned(4)));
+
+static inline v16 splat(float x) { return (v16){x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x}; }
+
+static inline v16 select16(v16i mask, v16 a, v16 b) { return (v16)(((v16i)a & mask) | ((v16i)b & ~mask)); }
+
+/* e^x for x <= 0 (a score minus its row's maximum), -inf giving 0: Cephes' expf polynomial on x - n·ln 2,
+ * scaled by 2^n. Relative error under 2e-7; below -87 (weights under 1e-38 of the row's largest) it is 0. */
+static inline v16 exp16(v16 x) {
+    v16i under = x < splat(-87.0f);
+    x = select16(under, splat(-87.0f), x);
+    v16 y = x * splat(1.44269504088896341f) + splat(0.5f);
+    v16 t = __builtin_convertvector(__builtin_convertvector(y, v16i), v16);
+    v16 n = t + __builtin_convertvector((v16i)(t > y), v16);  /* floor: truncation, less 1 where it rounded up */
+    v16 r = x - n * splat(0.693359375f) + n * splat(2.12194440e-4f);
+    v16 p = splat(1.9875691500e-4f);
+    p = p * r + splat(1.3981999507e-3f);
+    p = p * r + splat(8.3334519073e-3f);
+    p = p * r + splat(4.1665795894e-2f);
+    p = p * r + splat(1.6666665459e-1f);
+    p = p * r + splat(5.0000001201e-1f);
+    p = p * r * r + r + splat(1.0f);
+    v16i bits = (__builtin_convertvector(n, v16i) + 127) << 23;
+    return (v16)((v16i)(p * (v16)bits) & ~under);
 }
 
-/* softmax(q·Kᵀ·scale)·V for one query over T positions: K (T, dk) and V (T, dv) contiguous; w holds T floats. */
-static void attend_one(const float *q, const float *K, const float *V, int64_t T, int64_t dk, int64_t dv,
-                       float scale, float *w, float *out) {
-    float max = -INFINITY;
-    for (int64_t j = 0; j < T; j++) {
-        const float *k = K + j * dk;
-        float s = 0.0f;
-        for (int64_t d = 0; d < dk; d++) s += q[d] * k[d];
-        s *= scale;
-        w[j] = s;
-        max = s > max ? s : max;
+/* Scores w[0..T) → out = softmax(w)·V, V (T, dv) rows dv apart. w has room for T rounded up to 16. */
+static void softmax_values(v16 *w, int64_t T, const float *V, int64_t dv, float *out) {
+    int64_t blocks = (T + 15) / 16;
+    float *ws = (float *)w;
+    for (int64_t j = T; j < 16 * blocks; j++) ws[j] = -INFINITY;
+    v16 max = splat(-INFINITY);
+    for (int64_t b = 0; b < blocks; b++) max = select16(w[b] > max, w[b], max);
+    float m = max[0];
+    for (int k = 1; k < 16; k++) m = max[k] > m ? max[k] : m;
+    v16 sum = splat(0.0f);
+    for (int64_t b = 0; b < blocks; b++) {
+        w[b] = exp16(w[b] - m);
+        sum += w[b];
     }
-    float sum = 0.0f;
-    for (int64_t j = 0; j < T; j++) {
-        float e = exp_nonpositive(w[j] - max);
-        w[j] = e;
-        sum += e;
-    }
-    float inv = 1.0f / sum;
-    for (int64_t d = 0; d < dv; d++) out[d] = 0.0f;
-    for (int64_t j = 0; j < T; j++) {
-        const float *v = V + j * dv;
-        float weight = w[j] * inv;
-        for (int64_t d = 0; d < dv; d++) out[d] += weight * v[d];
+    float total = 0.0f;
+    for (int k = 0; k < 16; k++) total += sum[k];
+    float inv = 1.0f / total;
+    if (dv % 16 == 0 && dv <= 256) {
+        v16 acc[16];
+        int64_t chunks = dv / 16;
+        for (int64_t c = 0; c < chunks; c++) acc[c] = splat(0.0f);
+        for (int64_t j = 0; j < T; j++) {
+            float weight = ws[j] * inv;
+            const v16 *v = (const v16 *)(V + j * dv);
+            for (int64_t c = 0; c < chunks; c++) acc[c] += weight * v[c];
+        }
+        for (int64_t c = 0; c < chunks; c++) *(v16 *)(out + 16 * c) = acc[c];
+    } else {
+        for (int64_t d = 0; d < dv; d++) out[d] = 0.0f;
+        for (int64_t j = 0; j < T; j++) {
+            float weight = ws[j] * inv;
+            for (int64_t d = 0; d < dv; d++) out[d] += weight * V[j * dv + d];
+        }
     }
 }
+
+static inline float dot(const float *a, const float *b, int64_t n) {
+    if (n % 16 == 0) {
+        v16 acc = splat(0.0f);
+        for (int64_t c = 0; c < n; c += 16) acc += *(const v16 *)(a + c) * *(const v16 *)(b + c);
+        float s = 0.0f;
+        for (int k = 0; k < 16; k++) s += acc[k];
+        return s;
+    }
+    float s = 0.0f;
+    for (int64_t d = 0; d < n; d++) s += a[d] * b[d];
+    return s;
+}
+
+/* Scores for up to this many positions live on the stack; more are allocated. */
+#define LOCAL_BLOCKS 256
 
 /* Hypotheses b0 ≤ b < b1 of a step at position t (H heads):
  *   qkv      (R, H, 2·dk + dv): each head's query, key and value side by side; rows qkv_stride apart
@@ -69,13 +107,15 @@ static void attend_one(const float *q, const float *K, const float *V, int64_t T
  *   rows     (R) int64: the old row each hypothesis continues, or NULL for the same row
  *   new_k/v  (R, H, t + 1, dk | dv) contiguous: written, the reordered caches with position t appended
  *   out      (R, H·dv): written, each head's attention output; rows out_stride apart
- * Returns 0, or 1 when memory for more than 4,096 positions could not be had. */
+ * Returns 0, or 1 when memory for the scores could not be had. */
 int nmt_self_attention_step(const float *qkv, int64_t qkv_stride, const float *old_k, const float *old_v,
                             const int64_t *rows, float *new_k, float *new_v, float *out, int64_t out_stride,
                             int64_t b0, int64_t b1, int64_t H, int64_t t, int64_t dk, int64_t dv, float scale) {
-    float local[4096];
-    float *w = t + 1 <= 4096 ? local : (float *)malloc(sizeof(float) * (size_t)(t + 1));
+    v16 local[LOCAL_BLOCKS];
+    int64_t blocks = (t + 1 + 15) / 16;
+    v16 *w = blocks <= LOCAL_BLOCKS ? local : (v16 *)malloc(sizeof(v16) * (size_t)blocks);
     if (!w) return 1;
+    float *ws = (float *)w;
     for (int64_t b = b0; b < b1; b++) {
         int64_t from = rows ? rows[b] : b;
         for (int64_t h = 0; h < H; h++) {
@@ -88,7 +128,40 @@ int nmt_self_attention_step(const float *qkv, int64_t qkv_stride, const float *o
             }
             memcpy(K + t * dk, q + dk, sizeof(float) * (size_t)dk);
             memcpy(V + t * dv, q + 2 * dk, sizeof(float) * (size_t)dv);
-            attend_one(q, K, V, t + 1, dk, dv, scale, w, out + b * out_stride + h * dv);
+            for (int64_t j = 0; j <= t; j++) ws[j] = dot(q, K + j * dk, dk) * scale;
+            softmax_values(w, t + 1, V, dv, out + b * out_stride + h * dv);
+        }
+    }
+    if (w != local) free(w);
+    return 0;
+}
+
+/* Sentence-head blocks g0 ≤ g < g1 (g = sentence · H + head), each with `beam` queries:
+ *   q        (N·beam, H·dk): the queries, rows q_stride apart
+ *   kt       (N·H, dk, S) contiguous: the keys, transposed; S a multiple of 16
+ *   v        (N·H, S, dv) contiguous
+ *   bias     (N·H, S) contiguous: 0 for a source token, -inf for padding
+ *   out      (N·beam, H·dv): written, rows out_stride apart
+ * Returns 0, or 1 when memory for the scores could not be had. */
+int nmt_cross_attention_step(const float *q, int64_t q_stride, const float *kt, const float *v, const float *bias,
+                             float *out, int64_t out_stride, int64_t g0, int64_t g1, int64_t H, int64_t beam,
+                             int64_t S, int64_t dk, int64_t dv, float scale) {
+    v16 local[LOCAL_BLOCKS];
+    int64_t blocks = S / 16;
+    v16 *w = blocks <= LOCAL_BLOCKS ? local : (v16 *)malloc(sizeof(v16) * (size_t)blocks);
+    if (!w) return 1;
+    for (int64_t g = g0; g < g1; g++) {
+        int64_t n = g / H, h = g % H;
+        const float *KT = kt + g * dk * S, *V = v + g * S * dv;
+        const v16 *B = (const v16 *)(bias + g * S);
+        for (int64_t i = 0; i < beam; i++) {
+            const float *qi = q + (n * beam + i) * q_stride + h * dk;
+            for (int64_t b = 0; b < blocks; b++) {
+                v16 acc = splat(0.0f);
+                for (int64_t d = 0; d < dk; d++) acc += qi[d] * *(const v16 *)(KT + d * S + 16 * b);
+                w[b] = acc * scale + B[b];
+            }
+            softmax_values(w, S, V, dv, out + (n * beam + i) * out_stride + h * dv);
         }
     }
     if (w != local) free(w);

@@ -155,9 +155,11 @@ def test_softmax_of_short_rows_equals_softmax() -> None:
     assert softmax_last(half).dtype == torch.bfloat16
 
 
-def test_short_sources_get_padding_positions_once() -> None:
-    """A source batch narrower than ``SOFTMAX_MIN`` has its cross-attention keys and values padded once, at
-    the start, with zeros and a -inf bias; the steps still score as the full decoder (tested above)."""
+def test_short_sources_get_padding_positions_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On torch's path a source batch narrower than ``SOFTMAX_MIN`` has its cross-attention keys and values
+    padded once, at the start, with zeros and a -inf bias; the steps still score as the full decoder (tested
+    above)."""
+    monkeypatch.setattr(native, "_loaded", [None])
     model = tiny_model()
     src = torch.tensor([[5, 6, 7, 3], [9, 3, 0, 0]])
     with torch.no_grad():
@@ -168,6 +170,29 @@ def test_short_sources_get_padding_positions_once() -> None:
         assert torch.equal(padded, torch.zeros_like(padded))
     assert (state.cross_bias[:, :, 4:] == float("-inf")).all() and (state.cross_bias[heads:, :, 2:] == float("-inf")).all()
     assert (state.cross_bias[:heads, :, :4] == 0).all()
+
+
+def test_the_c_steps_read_sources_padded_to_16_keys_transposed(step_path: str) -> None:
+    """With the C steps, each sentence's cross-attention keys are stored transposed, (d_k, S), and every
+    source is padded to a multiple of 16 positions (keys and values 0, bias -inf)."""
+    if step_path == "torch":
+        return
+    model = tiny_model(d_k=8, d_v=24)
+    src = torch.randint(5, 30, (2, 19))
+    src[1, 5:] = 0
+    with torch.no_grad():
+        state = init_state(model, model.encode(src))
+        assert state.fused_attention
+        memory = model.encode(src).memory
+    heads, attn = model.cfg.heads, model.decoder[0].cross_attn
+    keys = slice(attn.sizes[0], attn.sizes[0] + attn.sizes[1])
+    k = (memory @ attn.in_proj_weight[keys].T + attn.in_proj_bias[keys]).view(2, 19, heads, 8).transpose(1, 2).reshape(2 * heads, 19, 8)
+    assert state.cross_k[0].shape == (2 * heads, 8, 32) and state.cross_v[0].shape == (2 * heads, 32, 24)
+    torch.testing.assert_close(state.cross_k[0][:, :, :19], k.transpose(1, 2), atol=1e-5, rtol=1e-5)
+    assert (state.cross_k[0][:, :, 19:] == 0).all() and (state.cross_v[0][:, 19:] == 0).all()
+    assert state.cross_bias.shape == (2 * heads, 1, 32)
+    assert (state.cross_bias[:heads, :, :19] == 0).all() and (state.cross_bias[:heads, :, 19:] == float("-inf")).all()
+    assert (state.cross_bias[heads:, :, 5:] == float("-inf")).all()
 
 
 def test_grouped_qkv_puts_each_heads_query_key_value_side_by_side() -> None:

@@ -56,6 +56,26 @@ def test_step_equals_reorder_append_and_attention(needs_compiler: None, position
     assert buffer[r:].isnan().all()  # only the hypotheses' rows are written
 
 
+@pytest.mark.parametrize("positions", [1, 5, 16, 17, 40])
+@pytest.mark.parametrize("heads, d_k, d_v", [(4, 32, 32), (2, 16, 48), (2, 8, 12)])
+@pytest.mark.parametrize("beam", [1, 4])
+def test_cross_step_equals_attention_over_each_sentences_source(needs_compiler: None, positions: int, heads: int, d_k: int, d_v: int, beam: int) -> None:
+    g = torch.Generator().manual_seed(positions * 7 + beam)
+    n = 3
+    keys, values = torch.randn(n * heads, positions, d_k, generator=g), torch.randn(n * heads, positions, d_v, generator=g)
+    bias = torch.zeros(n * heads, 1, positions)
+    bias[heads : 2 * heads, :, (positions + 1) // 2 :] = float("-inf")  # the second source is shorter
+    q = torch.randn(n * beam + 3, heads * d_k * 2, generator=g)[: n * beam, : heads * d_k]  # strided rows, as a step's
+    buffer = torch.full((n * beam + 3, heads * d_v), float("nan"))
+    keys_t, padded_values, padded_bias = native.cross_layout(keys, values, bias)
+    assert keys_t.size(2) % 16 == 0 and keys_t.size(2) - positions < 16
+    native.cross_attention_step(q, keys_t, padded_values, padded_bias, buffer[: n * beam], heads, beam)
+    queries = q.reshape(n, beam, heads, d_k).transpose(1, 2).reshape(n * heads, beam, d_k)
+    want = attend_heads(queries, keys, values, bias).view(n, heads, beam, d_v).transpose(1, 2).reshape(n * beam, heads * d_v)
+    torch.testing.assert_close(buffer[: n * beam], want, atol=1e-5, rtol=1e-5)
+    assert buffer[n * beam :].isnan().all()
+
+
 def test_very_large_scores_and_many_positions(needs_compiler: None) -> None:
     """Scores far apart (weights under e^-87 of the largest are 0) and more positions than the function's
     stack buffer holds: as close to the result in float64 as torch's float32 path is."""
@@ -89,6 +109,17 @@ def test_a_step_split_across_threads_is_the_same_to_the_bit(needs_compiler: None
         torch.set_num_threads(threads)
     for k, v, out in results[1:]:
         assert torch.equal(k, results[0][0]) and torch.equal(v, results[0][1]) and torch.equal(out, results[0][2])
+    keys, values, bias = native.cross_layout(torch.randn(11 * 4, 20, d, generator=g), torch.randn(11 * 4, 20, d, generator=g), torch.zeros(11 * 4, 1, 20))
+    q = torch.randn(11 * 3, heads * d, generator=g)
+    crossed = []
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            crossed.append(torch.empty(11 * 3, heads * d))
+            native.cross_attention_step(q, keys, values, bias, crossed[-1], heads, 3)
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(c, crossed[0]) for c in crossed[1:])
 
 
 def test_built_once_then_loaded_from_the_cache(fresh: Path, needs_compiler: None, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -102,10 +133,16 @@ def test_built_once_then_loaded_from_the_cache(fresh: Path, needs_compiler: None
     assert built[0].stat().st_mtime_ns == stamp
 
 
-def test_a_library_that_computes_wrong_is_refused(fresh: Path, needs_compiler: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    wrong = tmp_path / "wrong.c"
-    wrong.write_text(native.SOURCE.read_text().replace("s *= scale;", "s *= scale * 1.01f;"))
-    monkeypatch.setattr(native, "SOURCE", wrong)
+@pytest.mark.parametrize("right, wrong", [("dot(q, K + j * dk, dk) * scale", "dot(q, K + j * dk, dk) * scale * 1.01f"),
+                                          ("w[b] = acc * scale + B[b]", "w[b] = acc * scale * 1.01f + B[b]"),
+                                          ("int64_t from = rows ? rows[b] : b;", "int64_t from = b;")])
+def test_a_library_that_computes_wrong_is_refused(fresh: Path, needs_compiler: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  right: str, wrong: str) -> None:
+    source = native.SOURCE.read_text()
+    assert right in source
+    wrong_source = tmp_path / "wrong.c"
+    wrong_source.write_text(source.replace(right, wrong))
+    monkeypatch.setattr(native, "SOURCE", wrong_source)
     assert native.library() is None
     assert list((fresh / "kernels").glob("step_attention-*.so"))  # built, loaded, checked, not used
 
