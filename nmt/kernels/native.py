@@ -26,7 +26,6 @@ import shutil
 import subprocess
 import tempfile
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -38,13 +37,12 @@ SOURCE = Path(__file__).with_name("step_attention.c")
 # it keeps infinities, unlike -ffast-math: the cache's padding positions are -inf.
 FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fassociative-math", "-fno-signed-zeros", "-fno-trapping-math",
          "-fPIC", "-shared"]
-# Work (positions × head widths, summed over a step's hypotheses and heads) under which a step's
-# self-attention is not split across threads: handing half to another thread costs some 20 µs.
-SPLIT_WORK = 1 << 18
+# Tried first: the library's loops on torch's OpenMP threads (step_attention.c); without it, where the
+# compiler has no OpenMP, each step runs on the calling thread.
+OPENMP = "-fopenmp"
 
 _lock = threading.Lock()
 _loaded: list[ctypes.CDLL | None] = []  # filled once: the library, or None
-_pool: ThreadPoolExecutor | None = None
 
 
 def cache_dir() -> Path:
@@ -74,7 +72,7 @@ def _build(compiler: str) -> Path:
     """The library for this source, compiler and CPU: built (to a temporary name, then renamed, so that
     processes building at once never load a partial file) unless it is already in the cache."""
     stat = Path(compiler).resolve().stat()
-    key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), " ".join(FLAGS).encode(), f"{compiler}:{stat.st_size}:{stat.st_mtime_ns}".encode(),
+    key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), " ".join([*FLAGS, OPENMP]).encode(), f"{compiler}:{stat.st_size}:{stat.st_mtime_ns}".encode(),
                                       _cpu_signature().encode()])).hexdigest()[:20]
     target = cache_dir() / "kernels" / f"step_attention-{key}.so"
     if target.exists():
@@ -83,7 +81,10 @@ def _build(compiler: str) -> Path:
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".build-", suffix=".so")
     os.close(fd)
     try:
-        subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", tmp], check=True, capture_output=True, timeout=120)
+        try:
+            subprocess.run([compiler, *FLAGS, OPENMP, str(SOURCE), "-o", tmp], check=True, capture_output=True, timeout=120)
+        except subprocess.CalledProcessError:  # no OpenMP here
+            subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", tmp], check=True, capture_output=True, timeout=120)
         os.replace(tmp, target)
     finally:
         Path(tmp).unlink(missing_ok=True)
@@ -98,9 +99,9 @@ def _load() -> ctypes.CDLL | None:
     except (OSError, subprocess.SubprocessError):
         return None
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    lib.nmt_self_attention_step.argtypes = [ptr, i64, ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, i64, i64, ctypes.c_float]
+    lib.nmt_self_attention_step.argtypes = [ptr, i64, ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, i64, ctypes.c_float]
     lib.nmt_self_attention_step.restype = ctypes.c_int
-    lib.nmt_cross_attention_step.argtypes = [ptr, i64, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, i64, i64, i64, ctypes.c_float]
+    lib.nmt_cross_attention_step.argtypes = [ptr, i64, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, i64, i64, ctypes.c_float]
     lib.nmt_cross_attention_step.restype = ctypes.c_int
     return lib if _agrees(lib) else None
 
@@ -123,8 +124,8 @@ def self_attention_step(qkv: Tensor, cache_k: Tensor, cache_v: Tensor, rows: Ten
     the new caches (R, heads, t + 1, d_k | d_v): the old ones reordered, the step's keys and values appended.
 
     Equal to ``cat([cache_k[rows], k], 2)``, the same for the values, and ``attend_heads`` on them, up to
-    rounding. With more than one torch thread a large step is split by hypotheses across threads (the
-    library runs without the GIL); each hypothesis's result is the same however it is split.
+    rounding. A large step is split by hypotheses across the calling thread's torch threads (OpenMP); each
+    hypothesis's result is the same however it is split.
     """
     lib = library()
     if lib is None:
@@ -145,7 +146,8 @@ def _step(lib: ctypes.CDLL, qkv: Tensor, cache_k: Tensor, cache_v: Tensor, rows:
     args = (qkv.data_ptr(), qkv.stride(0), cache_k.data_ptr(), cache_v.data_ptr(), None if rows is None else rows.data_ptr(),
             new_k.data_ptr(), new_v.data_ptr(), out.data_ptr(), out.stride(0))
     tail = (heads, t, d_k, d_v, d_k**-0.5)
-    _run(lib.nmt_self_attention_step, args, r, tail, r * heads * (t + 1) * (d_k + d_v))
+    if lib.nmt_self_attention_step(*args, r, *tail):
+        raise MemoryError(f"self_attention_step: no memory for the weights of {t + 1} positions")
     return new_k, new_v
 
 
@@ -179,30 +181,8 @@ def _cross(lib: ctypes.CDLL, q: Tensor, keys_t: Tensor, values: Tensor, bias: Te
     if q.size(0) != g // heads * beam or bias.numel() != g * s:
         raise ValueError(f"cross_attention_step: {q.size(0)} queries for {g // heads} sentences of beam {beam}")
     args = (q.data_ptr(), q.stride(0), keys_t.data_ptr(), values.data_ptr(), bias.data_ptr(), out.data_ptr(), out.stride(0))
-    _run(lib.nmt_cross_attention_step, args, g, (heads, beam, s, d_k, d_v, d_k**-0.5), g * beam * s * (d_k + d_v))
-
-
-def _run(function: ctypes._CFuncPtr, args: tuple, items: int, tail: tuple, work: int) -> None:
-    """``function(*args, first, last, *tail)`` over items [0, items): in the calling thread, or split across
-    torch's threads when the work is large enough to pay for handing parts over (the library runs without
-    the GIL). Each item's result is the same however the items are split."""
-    parts = min(torch.get_num_threads(), items, max(1, work // SPLIT_WORK))
-    if parts == 1:
-        status = [function(*args, 0, items, *tail)]
-    else:
-        bounds = [items * p // parts for p in range(parts + 1)]
-        futures = [_threads().submit(function, *args, bounds[p], bounds[p + 1], *tail) for p in range(1, parts)]
-        status = [function(*args, 0, bounds[1], *tail)] + [f.result() for f in futures]
-    if any(status):
-        raise MemoryError(f"{function.__name__}: no memory for a row of attention weights")
-
-
-def _threads() -> ThreadPoolExecutor:
-    global _pool
-    with _lock:
-        if _pool is None:
-            _pool = ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1), thread_name_prefix="nmt-attention")
-        return _pool
+    if lib.nmt_cross_attention_step(*args, g, heads, beam, s, d_k, d_v, d_k**-0.5):
+        raise MemoryError(f"cross_attention_step: no memory for the weights of {s} positions")
 
 
 def _agrees(lib: ctypes.CDLL) -> bool:

@@ -14,6 +14,11 @@
  * Each hypothesis's result depends on its own inputs only, computed in one fixed order: a sentence's
  * translation does not depend on the rows beside it, nor on how a step is split across threads.
  *
+ * Built with -fopenmp where the compiler has it: the library then needs libgomp.so.1, which resolves to the
+ * one torch has already loaded, so its parallel loops run on torch's threads and honour
+ * torch.set_num_threads (per calling thread, as nmt translate's workers set it). Without OpenMP the
+ * pragmas are ignored and a step runs on the calling thread.
+ *
  * The vectors are GCC's vector extension (also clang's): 16 floats, which the compiler maps onto the
  * machine's registers (one AVX-512 register, two AVX ones, four SSE or NEON ones).
  */
@@ -101,69 +106,87 @@ static inline float dot(const float *a, const float *b, int64_t n) {
 /* Scores for up to this many positions live on the stack; more are allocated. */
 #define LOCAL_BLOCKS 256
 
-/* Hypotheses b0 ≤ b < b1 of a step at position t (H heads):
+/* Below this much work (positions × head widths over a step's hypotheses and heads) a step runs on the
+ * calling thread alone: waking another costs some 10-20 µs. */
+#define SPLIT_WORK (1 << 18)
+
+/* A step at position t, R hypotheses, H heads:
  *   qkv      (R, H, 2·dk + dv): each head's query, key and value side by side; rows qkv_stride apart
  *   old_k/v  (R_old, H, t, dk | dv) contiguous: the caches as they stand (unread when t = 0)
  *   rows     (R) int64: the old row each hypothesis continues, or NULL for the same row
  *   new_k/v  (R, H, t + 1, dk | dv) contiguous: written, the reordered caches with position t appended
  *   out      (R, H·dv): written, each head's attention output; rows out_stride apart
+ * Hypotheses are shared among the calling thread's OpenMP threads (torch's, which set their number).
  * Returns 0, or 1 when memory for the scores could not be had. */
 int nmt_self_attention_step(const float *qkv, int64_t qkv_stride, const float *old_k, const float *old_v,
                             const int64_t *rows, float *new_k, float *new_v, float *out, int64_t out_stride,
-                            int64_t b0, int64_t b1, int64_t H, int64_t t, int64_t dk, int64_t dv, float scale) {
-    v16 local[LOCAL_BLOCKS];
+                            int64_t R, int64_t H, int64_t t, int64_t dk, int64_t dv, float scale) {
+    int failed = 0;
     int64_t blocks = (t + 1 + 15) / 16;
-    v16 *w = blocks <= LOCAL_BLOCKS ? local : (v16 *)malloc(sizeof(v16) * (size_t)blocks);
-    if (!w) return 1;
-    float *ws = (float *)w;
-    for (int64_t b = b0; b < b1; b++) {
-        int64_t from = rows ? rows[b] : b;
-        for (int64_t h = 0; h < H; h++) {
-            const float *q = qkv + b * qkv_stride + h * (2 * dk + dv);
-            float *K = new_k + (b * H + h) * (t + 1) * dk;
-            float *V = new_v + (b * H + h) * (t + 1) * dv;
-            if (t > 0) {
-                memcpy(K, old_k + (from * H + h) * t * dk, sizeof(float) * (size_t)(t * dk));
-                memcpy(V, old_v + (from * H + h) * t * dv, sizeof(float) * (size_t)(t * dv));
+#pragma omp parallel if (R * H * (t + 1) * (dk + dv) >= SPLIT_WORK) reduction(| : failed)
+    {
+        v16 local[LOCAL_BLOCKS];
+        v16 *w = blocks <= LOCAL_BLOCKS ? local : (v16 *)malloc(sizeof(v16) * (size_t)blocks);
+        failed = !w;
+        float *ws = (float *)w;
+#pragma omp for schedule(static)
+        for (int64_t b = 0; b < R; b++) {
+            if (!w) continue;
+            int64_t from = rows ? rows[b] : b;
+            for (int64_t h = 0; h < H; h++) {
+                const float *q = qkv + b * qkv_stride + h * (2 * dk + dv);
+                float *K = new_k + (b * H + h) * (t + 1) * dk;
+                float *V = new_v + (b * H + h) * (t + 1) * dv;
+                if (t > 0) {
+                    memcpy(K, old_k + (from * H + h) * t * dk, sizeof(float) * (size_t)(t * dk));
+                    memcpy(V, old_v + (from * H + h) * t * dv, sizeof(float) * (size_t)(t * dv));
+                }
+                memcpy(K + t * dk, q + dk, sizeof(float) * (size_t)dk);
+                memcpy(V + t * dv, q + 2 * dk, sizeof(float) * (size_t)dv);
+                for (int64_t j = 0; j <= t; j++) ws[j] = dot(q, K + j * dk, dk) * scale;
+                softmax_values(w, t + 1, V, dv, out + b * out_stride + h * dv);
             }
-            memcpy(K + t * dk, q + dk, sizeof(float) * (size_t)dk);
-            memcpy(V + t * dv, q + 2 * dk, sizeof(float) * (size_t)dv);
-            for (int64_t j = 0; j <= t; j++) ws[j] = dot(q, K + j * dk, dk) * scale;
-            softmax_values(w, t + 1, V, dv, out + b * out_stride + h * dv);
         }
+        if (w && w != local) free(w);
     }
-    if (w != local) free(w);
-    return 0;
+    return failed;
 }
 
-/* Sentence-head blocks g0 ≤ g < g1 (g = sentence · H + head), each with `beam` queries:
+/* G = N·H sentence-head blocks (g = sentence · H + head), each with `beam` queries:
  *   q        (N·beam, H·dk): the queries, rows q_stride apart
  *   kt       (N·H, dk, S) contiguous: the keys, transposed; S a multiple of 16
  *   v        (N·H, S, dv) contiguous
  *   bias     (N·H, S) contiguous: 0 for a source token, -inf for padding
  *   out      (N·beam, H·dv): written, rows out_stride apart
- * Returns 0, or 1 when memory for the scores could not be had. */
+ * Blocks are shared among the calling thread's OpenMP threads. Returns 0, or 1 when memory for the
+ * scores could not be had. */
 int nmt_cross_attention_step(const float *q, int64_t q_stride, const float *kt, const float *v, const float *bias,
-                             float *out, int64_t out_stride, int64_t g0, int64_t g1, int64_t H, int64_t beam,
+                             float *out, int64_t out_stride, int64_t G, int64_t H, int64_t beam,
                              int64_t S, int64_t dk, int64_t dv, float scale) {
-    v16 local[LOCAL_BLOCKS];
+    int failed = 0;
     int64_t blocks = S / 16;
-    v16 *w = blocks <= LOCAL_BLOCKS ? local : (v16 *)malloc(sizeof(v16) * (size_t)blocks);
-    if (!w) return 1;
-    for (int64_t g = g0; g < g1; g++) {
-        int64_t n = g / H, h = g % H;
-        const float *KT = kt + g * dk * S, *V = v + g * S * dv;
-        const v16 *B = (const v16 *)(bias + g * S);
-        for (int64_t i = 0; i < beam; i++) {
-            const float *qi = q + (n * beam + i) * q_stride + h * dk;
-            for (int64_t b = 0; b < blocks; b++) {
-                v16 acc = splat(0.0f);
-                for (int64_t d = 0; d < dk; d++) acc += qi[d] * *(const v16 *)(KT + d * S + 16 * b);
-                w[b] = acc * scale + B[b];
+#pragma omp parallel if (G * beam * S * (dk + dv) >= SPLIT_WORK) reduction(| : failed)
+    {
+        v16 local[LOCAL_BLOCKS];
+        v16 *w = blocks <= LOCAL_BLOCKS ? local : (v16 *)malloc(sizeof(v16) * (size_t)blocks);
+        failed = !w;
+#pragma omp for schedule(static)
+        for (int64_t g = 0; g < G; g++) {
+            if (!w) continue;
+            int64_t n = g / H, h = g % H;
+            const float *KT = kt + g * dk * S, *V = v + g * S * dv;
+            const v16 *B = (const v16 *)(bias + g * S);
+            for (int64_t i = 0; i < beam; i++) {
+                const float *qi = q + (n * beam + i) * q_stride + h * dk;
+                for (int64_t b = 0; b < blocks; b++) {
+                    v16 acc = splat(0.0f);
+                    for (int64_t d = 0; d < dk; d++) acc += qi[d] * *(const v16 *)(KT + d * S + 16 * b);
+                    w[b] = acc * scale + B[b];
+                }
+                softmax_values(w, S, V, dv, out + (n * beam + i) * out_stride + h * dv);
             }
-            softmax_values(w, S, V, dv, out + (n * beam + i) * out_stride + h * dv);
         }
+        if (w && w != local) free(w);
     }
-    if (w != local) free(w);
-    return 0;
+    return failed;
 }
