@@ -22,7 +22,8 @@ modules:
 - The search's sources are encoded here too (``encode``): the model's encoder with its projections packed
   the same way, which on a CPU is most of the encoder's time.
 
-A step of the quick-start model, search bookkeeping included, is about 150 torch operations.
+A step of the quick-start model, search bookkeeping included, is about 150 torch operations (about 120 with
+the attention in C).
 """
 
 from __future__ import annotations

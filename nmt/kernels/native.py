@@ -99,7 +99,7 @@ def _load() -> ctypes.CDLL | None:
     except (OSError, subprocess.SubprocessError):
         return None
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    lib.nmt_self_attention_step.argtypes = [ptr, i64, ptr, ptr, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, i64, ctypes.c_float]
+    lib.nmt_self_attention_step.argtypes = [ptr, i64, ptr, ptr, ptr, i64, ptr, ptr, ptr, i64, i64, i64, i64, i64, i64, ctypes.c_float]
     lib.nmt_self_attention_step.restype = ctypes.c_int
     lib.nmt_cross_attention_step.argtypes = [ptr, i64, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, i64, i64, ctypes.c_float]
     lib.nmt_cross_attention_step.restype = ctypes.c_int
@@ -127,7 +127,7 @@ def self_attention_step(qkv: Tensor, cache_k: Tensor, cache_v: Tensor, rows: Ten
     rounding. A large step is split by hypotheses across the calling thread's torch threads (OpenMP); each
     hypothesis's result is the same however it is split.
     """
-    lib = library()
+    lib = _loaded[0] if _loaded else library()
     if lib is None:
         raise RuntimeError("self_attention_step: the C library is not available here (see nmt.kernels.native)")
     return _step(lib, qkv, cache_k, cache_v, rows, out, heads, d_k, d_v)
@@ -135,19 +135,29 @@ def self_attention_step(qkv: Tensor, cache_k: Tensor, cache_v: Tensor, rows: Ten
 
 def _step(lib: ctypes.CDLL, qkv: Tensor, cache_k: Tensor, cache_v: Tensor, rows: Tensor | None, out: Tensor,
           heads: int, d_k: int, d_v: int) -> tuple[Tensor, Tensor]:
-    r, t = qkv.size(0), cache_k.size(2)
-    if any(x.dtype != torch.float32 or x.device.type != "cpu" for x in (qkv, cache_k, cache_v, out)):
+    # Checked so that nothing reaches C that it would read or write out of bounds: a step calls this once a
+    # layer, so the checks are attribute reads, not torch operations (the rows' range is checked in C).
+    r, (old, _, t, _) = qkv.shape[0], cache_k.shape
+    f32 = torch.float32
+    if not (qkv.dtype is f32 and cache_k.dtype is f32 and cache_v.dtype is f32 and out.dtype is f32
+            and qkv.is_cpu and cache_k.is_cpu and cache_v.is_cpu and out.is_cpu):
         raise ValueError("self_attention_step: float32 tensors on the CPU only")
-    if qkv.stride(1) != 1 or out.stride(1) != 1 or not (cache_k.is_contiguous() and cache_v.is_contiguous()):
-        raise ValueError("self_attention_step: the rows of qkv and out, and the caches, must be contiguous")
-    if rows is not None:
-        rows = rows.to(torch.int64).contiguous()
+    if not (qkv.dim() == 2 and qkv.shape[1] == heads * (2 * d_k + d_v) and qkv.stride(1) == 1 and out.shape == (r, heads * d_v)
+            and out.stride(1) == 1 and cache_k.shape == (old, heads, t, d_k) and cache_v.shape == (old, heads, t, d_v)
+            and cache_k.is_contiguous() and cache_v.is_contiguous()):
+        raise ValueError("self_attention_step: shapes or strides other than the documented ones")
+    if rows is None:
+        if old != r:
+            raise ValueError(f"self_attention_step: {old} cache rows for {r} hypotheses and no rows to take")
+    elif not (rows.dtype is torch.int64 and rows.is_cpu and rows.shape == (r,) and rows.is_contiguous()):
+        raise ValueError("self_attention_step: rows must be a contiguous int64 CPU vector, one per hypothesis")
     new_k, new_v = cache_k.new_empty(r, heads, t + 1, d_k), cache_v.new_empty(r, heads, t + 1, d_v)
-    args = (qkv.data_ptr(), qkv.stride(0), cache_k.data_ptr(), cache_v.data_ptr(), None if rows is None else rows.data_ptr(),
-            new_k.data_ptr(), new_v.data_ptr(), out.data_ptr(), out.stride(0))
-    tail = (heads, t, d_k, d_v, d_k**-0.5)
-    if lib.nmt_self_attention_step(*args, r, *tail):
-        raise MemoryError(f"self_attention_step: no memory for the weights of {t + 1} positions")
+    status = lib.nmt_self_attention_step(qkv.data_ptr(), qkv.stride(0), cache_k.data_ptr(), cache_v.data_ptr(),
+                                         None if rows is None else rows.data_ptr(), old, new_k.data_ptr(), new_v.data_ptr(),
+                                         out.data_ptr(), out.stride(0), r, heads, t, d_k, d_v, d_k**-0.5)
+    if status:
+        raise MemoryError(f"self_attention_step: no memory for the weights of {t + 1} positions") if status == 1 else \
+            IndexError(f"self_attention_step: a row to continue outside the cache's {old} rows")
     return new_k, new_v
 
 
@@ -165,7 +175,7 @@ def cross_attention_step(q: Tensor, keys_t: Tensor, values: Tensor, bias: Tensor
     consecutive rows per sentence, against each sentence's keys and values as ``cross_layout`` arranged them
     (G = N·heads blocks); writes each head's output into ``out`` (N·beam, heads·d_v). Equal to
     ``attend_heads`` over each sentence's keys and values, up to rounding."""
-    lib = library()
+    lib = _loaded[0] if _loaded else library()
     if lib is None:
         raise RuntimeError("cross_attention_step: the C library is not available here (see nmt.kernels.native)")
     _cross(lib, q, keys_t, values, bias, out, heads, beam)
@@ -173,15 +183,19 @@ def cross_attention_step(q: Tensor, keys_t: Tensor, values: Tensor, bias: Tensor
 
 def _cross(lib: ctypes.CDLL, q: Tensor, keys_t: Tensor, values: Tensor, bias: Tensor, out: Tensor, heads: int, beam: int) -> None:
     g, d_k, s = keys_t.shape
-    d_v = values.size(2)
-    if any(x.dtype != torch.float32 or x.device.type != "cpu" for x in (q, keys_t, values, bias, out)):
+    d_v, rows = values.shape[2], g // heads * beam
+    f32 = torch.float32
+    if not (q.dtype is f32 and keys_t.dtype is f32 and values.dtype is f32 and bias.dtype is f32 and out.dtype is f32
+            and q.is_cpu and keys_t.is_cpu and values.is_cpu and bias.is_cpu and out.is_cpu):
         raise ValueError("cross_attention_step: float32 tensors on the CPU only")
-    if q.stride(1) != 1 or out.stride(1) != 1 or not all(x.is_contiguous() for x in (keys_t, values, bias)) or s % 16:
-        raise ValueError("cross_attention_step: keys, values and bias as cross_layout makes them, rows of q and out contiguous")
-    if q.size(0) != g // heads * beam or bias.numel() != g * s:
-        raise ValueError(f"cross_attention_step: {q.size(0)} queries for {g // heads} sentences of beam {beam}")
-    args = (q.data_ptr(), q.stride(0), keys_t.data_ptr(), values.data_ptr(), bias.data_ptr(), out.data_ptr(), out.stride(0))
-    if lib.nmt_cross_attention_step(*args, g, heads, beam, s, d_k, d_v, d_k**-0.5):
+    if not (s % 16 == 0 and g % heads == 0 and values.shape == (g, s, d_v) and bias.numel() == g * s and q.shape == (rows, heads * d_k)
+            and out.shape == (rows, heads * d_v) and q.stride(1) == 1 and out.stride(1) == 1
+            and keys_t.is_contiguous() and values.is_contiguous() and bias.is_contiguous()):
+        raise ValueError(f"cross_attention_step: {q.size(0)} queries for {g // heads} sentences of beam {beam}, or keys, values "
+                         "and bias other than cross_layout makes them")
+    status = lib.nmt_cross_attention_step(q.data_ptr(), q.stride(0), keys_t.data_ptr(), values.data_ptr(), bias.data_ptr(), out.data_ptr(),
+                                          out.stride(0), g, heads, beam, s, d_k, d_v, d_k**-0.5)
+    if status:
         raise MemoryError(f"cross_attention_step: no memory for the weights of {s} positions")
 
 

@@ -113,14 +113,18 @@ static inline float dot(const float *a, const float *b, int64_t n) {
 /* A step at position t, R hypotheses, H heads:
  *   qkv      (R, H, 2·dk + dv): each head's query, key and value side by side; rows qkv_stride apart
  *   old_k/v  (R_old, H, t, dk | dv) contiguous: the caches as they stand (unread when t = 0)
- *   rows     (R) int64: the old row each hypothesis continues, or NULL for the same row
+ *   rows     (R) int64: the old row each hypothesis continues (each below R_old), or NULL for the same row
  *   new_k/v  (R, H, t + 1, dk | dv) contiguous: written, the reordered caches with position t appended
  *   out      (R, H·dv): written, each head's attention output; rows out_stride apart
  * Hypotheses are shared among the calling thread's OpenMP threads (torch's, which set their number).
- * Returns 0, or 1 when memory for the scores could not be had. */
+ * Returns 0; 1 when memory for the scores could not be had; 2, having written nothing, when a row is out of
+ * range. */
 int nmt_self_attention_step(const float *qkv, int64_t qkv_stride, const float *old_k, const float *old_v,
-                            const int64_t *rows, float *new_k, float *new_v, float *out, int64_t out_stride,
+                            const int64_t *rows, int64_t R_old, float *new_k, float *new_v, float *out, int64_t out_stride,
                             int64_t R, int64_t H, int64_t t, int64_t dk, int64_t dv, float scale) {
+    if (rows)
+        for (int64_t b = 0; b < R; b++)
+            if (rows[b] < 0 || rows[b] >= R_old) return 2;
     int failed = 0;
     int64_t blocks = (t + 1 + 15) / 16;
 #pragma omp parallel if (R * H * (t + 1) * (dk + dv) >= SPLIT_WORK) reduction(| : failed)

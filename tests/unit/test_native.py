@@ -171,5 +171,21 @@ def test_inputs_it_cannot_take_are_refused(needs_compiler: None) -> None:
     qkv, cache = torch.zeros(2, 6), torch.zeros(2, 1, 3, 2)
     with pytest.raises(ValueError, match="float32"):
         native.self_attention_step(qkv.double(), cache, cache, None, torch.zeros(2, 2), 1, 2, 2)
-    with pytest.raises(ValueError, match="contiguous"):
+    with pytest.raises(ValueError, match="shapes or strides"):
         native.self_attention_step(qkv, torch.zeros(2, 1, 2, 3).transpose(2, 3), cache, None, torch.zeros(2, 2), 1, 2, 2)
+    with pytest.raises(ValueError, match="shapes or strides"):
+        native.self_attention_step(qkv, cache, cache, None, torch.zeros(2, 2), 2, 1, 1)  # heads and widths that do not fit qkv
+    with pytest.raises(ValueError, match="int64"):
+        native.self_attention_step(qkv, cache, cache, torch.tensor([0, 1], dtype=torch.int32), torch.zeros(2, 2), 1, 2, 2)
+    with pytest.raises(ValueError, match="no rows to take"):
+        native.self_attention_step(qkv, torch.zeros(3, 1, 3, 2), torch.zeros(3, 1, 3, 2), None, torch.zeros(2, 2), 1, 2, 2)
+    out = torch.full((2, 2), 7.0)
+    for outside in (2, -1):
+        with pytest.raises(IndexError, match="outside the cache's 2 rows"):
+            native.self_attention_step(qkv, cache, cache, torch.tensor([0, outside]), out, 1, 2, 2)
+    assert (out == 7).all()  # nothing written
+    keys, values, bias = native.cross_layout(torch.zeros(4, 5, 2), torch.zeros(4, 5, 2), torch.zeros(4, 1, 5))
+    with pytest.raises(ValueError, match="3 queries for 2 sentences of beam 2"):
+        native.cross_attention_step(torch.zeros(3, 4), keys, values, bias, torch.zeros(3, 4), 2, 2)
+    with pytest.raises(ValueError, match="cross_layout"):
+        native.cross_attention_step(torch.zeros(4, 4), keys[:, :, :15], values, bias, torch.zeros(4, 4), 2, 2)
