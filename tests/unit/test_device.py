@@ -72,3 +72,44 @@ def test_cpu_allocator_reuses_freed_memory_instead_of_faulting_it_in_again() -> 
         faults[mode] = int(out.stdout)
     assert faults["default"] > 10 * 8000
     assert faults["configured"] < faults["default"] / 4  # 17,361 against 170,242 on the machine of docs/performance.md
+
+
+THREAD_FAULTS = """
+import resource, sys, threading, torch
+from nmt.kernels.allocator import configure_cpu_allocator
+assert configure_cpu_allocator()
+if sys.argv[1] == "no pad":
+    import ctypes, ctypes.util
+    ctypes.CDLL(ctypes.util.find_library("c")).mallopt(-2, 0)  # M_TOP_PAD back to glibc's default
+counted = []
+def work():
+    # A search's pattern: batches of steps, each replacing its caches and making a (rows × 4,000) tensor,
+    # rows shrinking as sentences finish; the thread's arena chains heaps, emptied at a batch's end.
+    for batch in range(6):
+        if batch == 3:
+            counted.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt)
+        caches = [torch.zeros(1) for _ in range(4)]
+        rows = 2800
+        for step in range(30):
+            caches = [torch.empty(rows, 4, step + 1, 32).fill_(1.0) for _ in caches]
+            logits = torch.empty(rows, 4000).fill_(1.0)
+            del logits
+            rows = max(4, rows - 100)
+    counted.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt)
+thread = threading.Thread(target=work)
+thread.start()
+thread.join()
+print(counted[1] - counted[0])
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or not platform.libc_ver()[0] == "glibc", reason="glibc's mallopt")
+def test_cpu_allocator_keeps_worker_threads_heaps() -> None:
+    """The same in a thread other than the main one (nmt translate's workers, the server's decoding): its
+    arena's heaps, unmapped as they empty without the top pad, stay mapped."""
+    faults = {}
+    for mode in ("no pad", "configured"):
+        out = subprocess.run([sys.executable, "-c", THREAD_FAULTS, mode], capture_output=True, text=True, check=True)
+        faults[mode] = int(out.stdout)
+    assert faults["no pad"] > 5000  # 24,670 on the machine of docs/performance.md
+    assert faults["configured"] < faults["no pad"] / 4  # 0 there
