@@ -356,8 +356,10 @@ def _layer_step(layer: DecoderLayer, y: Tensor, state: DecoderState, i: int, r: 
 
     def self_attention(h: Tensor) -> Tensor:
         if state.fused_attention:  # the cache's reorder, append and attention in one pass, in C
+            rows = state.rows[i] if state.rows else None
             state.self_k[i], state.self_v[i] = native.self_attention_step(
-                w.qkv(h)[:r], state.self_k[i], state.self_v[i], state.take_rows(i), out[:r], heads, dk, dv)
+                w.qkv(h)[:r], state.self_k[i], state.self_v[i], rows, out[:r], heads, dk, dv)
+            state.take_rows(i)  # applied: only now, so that a step that failed leaves the state as it was
             return w.self_out(out)
         qkv = w.qkv(h)[:r].view(r, heads, 1, 2 * dk + dv)  # a head's q, k, v side by side
         k, v = state.append(i, qkv[..., dk : 2 * dk], qkv[..., 2 * dk :])  # (R·h, t + 1, d_k or d_v)

@@ -23,7 +23,10 @@ def configure_cpu_allocator() -> bool:
     Threads other than the main one (``nmt translate``'s workers, the server's decoding) allocate from
     arenas of their own, chains of 64 MiB heaps, and glibc unmaps a heap that empties whatever the trim
     threshold; only a top pad larger than a heap keeps them. Without it two workers translating 2,000 lines
-    took 17,000-30,000 more page faults a pass (0.1-0.16 s more system time; docs/performance.md). The pad is address space, not memory: pages are resident only once touched.
+    took 17,000-30,000 more page faults a pass (0.1-0.16 s more system time; docs/performance.md). The pad is
+    address space, not memory: pages are resident only once touched (under strict overcommit,
+    ``vm.overcommit_memory=2``, each thread's 64 MiB heap is charged in full, and the main heap grows in
+    128 MiB steps against ``RLIMIT_DATA``).
     """
     name = ctypes.util.find_library("c")
     if name is None:
@@ -35,4 +38,5 @@ def configure_cpu_allocator() -> bool:
         return False
     m_trim_threshold, m_top_pad, m_mmap_max = -1, -2, -4  # <malloc.h>
     # mallopt takes a C int: 2 GiB - 1 is the largest trim threshold it can be given.
-    return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2**31 - 1)) and bool(mallopt(m_top_pad, 128 * 2**20))
+    applied = [bool(mallopt(option, value)) for option, value in ((m_mmap_max, 0), (m_trim_threshold, 2**31 - 1), (m_top_pad, 128 * 2**20))]
+    return all(applied)

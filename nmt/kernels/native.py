@@ -22,10 +22,12 @@ import ctypes
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
 import threading
+import warnings
 from pathlib import Path
 
 import torch
@@ -33,10 +35,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 SOURCE = Path(__file__).with_name("step_attention.c")
-# -fassociative-math (with the two flags it needs) lets the compiler vectorise the dot products and sums;
-# it keeps infinities, unlike -ffast-math: the cache's padding positions are -inf.
-FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-fassociative-math", "-fno-signed-zeros", "-fno-trapping-math",
-         "-fPIC", "-shared"]
+# No -ffast-math or -fassociative-math: the loops that matter are vectorised by hand, and a compiler free to
+# reorder sums could make a hypothesis's result depend on its row's address (peeled loops), or undo exp's
+# split constant.
+FLAGS = ["-O3", "-march=native", "-fPIC", "-shared"]
 # Tried first: the library's loops on torch's OpenMP threads (step_attention.c); without it, where the
 # compiler has no OpenMP, each step runs on the calling thread.
 OPENMP = "-fopenmp"
@@ -52,10 +54,14 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nmt"
 
 
-def _compiler() -> str | None:
+def _compiler() -> list[str] | None:
+    """The compiler's command: ``CC`` (which may carry arguments, as ``ccache gcc``), else ``cc``, ``gcc`` or
+    ``clang``, its program resolved on the PATH; None if there is none."""
     if cc := os.environ.get("CC"):
-        return shutil.which(cc)
-    return next((path for name in ("cc", "gcc", "clang") if (path := shutil.which(name))), None)
+        words = shlex.split(cc)
+        program = shutil.which(words[0]) if words else None
+        return [program, *words[1:]] if program else None
+    return next(([path] for name in ("cc", "gcc", "clang") if (path := shutil.which(name))), None)
 
 
 def _cpu_signature() -> str:
@@ -68,42 +74,74 @@ def _cpu_signature() -> str:
     return platform.machine() + "".join(line for line in info.splitlines()[:40] if line.startswith(fields))
 
 
-def _build(compiler: str) -> Path:
-    """The library for this source, compiler and CPU: built (to a temporary name, then renamed, so that
+def _build(compiler: list[str], openmp: bool) -> Path:
+    """The library for this source, compiler, CPU and user: built (to a temporary name, then renamed, so that
     processes building at once never load a partial file) unless it is already in the cache."""
-    stat = Path(compiler).resolve().stat()
-    key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), " ".join([*FLAGS, OPENMP]).encode(), f"{compiler}:{stat.st_size}:{stat.st_mtime_ns}".encode(),
+    stat = Path(compiler[0]).resolve().stat()
+    flags = [*FLAGS, OPENMP] if openmp else FLAGS
+    key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), " ".join([*compiler, *flags]).encode(), f"{stat.st_size}:{stat.st_mtime_ns}".encode(),
                                       _cpu_signature().encode()])).hexdigest()[:20]
-    target = cache_dir() / "kernels" / f"step_attention-{key}.so"
+    # One file per user: a cache directory shared between users holds each one's own library, and a file
+    # someone else made is never loaded.
+    target = cache_dir() / "kernels" / f"step_attention-{key}-{os.getuid()}.so"
     if target.exists():
+        if target.stat().st_uid != os.getuid():
+            raise PermissionError(f"{target} belongs to another user")
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".build-", suffix=".so")
     os.close(fd)
     try:
-        try:
-            subprocess.run([compiler, *FLAGS, OPENMP, str(SOURCE), "-o", tmp], check=True, capture_output=True, timeout=120)
-        except subprocess.CalledProcessError:  # no OpenMP here
-            subprocess.run([compiler, *FLAGS, str(SOURCE), "-o", tmp], check=True, capture_output=True, timeout=120)
+        subprocess.run([*compiler, *flags, str(SOURCE), "-o", tmp], check=True, capture_output=True, timeout=120)
+        os.chmod(tmp, 0o755)
         os.replace(tmp, target)
     finally:
         Path(tmp).unlink(missing_ok=True)
     return target
 
 
-def _load() -> ctypes.CDLL | None:
-    if os.environ.get("NMT_NATIVE", "1") == "0" or (compiler := _compiler()) is None:
-        return None
-    try:
-        lib = ctypes.CDLL(str(_build(compiler)))
-    except (OSError, subprocess.SubprocessError):
-        return None
+def _open(path: Path) -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(path))
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     lib.nmt_self_attention_step.argtypes = [ptr, i64, ptr, ptr, ptr, i64, ptr, ptr, ptr, i64, i64, i64, i64, i64, i64, ctypes.c_float]
     lib.nmt_self_attention_step.restype = ctypes.c_int
     lib.nmt_cross_attention_step.argtypes = [ptr, i64, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, i64, i64, ctypes.c_float]
     lib.nmt_cross_attention_step.restype = ctypes.c_int
-    return lib if _agrees(lib) else None
+    lib.nmt_threads.restype = ctypes.c_int
+    return lib
+
+
+def _shares_torchs_threads(lib: ctypes.CDLL) -> bool:
+    """Whether the library's OpenMP runtime is torch's, so that ``torch.set_num_threads`` sets its threads
+    too (a compiler whose OpenMP is another runtime would give each worker a thread per core)."""
+    threads = torch.get_num_threads()
+    probe = 2 if threads == 1 else 1
+    try:
+        torch.set_num_threads(probe)
+        return lib.nmt_threads() == probe
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _load() -> ctypes.CDLL | None:
+    """Build, load and check the library, with OpenMP on torch's runtime if it can be had, else without
+    OpenMP; None if neither works (with a warning where a compiler was found)."""
+    if os.environ.get("NMT_NATIVE", "1") == "0" or (compiler := _compiler()) is None:
+        return None
+    problem = "it computed other values than torch"
+    for openmp in (True, False):
+        try:
+            lib = _open(_build(compiler, openmp))
+            if openmp and not _shares_torchs_threads(lib):
+                problem = "its OpenMP is not torch's"
+                continue
+            if _agrees(lib):
+                return lib
+        except Exception as e:  # noqa: BLE001 - any failure leaves decoding on torch's path, never broken
+            problem = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
+    warnings.warn(f"nmt: decoding's C attention ({SOURCE.name}, {' '.join(compiler)}) is not used, {problem}; "
+                  "decoding goes through torch (NMT_NATIVE=0 silences this)", RuntimeWarning, stacklevel=2)
+    return None
 
 
 def library() -> ctypes.CDLL | None:
@@ -120,8 +158,8 @@ def self_attention_step(qkv: Tensor, cache_k: Tensor, cache_v: Tensor, rows: Ten
     """One decoding step's self-attention, float32 on a CPU: hypotheses' projections ``qkv`` (R, heads·(2d_k +
     d_v)), each head's query, key and value side by side (``grouped_qkv``), rows of unit inner stride; the
     caches (R_old, heads, t, d_k | d_v), contiguous; ``rows`` (R,) int64, the cache row each hypothesis
-    continues (None: its own). Writes each head's attention output into ``out`` (R, heads·d_v) and returns
-    the new caches (R, heads, t + 1, d_k | d_v): the old ones reordered, the step's keys and values appended.
+    continues (None: its own). Writes each head's attention output into ``out`` (R, heads·d_v; rows apart,
+    sharing no memory with the inputs) and returns the new caches (R, heads, t + 1, d_k | d_v): the old ones reordered, the step's keys and values appended.
 
     Equal to ``cat([cache_k[rows], k], 2)``, the same for the values, and ``attend_heads`` on them, up to
     rounding. A large step is split by hypotheses across the calling thread's torch threads (OpenMP); each
@@ -142,8 +180,9 @@ def _step(lib: ctypes.CDLL, qkv: Tensor, cache_k: Tensor, cache_v: Tensor, rows:
     if not (qkv.dtype is f32 and cache_k.dtype is f32 and cache_v.dtype is f32 and out.dtype is f32
             and qkv.is_cpu and cache_k.is_cpu and cache_v.is_cpu and out.is_cpu):
         raise ValueError("self_attention_step: float32 tensors on the CPU only")
-    if not (qkv.dim() == 2 and qkv.shape[1] == heads * (2 * d_k + d_v) and qkv.stride(1) == 1 and out.shape == (r, heads * d_v)
-            and out.stride(1) == 1 and cache_k.shape == (old, heads, t, d_k) and cache_v.shape == (old, heads, t, d_v)
+    width = heads * (2 * d_k + d_v)
+    if not (qkv.dim() == 2 and qkv.shape[1] == width and qkv.stride(1) == 1 and qkv.stride(0) >= width and out.shape == (r, heads * d_v)
+            and out.stride(1) == 1 and out.stride(0) >= heads * d_v and cache_k.shape == (old, heads, t, d_k) and cache_v.shape == (old, heads, t, d_v)
             and cache_k.is_contiguous() and cache_v.is_contiguous()):
         raise ValueError("self_attention_step: shapes or strides other than the documented ones")
     if rows is None:
@@ -173,7 +212,8 @@ def cross_layout(keys: Tensor, values: Tensor, bias: Tensor) -> tuple[Tensor, Te
 def cross_attention_step(q: Tensor, keys_t: Tensor, values: Tensor, bias: Tensor, out: Tensor, heads: int, beam: int) -> None:
     """One decoding step's cross-attention, float32 on a CPU: queries ``q`` (N·beam, heads·d_k), ``beam``
     consecutive rows per sentence, against each sentence's keys and values as ``cross_layout`` arranged them
-    (G = N·heads blocks); writes each head's output into ``out`` (N·beam, heads·d_v). Equal to
+    (G = N·heads blocks); writes each head's output into ``out`` (N·beam, heads·d_v; rows apart, sharing no
+    memory with the inputs). Equal to
     ``attend_heads`` over each sentence's keys and values, up to rounding."""
     lib = _loaded[0] if _loaded else library()
     if lib is None:
@@ -189,7 +229,8 @@ def _cross(lib: ctypes.CDLL, q: Tensor, keys_t: Tensor, values: Tensor, bias: Te
             and q.is_cpu and keys_t.is_cpu and values.is_cpu and bias.is_cpu and out.is_cpu):
         raise ValueError("cross_attention_step: float32 tensors on the CPU only")
     if not (s % 16 == 0 and g % heads == 0 and values.shape == (g, s, d_v) and bias.numel() == g * s and q.shape == (rows, heads * d_k)
-            and out.shape == (rows, heads * d_v) and q.stride(1) == 1 and out.stride(1) == 1
+            and out.shape == (rows, heads * d_v) and q.stride(1) == 1 and out.stride(1) == 1 and q.stride(0) >= heads * d_k
+            and out.stride(0) >= heads * d_v
             and keys_t.is_contiguous() and values.is_contiguous() and bias.is_contiguous()):
         raise ValueError(f"cross_attention_step: {q.size(0)} queries for {g // heads} sentences of beam {beam}, or keys, values "
                          "and bias other than cross_layout makes them")
@@ -200,11 +241,12 @@ def _cross(lib: ctypes.CDLL, q: Tensor, keys_t: Tensor, values: Tensor, bias: Te
 
 
 def _agrees(lib: ctypes.CDLL) -> bool:
-    """Whether the library computes what torch does on small cases: head widths that take its vector code and
-    widths that do not, a reorder, a padded source."""
+    """Whether the library computes what torch does on small cases: a reorder, a padded source."""
     g = torch.Generator().manual_seed(0)
-    for heads, d_k, d_v in ((2, 16, 32), (2, 8, 12)):
-        t, n, beam, s = 5, 2, 3, 7
+    # Head widths that take the vector code and widths that do not; scores within one 16-float block and
+    # across several.
+    for heads, d_k, d_v, t, s in ((2, 16, 32, 5, 7), (2, 8, 12, 5, 7), (1, 24, 20, 20, 40)):
+        n, beam = 2, 3
         qkv = torch.randn(n * beam, heads * (2 * d_k + d_v), generator=g)
         cache_k, cache_v = torch.randn(4, heads, t, d_k, generator=g), torch.randn(4, heads, t, d_v, generator=g)
         rows = torch.tensor([3, 0, 3, 1, 1, 2])

@@ -26,6 +26,19 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+/* The threads a parallel loop called from this thread would use: torch.set_num_threads's count when the
+ * library shares torch's OpenMP runtime (nmt.kernels.native checks that), 1 without OpenMP. */
+int nmt_threads(void) {
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
 
 typedef float v16 __attribute__((vector_size(64), aligned(4)));  /* aligned(4): loads from any float */
 typedef int32_t v16i __attribute__((vector_size(64), aligned(4)));
@@ -34,8 +47,9 @@ static inline v16 splat(float x) { return (v16){x, x, x, x, x, x, x, x, x, x, x,
 
 static inline v16 select16(v16i mask, v16 a, v16 b) { return (v16)(((v16i)a & mask) | ((v16i)b & ~mask)); }
 
-/* e^x for x <= 0 (a score minus its row's maximum), -inf giving 0: Cephes' expf polynomial on x - n·ln 2,
- * scaled by 2^n. Relative error under 2e-7; below -87 (weights under 1e-38 of the row's largest) it is 0. */
+/* e^x for x <= 0 (a score minus its row's maximum), -inf giving 0: Cephes' expf polynomial on x - n·ln 2
+ * (ln 2 split in two constants, so that the reduction keeps its precision), scaled by 2^n. Relative error
+ * about 1e-7; below -87 (weights under 1e-38 of the row's largest) it is 0. */
 static inline v16 exp16(v16 x) {
     v16i under = x < splat(-87.0f);
     x = select16(under, splat(-87.0f), x);

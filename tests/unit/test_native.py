@@ -38,22 +38,23 @@ def reference(qkv: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor, r
 
 
 @pytest.mark.parametrize("positions", [0, 1, 7, 12, 13, 40, 300])
-@pytest.mark.parametrize("heads, d_k, d_v", [(4, 32, 32), (2, 16, 48), (8, 64, 64)])
+@pytest.mark.parametrize("heads, d_k, d_v", [(4, 32, 32), (2, 16, 48), (8, 64, 64), (2, 8, 12), (1, 24, 20), (1, 16, 272)])
 @pytest.mark.parametrize("reorder", [False, True])
 def test_step_equals_reorder_append_and_attention(needs_compiler: None, positions: int, heads: int, d_k: int, d_v: int, reorder: bool) -> None:
     g = torch.Generator().manual_seed(positions * 31 + heads)
     r = 5
     old_rows = 6 if reorder else r  # without a reorder each hypothesis continues its own row
-    # qkv as a step has it: the first rows of a wider (padded) projection output
-    qkv = torch.randn(8, heads * (2 * d_k + d_v), generator=g)[:r] * 2
+    # qkv and out as views whose rows lie further apart than their width
+    qkv = (torch.randn(8, heads * (2 * d_k + d_v) + 5, generator=g) * 2)[:r, : heads * (2 * d_k + d_v)]
+    assert qkv.stride(0) > qkv.size(1)
     cache_k, cache_v = torch.randn(old_rows, heads, positions, d_k, generator=g), torch.randn(old_rows, heads, positions, d_v, generator=g)
     rows = torch.tensor([5, 0, 0, 3, 2]) if reorder else None
-    buffer = torch.full((8, heads * d_v), float("nan"))
-    k, v = native.self_attention_step(qkv, cache_k, cache_v, rows, buffer[:r], heads, d_k, d_v)
-    want_k, want_v, want = reference(qkv, cache_k, cache_v, rows, heads, d_k, d_v)
+    buffer = torch.full((8, heads * d_v + 6), float("nan"))
+    k, v = native.self_attention_step(qkv, cache_k, cache_v, rows, buffer[:r, 3 : 3 + heads * d_v], heads, d_k, d_v)
+    want_k, want_v, want = reference(qkv.contiguous(), cache_k, cache_v, rows, heads, d_k, d_v)
     assert torch.equal(k, want_k) and torch.equal(v, want_v)  # copies: exact
-    torch.testing.assert_close(buffer[:r], want, atol=1e-5, rtol=1e-5)
-    assert buffer[r:].isnan().all()  # only the hypotheses' rows are written
+    torch.testing.assert_close(buffer[:r, 3 : 3 + heads * d_v], want, atol=1e-5, rtol=1e-5)
+    assert buffer[r:].isnan().all() and buffer[:, :3].isnan().all() and buffer[:, 3 + heads * d_v :].isnan().all()  # nothing else written
 
 
 @pytest.mark.parametrize("positions", [1, 5, 16, 17, 40])
@@ -66,14 +67,14 @@ def test_cross_step_equals_attention_over_each_sentences_source(needs_compiler: 
     bias = torch.zeros(n * heads, 1, positions)
     bias[heads : 2 * heads, :, (positions + 1) // 2 :] = float("-inf")  # the second source is shorter
     q = torch.randn(n * beam + 3, heads * d_k * 2, generator=g)[: n * beam, : heads * d_k]  # strided rows, as a step's
-    buffer = torch.full((n * beam + 3, heads * d_v), float("nan"))
+    buffer = torch.full((n * beam + 3, heads * d_v + 4), float("nan"))
     keys_t, padded_values, padded_bias = native.cross_layout(keys, values, bias)
     assert keys_t.size(2) % 16 == 0 and keys_t.size(2) - positions < 16
-    native.cross_attention_step(q, keys_t, padded_values, padded_bias, buffer[: n * beam], heads, beam)
+    native.cross_attention_step(q, keys_t, padded_values, padded_bias, buffer[: n * beam, 2 : 2 + heads * d_v], heads, beam)
     queries = q.reshape(n, beam, heads, d_k).transpose(1, 2).reshape(n * heads, beam, d_k)
     want = attend_heads(queries, keys, values, bias).view(n, heads, beam, d_v).transpose(1, 2).reshape(n * beam, heads * d_v)
-    torch.testing.assert_close(buffer[: n * beam], want, atol=1e-5, rtol=1e-5)
-    assert buffer[n * beam :].isnan().all()
+    torch.testing.assert_close(buffer[: n * beam, 2 : 2 + heads * d_v], want, atol=1e-5, rtol=1e-5)
+    assert buffer[n * beam :].isnan().all() and buffer[:, :2].isnan().all() and buffer[:, 2 + heads * d_v :].isnan().all()
 
 
 def test_very_large_scores_and_many_positions(needs_compiler: None) -> None:
@@ -92,14 +93,20 @@ def test_very_large_scores_and_many_positions(needs_compiler: None) -> None:
 
 def test_a_step_split_across_threads_is_the_same_to_the_bit(needs_compiler: None) -> None:
     """Steps large enough to be shared among torch's threads (OpenMP, where the compiler has it: GCC does)."""
-    if "gcc" in Path(native._compiler()).resolve().name:
-        assert b"libgomp.so" in Path(native.library()._name).read_bytes()  # built with OpenMP
-    g = torch.Generator().manual_seed(2)
-    heads, d, r = 4, 32, 64
-    qkv = torch.randn(r, heads * 3 * d, generator=g)
-    cache_k, cache_v = torch.randn(70, heads, 16, d, generator=g), torch.randn(70, heads, 16, d, generator=g)
-    rows = torch.randint(0, 70, (r,), generator=g)
+    lib = native.library()
     threads = torch.get_num_threads()
+    if "gcc" in Path(native._compiler()[0]).resolve().name:  # GCC has OpenMP: the library is on torch's threads
+        try:
+            for n in (1, 3):
+                torch.set_num_threads(n)
+                assert lib.nmt_threads() == n
+        finally:
+            torch.set_num_threads(threads)
+    g = torch.Generator().manual_seed(2)
+    heads, d, r = 4, 32, 256  # 16 times the work under which a step stays on one thread
+    qkv = torch.randn(r, heads * 3 * d, generator=g)
+    cache_k, cache_v = torch.randn(300, heads, 63, d, generator=g), torch.randn(300, heads, 63, d, generator=g)
+    rows = torch.randint(0, 300, (r,), generator=g)
     results = []
     try:
         for n in (1, 2, 3):
@@ -111,13 +118,14 @@ def test_a_step_split_across_threads_is_the_same_to_the_bit(needs_compiler: None
         torch.set_num_threads(threads)
     for k, v, out in results[1:]:
         assert torch.equal(k, results[0][0]) and torch.equal(v, results[0][1]) and torch.equal(out, results[0][2])
-    keys, values, bias = native.cross_layout(torch.randn(11 * 4, 20, d, generator=g), torch.randn(11 * 4, 20, d, generator=g), torch.zeros(11 * 4, 1, 20))
-    q = torch.randn(11 * 3, heads * d, generator=g)
+    keys, values, bias = native.cross_layout(torch.randn(100 * 4, 100, d, generator=g), torch.randn(100 * 4, 100, d, generator=g),
+                                             torch.zeros(100 * 4, 1, 100))
+    q = torch.randn(100 * 3, heads * d, generator=g)
     crossed = []
     try:
         for n in (1, 2, 3):
             torch.set_num_threads(n)
-            crossed.append(torch.empty(11 * 3, heads * d))
+            crossed.append(torch.empty(100 * 3, heads * d))
             native.cross_attention_step(q, keys, values, bias, crossed[-1], heads, 3)
     finally:
         torch.set_num_threads(threads)
@@ -128,11 +136,19 @@ def test_built_once_then_loaded_from_the_cache(fresh: Path, needs_compiler: None
     assert native.library() is not None
     built = list((fresh / "kernels").glob("step_attention-*.so"))
     assert len(built) == 1 and not list((fresh / "kernels").glob(".build-*"))  # no temporary file left
+    assert built[0].stat().st_mode & 0o555 == 0o555  # readable and loadable by everyone, not the temporary file's 0600
     stamp = built[0].stat().st_mtime_ns
     monkeypatch.setattr(native, "_loaded", [])
     monkeypatch.setattr(native.subprocess, "run", lambda *a, **k: pytest.fail("compiled again"))
     assert native.library() is not None
     assert built[0].stat().st_mtime_ns == stamp
+
+
+def test_a_compiler_command_with_arguments(fresh: Path, needs_compiler: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``CC`` as ccache users set it: a program and its arguments."""
+    monkeypatch.setenv("CC", f"{native._compiler()[0]} -DNMT_CC_ARGUMENTS=1")
+    assert native._compiler()[1:] == ["-DNMT_CC_ARGUMENTS=1"]
+    assert native.library() is not None
 
 
 @pytest.mark.parametrize("right, wrong", [("dot(q, K + j * dk, dk) * scale", "dot(q, K + j * dk, dk) * scale * 1.01f"),
@@ -145,7 +161,8 @@ def test_a_library_that_computes_wrong_is_refused(fresh: Path, needs_compiler: N
     wrong_source = tmp_path / "wrong.c"
     wrong_source.write_text(source.replace(right, wrong))
     monkeypatch.setattr(native, "SOURCE", wrong_source)
-    assert native.library() is None
+    with pytest.warns(RuntimeWarning, match="computed other values than torch"):
+        assert native.library() is None
     assert list((fresh / "kernels").glob("step_attention-*.so"))  # built, loaded, checked, not used
 
 
@@ -154,7 +171,11 @@ def test_without_the_library_decoding_takes_torchs_path(fresh: Path, monkeypatch
     """No compiler, a compiler that fails, or the library turned off: torch's calls, and the same scores."""
     name, value = setting.split("=")
     monkeypatch.setenv(name, value)
-    assert native.library() is None
+    if setting == "CC=false":  # a compiler that fails: said once, in one line
+        with pytest.warns(RuntimeWarning, match="is not used, CalledProcessError"):
+            assert native.library() is None
+    else:
+        assert native.library() is None
     with pytest.raises(RuntimeError, match="not available"):
         native.self_attention_step(torch.zeros(1, 6), torch.zeros(1, 1, 0, 2), torch.zeros(1, 1, 0, 2), None, torch.zeros(1, 2), 1, 2, 2)
     model = tiny_model()
