@@ -12,9 +12,9 @@ modules:
   query, key and value are slices already laid out as attention reads them.
 - Attention in a step is two batched matrix products (``attend_heads``): faster than the fused kernel for a
   handful of queries on a CPU. One query over the first dozen positions is weighted by a sum instead, where
-  torch's batched product would run a scalar loop. On CPUs in float32 the self-attention goes through C
-  instead (``nmt.kernels.native``, where a C compiler is): the cache's reorder, the append and the attention
-  in one pass over the cache, and one call instead of a dozen.
+  torch's batched product would run a scalar loop. On CPUs in float32 both attentions go through C instead
+  (``nmt.kernels.native``, where a C compiler is): the self-attention's cache reorder, append and attention in
+  one pass over the cache, the cross-attention over keys stored transposed; one call each instead of a dozen.
 - The cross-attention keys and values are computed once per sentence, not per hypothesis, and the beam's
   queries of a sentence attend to them as one block: reordering hypotheses never copies them.
 - The self-attention caches hold exactly the positions decoded so far, contiguous: a step appends one
@@ -22,8 +22,8 @@ modules:
 - The search's sources are encoded here too (``encode``): the model's encoder with its projections packed
   the same way, which on a CPU is most of the encoder's time.
 
-A step of the quick-start model, search bookkeeping included, is about 150 torch operations (about 120 with
-the attention in C).
+A step of the quick-start model, search bookkeeping included, is about 150 torch operations (fewer with the
+attention in C).
 """
 
 from __future__ import annotations
@@ -132,9 +132,13 @@ class DecoderState:
             self.scratch = like.new_zeros(padded, width)
         return self.scratch
 
+    def pending_rows(self, i: int) -> Tensor | None:
+        """The rows layer ``i``'s cache continues with, not yet applied (None: as it stands)."""
+        return self.rows[i] if self.rows else None
+
     def take_rows(self, i: int) -> Tensor | None:
-        """The rows layer ``i``'s cache continues with (None: as it stands), which the caller applies now."""
-        rows = self.rows[i] if self.rows else None
+        """``pending_rows(i)``, which the caller applies now."""
+        rows = self.pending_rows(i)
         if rows is not None:
             self.rows[i] = None
         return rows
@@ -304,12 +308,13 @@ def init_state(model: Transformer, enc: EncoderOut, beam: int = 1, arranged: Ste
         cross_v.append(attn.split_heads(v).flatten(0, 1).contiguous())
     bias = torch.zeros(enc.src_mask.shape, dtype=memory.dtype, device=memory.device).masked_fill_(~enc.src_mask, float("-inf"))
     bias = bias.expand(n, heads, 1, -1).reshape(n * heads, 1, -1)
+    cpu_float32 = memory.dtype == torch.float32 and memory.device.type == "cpu"
     # Per process, never per batch: the C steps round differently from torch's.
-    fused = memory.dtype == torch.float32 and memory.device.type == "cpu" and native.library() is not None
+    fused = cpu_float32 and native.library() is not None
     if fused:
         layout = [native.cross_layout(k, v, bias) for k, v in zip(cross_k, cross_v)]
         cross_k, cross_v, bias = [k for k, _, _ in layout], [v for _, v, _ in layout], layout[0][2]
-    elif s < SOFTMAX_MIN and memory.dtype == torch.float32 and memory.device.type == "cpu":
+    elif s < SOFTMAX_MIN and cpu_float32:
         # Sources shorter than softmax's scalar-loop threshold get padding positions once here (keys and values
         # 0, bias -inf, so weight 0), rather than their scores padded at every step (``softmax_last``).
         extra = SOFTMAX_MIN - s
@@ -356,9 +361,8 @@ def _layer_step(layer: DecoderLayer, y: Tensor, state: DecoderState, i: int, r: 
 
     def self_attention(h: Tensor) -> Tensor:
         if state.fused_attention:  # the cache's reorder, append and attention in one pass, in C
-            rows = state.rows[i] if state.rows else None
             state.self_k[i], state.self_v[i] = native.self_attention_step(
-                w.qkv(h)[:r], state.self_k[i], state.self_v[i], rows, out[:r], heads, dk, dv)
+                w.qkv(h)[:r], state.self_k[i], state.self_v[i], state.pending_rows(i), out[:r], heads, dk, dv)
             state.take_rows(i)  # applied: only now, so that a step that failed leaves the state as it was
             return w.self_out(out)
         qkv = w.qkv(h)[:r].view(r, heads, 1, 2 * dk + dv)  # a head's q, k, v side by side

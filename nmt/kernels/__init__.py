@@ -13,8 +13,9 @@ with its reason and its measurement in its own module:
 - ``allocator``: glibc kept from returning large blocks to the system between steps.
 - ``packed``: the search's projections (encoder, decoding steps) through oneDNN, their weights packed once
   (CPU, float32).
-- ``native``: a decoding step's self-attention (the cache's reorder and append, and the attention) in one
-  pass of C, compiled on first use by the machine's C compiler (CPU, float32; torch's calls without one).
+- ``native``: a decoding step's attention in C (the self-attention's cache reorder, append and attention in
+  one pass; the cross-attention over keys stored transposed), compiled on first use by the machine's C
+  compiler (CPU, float32; torch's calls without one).
 
 ``install`` swaps the first four into a model: each module's class becomes a subclass computing the same
 function with the same parameters and state dict, so checkpoints, hooks and ``torch.compile`` see the
