@@ -84,7 +84,7 @@ class StepModel:
         """The rows a step computes for ``rows`` hypotheses. oneDNN prepares a kernel per row count, so packed
         projections take rows padded to a bucket (``row_bucket``); padding once per step instead of at each
         of a step's dozen products saves two copies per product."""
-        return row_bucket(rows) if self.project.packed is not None else rows
+        return row_bucket(rows) if self.project.pads_rows else rows
 
 
 def arrange(model: Transformer, kept: StepModel | None = None) -> StepModel:
@@ -125,12 +125,12 @@ class DecoderState:
     fused_attention: bool = False  # attention through the C steps (``nmt.kernels.native``)
 
     def attention_out(self, padded: int, width: int, like: Tensor) -> Tensor:
-        """A (padded, width) tensor for attention's output, kept across a search's steps: the rows beyond the
-        hypotheses' only ever hold zeros or earlier steps' outputs, finite values whose projections are
-        dropped."""
-        if self.scratch is None or self.scratch.size(0) != padded:
+        """A (padded, width) tensor for attention's output: the first rows of one kept across a search's steps
+        (rows only ever shrink after the first steps). The rows beyond the hypotheses' only ever hold zeros or
+        earlier steps' outputs, finite values whose projections are dropped."""
+        if self.scratch is None or self.scratch.size(0) < padded:
             self.scratch = like.new_zeros(padded, width)
-        return self.scratch
+        return self.scratch[:padded]
 
     def pending_rows(self, i: int) -> Tensor | None:
         """The rows layer ``i``'s cache continues with, not yet applied (None: as it stands)."""

@@ -32,18 +32,19 @@ import subprocess
 import tempfile
 import threading
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-SOURCE = Path(__file__).with_name("step_attention.c")
+SOURCE = Path(__file__).with_name("decode_step.c")
 # No -ffast-math or -fassociative-math: the loops that matter are vectorised by hand, and a compiler free to
 # reorder sums could make a hypothesis's result depend on its row's address (peeled loops), or undo exp's
 # split constant.
 FLAGS = ["-O3", "-march=native", "-fPIC", "-shared"]
-# Tried first: the library's loops on torch's OpenMP threads (step_attention.c); without it, where the
+# Tried first: the library's loops on torch's OpenMP threads (decode_step.c); without it, where the
 # compiler has no OpenMP, each step runs on the calling thread.
 OPENMP = "-fopenmp"
 
@@ -87,7 +88,7 @@ def _build(compiler: list[str], openmp: bool) -> Path:
                                       _cpu_signature().encode()])).hexdigest()[:20]
     # One file per user: a cache directory shared between users holds each one's own library, and a file
     # someone else made is never loaded.
-    target = cache_dir() / "kernels" / f"step_attention-{key}-{os.getuid()}.so"
+    target = cache_dir() / "kernels" / f"decode_step-{key}-{os.getuid()}.so"
     if target.exists():
         if target.stat().st_uid != os.getuid():
             raise PermissionError(f"{target} belongs to another user")
@@ -112,6 +113,9 @@ def _open(path: Path) -> ctypes.CDLL:
     lib.nmt_cross_attention_step.argtypes = [ptr, i64, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, i64, i64, ctypes.c_float]
     lib.nmt_cross_attention_step.restype = ctypes.c_int
     lib.nmt_threads.restype = ctypes.c_int
+    lib.nmt_linear.argtypes = [ptr, i64, i64, ptr, ptr, i64, i64, ctypes.c_int, ptr, i64]
+    lib.nmt_linear.restype = None
+    lib.nmt_linear_panel.restype = ctypes.c_int
     return lib
 
 
@@ -143,7 +147,7 @@ def _load() -> ctypes.CDLL | None:
                 return lib
         except Exception as e:  # noqa: BLE001 - any failure leaves decoding on torch's path, never broken
             problem = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
-    warnings.warn(f"nmt: decoding's C attention ({SOURCE.name}, {' '.join(compiler)}) is not used, {problem}; "
+    warnings.warn(f"nmt: decoding's C kernels ({SOURCE.name}, {' '.join(compiler)}) is not used, {problem}; "
                   "decoding goes through torch (NMT_NATIVE=0 silences this)", RuntimeWarning, stacklevel=2)
     return None
 
@@ -244,6 +248,60 @@ def _cross(lib: ctypes.CDLL, q: Tensor, keys_t: Tensor, values: Tensor, bias: Te
         raise MemoryError(f"cross_attention_step: no memory for the weights of {s} positions")
 
 
+@dataclass(frozen=True)
+class Panels:
+    """A weight (N, K) and its bias as ``linear`` reads them: the weight in panels of ``nmt_linear_panel()``
+    columns, (ceil(N / panel), K, panel), the bias padded to as many columns; both padded with zeros."""
+
+    weight: Tensor
+    bias: Tensor
+    out_features: int
+    in_features: int
+
+
+def pack_linear(weight: Tensor, bias: Tensor | None = None) -> Panels:
+    """``weight`` (N, K) and ``bias`` (N,) or None, float32 on a CPU, arranged for ``linear``."""
+    lib = _loaded[0] if _loaded else library()
+    if lib is None:
+        raise RuntimeError("pack_linear: the C library is not available here (see nmt.kernels.native)")
+    return _pack(lib, weight, bias)
+
+
+def _pack(lib: ctypes.CDLL, weight: Tensor, bias: Tensor | None) -> Panels:
+    if not (weight.dtype is torch.float32 and weight.is_cpu and weight.dim() == 2) or (
+            bias is not None and not (bias.dtype is torch.float32 and bias.is_cpu and bias.shape == weight.shape[:1])):
+        raise ValueError("pack_linear: a float32 CPU weight (N, K) and bias (N,) or None only")
+    panel = lib.nmt_linear_panel()
+    (n, k), extra = weight.shape, -weight.size(0) % panel
+    with torch.no_grad():
+        panels = F.pad(weight.detach(), (0, 0, 0, extra)).view(-1, panel, k).transpose(1, 2).contiguous()
+        b = weight.new_zeros(n) if bias is None else bias.detach()
+        return Panels(panels, F.pad(b, (0, extra)).contiguous(), n, k)
+
+
+def linear(x: Tensor, panels: Panels, relu: bool = False) -> Tensor:
+    """``F.linear(x, weight, bias)`` (then ReLU if ``relu``) for x (M, K) float32 on a CPU with unit inner
+    stride, the weight and bias as ``pack_linear`` arranged them; a new (M, N) tensor. Each output is one
+    fused multiply-add chain over K in order, then the bias: a row's result is the same whatever the other
+    rows, and whatever the number of threads a large product is shared among."""
+    lib = _loaded[0] if _loaded else library()
+    if lib is None:
+        raise RuntimeError("linear: the C library is not available here (see nmt.kernels.native)")
+    return _linear(lib, x, panels, relu)
+
+
+def _linear(lib: ctypes.CDLL, x: Tensor, panels: Panels, relu: bool) -> Tensor:
+    if not (x.dtype is torch.float32 and x.is_cpu and x.dim() == 2 and x.shape[1] == panels.in_features and x.stride(1) == 1
+            and x.stride(0) >= panels.in_features):
+        raise ValueError(f"linear: float32 CPU rows of {panels.in_features} with unit inner stride only, not {tuple(x.shape)}")
+    m, n = x.shape[0], panels.out_features
+    y = x.new_empty(m, n)
+    if m:
+        lib.nmt_linear(x.data_ptr(), x.stride(0), m, panels.weight.data_ptr(), panels.bias.data_ptr(), panels.in_features, n,
+                       int(relu), y.data_ptr(), n)
+    return y
+
+
 def _agrees(lib: ctypes.CDLL) -> bool:
     """Whether the library computes what torch does on small cases: a reorder, a padded source."""
     g = torch.Generator().manual_seed(0)
@@ -273,5 +331,13 @@ def _agrees(lib: ctypes.CDLL) -> bool:
         want_cross = (scores.softmax(-1) @ values.view(n, heads, s, d_v)).transpose(1, 2).reshape(n * beam, heads * d_v)
         if not (torch.equal(new_k, want_k) and torch.equal(new_v, want_v) and torch.allclose(out, want, rtol=1e-5, atol=1e-6)
                 and torch.allclose(cross, want_cross, rtol=1e-5, atol=1e-6)):
+            return False
+    # Products: a width that fills no whole panel, every row count of a block and its remainders.
+    for n, k, relu in ((37, 24, False), (130, 16, True)):
+        weight, bias, x = torch.randn(n, k, generator=g), torch.randn(n, generator=g), torch.randn(13, k, generator=g)
+        panels = _pack(lib, weight, bias)
+        want = F.linear(x, weight, bias)
+        want = want.relu() if relu else want
+        if not all(torch.allclose(_linear(lib, x[:m], panels, relu), want[:m], rtol=1e-5, atol=1e-5) for m in (1, 5, 13)):
             return False
     return True

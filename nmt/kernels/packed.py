@@ -32,9 +32,15 @@ GPU, another dtype, a torch build without these oneDNN operators, an answer that
 
 from __future__ import annotations
 
+from typing import Callable, TypeVar
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from nmt.kernels import native
+
+T = TypeVar("T")
 
 
 def _onednn_available() -> bool:
@@ -52,20 +58,33 @@ def row_bucket(rows: int) -> int:
 
 
 class PackedLinear:
-    """``x ↦ F.linear(x, weight, bias)`` (then a ReLU if ``relu``) for (R, in) rows, through oneDNN with the
-    weight packed where it can be. A function of the weight as it was when
-    made: make a new one after the parameter changes."""
+    """``x ↦ F.linear(x, weight, bias)`` (then a ReLU if ``relu``) for (R, in) rows, float32 on a CPU through
+    the C product (``panels``) where the machine's compiler built it, else through oneDNN on a packed weight
+    (``packed``), else ``F.linear``. A function of the weight as it was when made: make a new one after the
+    parameter changes."""
 
     def __init__(self, weight: Tensor, bias: Tensor | None = None, relu: bool = False) -> None:
         self.weight, self.bias, self.relu = weight.detach(), None if bias is None else bias.detach(), relu
+        self.panels: native.Panels | None = None
         self.packed: Tensor | None = None
-        if weight.device.type == "cpu" and weight.dtype == torch.float32 and _onednn_available():
-            self.packed = self._pack()
+        if weight.device.type == "cpu" and weight.dtype == torch.float32:
+            if native.library() is not None:
+                self.panels = self._checked(lambda: native.pack_linear(self.weight, self.bias), self._native)
+            if self.panels is None and _onednn_available():
+                self.packed = self._checked(lambda: torch.ops.mkldnn._reorder_linear_weight(self.weight, None), self._onednn)
+
+    @property
+    def pads_rows(self) -> bool:
+        """Whether calls pad their rows to a ``row_bucket`` (oneDNN's path): a caller making several products
+        on the same rows pads them once instead."""
+        return self.packed is not None
 
     def __deepcopy__(self, memo: dict) -> PackedLinear:
         return self  # immutable, and a packed weight cannot be copied: copies of a decoding state share it
 
     def __call__(self, x: Tensor) -> Tensor:
+        if self.panels is not None:
+            return self._native(x, self.panels)
         if self.packed is None:
             return self._plain(x)
         rows = x.size(0)
@@ -79,15 +98,19 @@ class PackedLinear:
         y = F.linear(x, self.weight, self.bias)
         return y.relu_() if self.relu else y
 
+    def _native(self, x: Tensor, panels: native.Panels) -> Tensor:
+        return native.linear(x if x.stride(-1) == 1 else x.contiguous(), panels, self.relu)
+
     def _onednn(self, x: Tensor, packed: Tensor) -> Tensor:
         return torch.ops.mkldnn._linear_pointwise(x, packed, self.bias, "relu" if self.relu else "none", [], "")
 
-    def _pack(self) -> Tensor | None:
+    def _checked(self, pack: Callable[[], T], call: Callable[[Tensor, T], Tensor]) -> T | None:
+        """``pack()``, if calling through it gives what ``F.linear`` gives on a probe; else None."""
         with torch.no_grad():
             try:
-                packed = torch.ops.mkldnn._reorder_linear_weight(self.weight, None)
+                packed = pack()
                 probe = torch.randn(3, self.weight.size(1), generator=torch.Generator().manual_seed(0))
-                got = self._onednn(probe, packed)
-            except RuntimeError:
+                got = call(probe, packed)
+            except (RuntimeError, ValueError):
                 return None
             return packed if torch.allclose(got, self._plain(probe), rtol=1e-4, atol=1e-5) else None

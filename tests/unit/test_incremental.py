@@ -18,8 +18,8 @@ WIDE = {"vocab_size": 4096, "d_model": 256, "d_ff": 512, "heads": 4}
 
 @pytest.fixture(params=["C", "torch"])
 def step_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Each test using it runs twice: self-attention steps through the C library (``nmt.kernels.native``),
-    then through torch's calls, the path of machines without a C compiler."""
+    """Each test using it runs twice: steps through the C library (``nmt.kernels.native``: attention and
+    projections), then through torch's calls and oneDNN's products, the path of machines without a C compiler."""
     if request.param == "torch":
         monkeypatch.setattr(native, "_loaded", [None])
     elif native.library() is None:
@@ -42,10 +42,12 @@ def test_incremental_decoding_equals_full_decoder(variant: dict, step_path: str)
         assert torch.equal(enc.src_mask, model.encode(src).src_mask)
         state = init_state(model, enc)
         assert state.fused_attention == (step_path == "C")
-        if torch.backends.mkldnn.is_available():  # the packed path is what is compared here
-            layer = state.arranged.layers[0]
-            assert state.arranged.project.packed is not None and layer.qkv.packed is not None and layer.fc1.packed is not None
-            assert state.arranged.encoder[0].qkv.packed is not None and state.arranged.cross_kv[0].packed is not None
+        arranged = state.arranged
+        projections = [arranged.project, arranged.layers[0].qkv, arranged.layers[0].fc1, arranged.encoder[0].qkv, arranged.cross_kv[0]]
+        if step_path == "C":  # the products in C too
+            assert all(p.panels is not None for p in projections)
+        elif torch.backends.mkldnn.is_available():  # oneDNN's packed products, on rows padded to buckets
+            assert all(p.packed is not None for p in projections)
         steps = torch.stack([decode_step(model, tgt[:, i], state) for i in range(tgt.size(1))], 1)
     torch.testing.assert_close(steps, full, atol=1e-5, rtol=1e-5)
 
@@ -90,8 +92,9 @@ def test_incremental_decoding_through_many_reorders_equals_full_decoder(step_pat
 
 
 def test_rows_shrinking_within_a_bucket_still_score_as_the_full_decoder(step_path: str) -> None:
-    """20 rows and then 18 (a sentence leaves) are both padded to 32: the padding rows the attention buffer
-    keeps from the step before never reach the hypotheses' scores."""
+    """20 rows and then 18 (a sentence leaves), both padded to 32 for oneDNN's products, the C products' 18
+    the first of the 20 rows kept: the rows the attention buffer keeps from the step before never reach the
+    hypotheses' scores."""
     torch.manual_seed(0)
     model = tiny_model()
     src = torch.randint(5, 40, (10, 6))
@@ -102,12 +105,14 @@ def test_rows_shrinking_within_a_bucket_still_score_as_the_full_decoder(step_pat
         for _ in range(3):
             decode_step(model, prefixes[:, -1], state)
             prefixes = torch.cat([prefixes, torch.randint(5, 40, (20, 1))], dim=1)
-        if torch.backends.mkldnn.is_available():
-            assert state.scratch is not None and state.scratch.size(0) == 32
+        kept = 20 if step_path == "C" else 32 if torch.backends.mkldnn.is_available() else None
+        if kept:
+            assert state.scratch is not None and state.scratch.size(0) == kept
+            buffer = state.scratch
         state.reorder(torch.arange(2, 20), sentences=torch.arange(1, 10))  # sentence 0 leaves
         got = decode_step(model, prefixes[2:, -1], state)
-        if torch.backends.mkldnn.is_available():
-            assert state.scratch.size(0) == 32  # the same buffer, its last rows from the step before
+        if kept:
+            assert state.scratch is buffer  # the same buffer, its last rows from the step before
         full = model(src[1:].repeat_interleave(2, 0), prefixes[2:]).log_softmax(-1)[:, -1]
     torch.testing.assert_close(got, full, atol=1e-5, rtol=1e-5)
 

@@ -14,6 +14,7 @@ from torch.profiler import ProfilerActivity, profile
 from nmt import kernels
 from nmt.kernels import dropout as D
 from nmt.kernels import output_loss
+from nmt.kernels import native
 from nmt.kernels.linear import ROW_BUCKET, linear
 from nmt.kernels.packed import PackedLinear, row_bucket
 from nmt.kernels.output_loss import output_cross_entropy
@@ -259,20 +260,61 @@ def test_install_swaps_every_dropout_and_it_still_drops() -> None:
 # ------------------------------------------------------------------------------------- packed projections
 
 
+@pytest.fixture(params=["C", "oneDNN"])
+def product_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each test using it runs twice: the C product where the machine's compiler builds it
+    (``nmt.kernels.native``), then oneDNN's, the path of machines without a compiler."""
+    if request.param == "oneDNN":
+        monkeypatch.setattr(native, "_loaded", [None])
+        if not torch.backends.mkldnn.is_available():
+            pytest.skip("torch is built without oneDNN here")
+    elif native.library() is None:
+        if native._compiler() is not None:
+            pytest.fail("a C compiler is here, but the C library could not be built or was wrong")
+        pytest.skip("no C compiler on this machine: oneDNN's path is tested")
+    return request.param
+
+
+def _path_of(project: PackedLinear) -> str:
+    return "C" if project.panels is not None else "oneDNN" if project.packed is not None else "torch"
+
+
 @pytest.mark.parametrize("relu", [False, True])
 @pytest.mark.parametrize("rows", [1, 3, 16, 17, 100, 513, 700])
-def test_packed_linear_equals_f_linear(rows: int, relu: bool) -> None:
+def test_packed_linear_equals_f_linear(rows: int, relu: bool, product_path: str) -> None:
     torch.manual_seed(rows)
-    weight, bias = torch.randn(1000, 160), torch.randn(1000)
+    weight, bias = torch.randn(1000, 160), torch.randn(1000)  # 1,000 columns: the last panel partly filled
     x = torch.randn(rows, 160)
     for b in (None, bias):
         project = PackedLinear(weight, b, relu=relu)
-        assert (project.packed is not None) == torch.backends.mkldnn.is_available()  # packed where oneDNN is built in
+        assert _path_of(project) == product_path and project.pads_rows == (product_path == "oneDNN")
         got = project(x)
         want = F.linear(x, weight, b)
         assert got.shape == (rows, 1000) and got.is_contiguous()
         torch.testing.assert_close(got, want.relu() if relu else want, rtol=1e-5, atol=1e-5)
     assert copy.deepcopy(project) is project  # shared by copies of a decoding state
+    strided = torch.randn(rows, 320)[:, ::2]  # rows of a transposed or sliced tensor
+    torch.testing.assert_close(project(strided), project(strided.contiguous()), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("shape", [(1000, 160), (128, 128), (37, 512)])
+def test_packed_rows_do_not_depend_on_the_other_rows_or_threads(shape: tuple[int, int], product_path: str) -> None:
+    """A sentence's translation must not depend on its batch: each row of a product comes out bitwise the same
+    alone, among few rows or many, and however many threads share the product."""
+    torch.manual_seed(shape[0])
+    weight, bias, x = torch.randn(*shape), torch.randn(shape[0]), torch.randn(300, shape[1])
+    project = PackedLinear(weight, bias, relu=True)
+    assert _path_of(project) == product_path
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        alone = torch.cat([project(x[i : i + 1]) for i in range(x.size(0))])
+        assert torch.equal(project(x[7:12]), alone[7:12]) and torch.equal(project(x[:13]), alone[:13])
+        assert torch.equal(project(x), alone)
+        torch.set_num_threads(2)
+        assert torch.equal(project(x), alone) and torch.equal(project(x[100:]), alone[100:])
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_packed_linear_falls_back_where_it_cannot_pack() -> None:
@@ -281,9 +323,9 @@ def test_packed_linear_falls_back_where_it_cannot_pack() -> None:
         x = torch.randn(4, size[1], dtype=dtype)
         weight = torch.randn(*size, dtype=dtype)
         project = PackedLinear(weight, relu=True)
-        assert project.packed is None and torch.equal(project(x), F.linear(x, weight).relu())
+        assert project.packed is None and project.panels is None and torch.equal(project(x), F.linear(x, weight).relu())
     small = PackedLinear(torch.randn(64, 32))  # float32 of any size is packed
-    assert (small.packed is not None) == torch.backends.mkldnn.is_available()
+    assert _path_of(small) == ("C" if native.library() is not None else "oneDNN" if torch.backends.mkldnn.is_available() else "torch")
 
 
 def test_row_buckets() -> None:

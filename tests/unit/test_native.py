@@ -134,7 +134,7 @@ def test_a_step_split_across_threads_is_the_same_to_the_bit(needs_compiler: None
 
 def test_built_once_then_loaded_from_the_cache(fresh: Path, needs_compiler: None, monkeypatch: pytest.MonkeyPatch) -> None:
     assert native.library() is not None
-    built = list((fresh / "kernels").glob("step_attention-*.so"))
+    built = list((fresh / "kernels").glob("decode_step-*.so"))
     assert len(built) == 1 and not list((fresh / "kernels").glob(".build-*"))  # no temporary file left
     assert built[0].stat().st_mode & 0o555 == 0o555  # readable and loadable by everyone, not the temporary file's 0600
     stamp = built[0].stat().st_mtime_ns
@@ -163,7 +163,7 @@ def test_a_library_that_computes_wrong_is_refused(fresh: Path, needs_compiler: N
     monkeypatch.setattr(native, "SOURCE", wrong_source)
     with pytest.warns(RuntimeWarning, match="computed other values than torch"):
         assert native.library() is None
-    assert list((fresh / "kernels").glob("step_attention-*.so"))  # built, loaded, checked, not used
+    assert list((fresh / "kernels").glob("decode_step-*.so"))  # built, loaded, checked, not used
 
 
 @pytest.mark.parametrize("setting", ["CC=/nonexistent/cc", "CC=false", "NMT_NATIVE=0"])
