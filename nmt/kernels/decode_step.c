@@ -68,8 +68,8 @@ static inline v16 exp16(v16 x) {
     return (v16)((v16i)(p * (v16)bits) & ~under);
 }
 
-/* Scores w[0..T) → out = softmax(w)·V, V (T, dv) rows dv apart. w has room for T rounded up to 16. */
-static void softmax_values(v16 *w, int64_t T, const float *V, int64_t dv, float *out) {
+/* Scores w[0..T) → softmax weights in place (and -inf up to T rounded up to 16). */
+static void softmax_weights(v16 *w, int64_t T) {
     int64_t blocks = (T + 15) / 16;
     float *ws = (float *)w;
     for (int64_t j = T; j < 16 * blocks; j++) ws[j] = -INFINITY;
@@ -84,24 +84,54 @@ static void softmax_values(v16 *w, int64_t T, const float *V, int64_t dv, float 
     }
     float total = 0.0f;
     for (int k = 0; k < 16; k++) total += sum[k];
-    float inv = 1.0f / total;
-    if (dv % 16 == 0 && dv <= 256) {
-        v16 acc[16];
+    v16 inv = splat(1.0f / total);
+    for (int64_t b = 0; b < blocks; b++) w[b] *= inv;
+}
+
+/* out_i = Σ_j w_i[j]·V[j] for nq ≤ QG queries' weights w_i (rows of `stride` vectors), V (T, dv) rows dv
+ * apart, out_i rows out_stride apart. Each output is one sum over j in order, whatever nq: the queries share
+ * the loads of V, and their sums are independent chains for the core's pipelines. */
+#define QG 4
+static inline __attribute__((always_inline)) void values_group(int nq, const v16 *w, int64_t stride, int64_t T, const float *V,
+                                                               int64_t dv, float *out, int64_t out_stride) {
+    if (dv % 16 == 0 && dv <= 128) {
+        v16 acc[QG][8];
         int64_t chunks = dv / 16;
-        for (int64_t c = 0; c < chunks; c++) acc[c] = splat(0.0f);
+        for (int i = 0; i < nq; i++)
+            for (int64_t c = 0; c < chunks; c++) acc[i][c] = splat(0.0f);
         for (int64_t j = 0; j < T; j++) {
-            float weight = ws[j] * inv;
             const v16 *v = (const v16 *)(V + j * dv);
-            for (int64_t c = 0; c < chunks; c++) acc[c] += weight * v[c];
+            for (int i = 0; i < nq; i++) {
+                float weight = ((const float *)(w + i * stride))[j];
+                for (int64_t c = 0; c < chunks; c++) acc[i][c] += weight * v[c];
+            }
         }
-        for (int64_t c = 0; c < chunks; c++) *(v16 *)(out + 16 * c) = acc[c];
-    } else {
-        for (int64_t d = 0; d < dv; d++) out[d] = 0.0f;
-        for (int64_t j = 0; j < T; j++) {
-            float weight = ws[j] * inv;
-            for (int64_t d = 0; d < dv; d++) out[d] += weight * V[j * dv + d];
-        }
+        for (int i = 0; i < nq; i++)
+            for (int64_t c = 0; c < chunks; c++) *(v16 *)(out + i * out_stride + 16 * c) = acc[i][c];
+        return;
     }
+    for (int i = 0; i < nq; i++) {
+        const float *ws = (const float *)(w + i * stride);
+        float *o = out + i * out_stride;
+        for (int64_t d = 0; d < dv; d++) o[d] = 0.0f;
+        for (int64_t j = 0; j < T; j++)
+            for (int64_t d = 0; d < dv; d++) o[d] += ws[j] * V[j * dv + d];
+    }
+}
+
+static void values(int64_t nq, const v16 *w, int64_t stride, int64_t T, const float *V, int64_t dv, float *out, int64_t out_stride) {
+    switch (nq) { /* each case inlines values_group() with a constant query count */
+    case 1: values_group(1, w, stride, T, V, dv, out, out_stride); break;
+    case 2: values_group(2, w, stride, T, V, dv, out, out_stride); break;
+    case 3: values_group(3, w, stride, T, V, dv, out, out_stride); break;
+    default: values_group(4, w, stride, T, V, dv, out, out_stride); break;
+    }
+}
+
+/* Scores w[0..T) → out = softmax(w)·V, V (T, dv) rows dv apart. w has room for T rounded up to 16. */
+static void softmax_values(v16 *w, int64_t T, const float *V, int64_t dv, float *out) {
+    softmax_weights(w, T);
+    values(1, w, 0, T, V, dv, out, 0);
 }
 
 static inline float dot(const float *a, const float *b, int64_t n) {
@@ -185,8 +215,8 @@ int nmt_cross_attention_step(const float *q, int64_t q_stride, const float *kt, 
     int64_t blocks = S / 16;
 #pragma omp parallel if (G * beam * S * (dk + dv) >= SPLIT_WORK) reduction(| : failed)
     {
-        v16 local[LOCAL_BLOCKS];
-        v16 *w = blocks <= LOCAL_BLOCKS ? local : (v16 *)malloc(sizeof(v16) * (size_t)blocks);
+        v16 local[QG * LOCAL_BLOCKS];
+        v16 *w = blocks <= LOCAL_BLOCKS ? local : (v16 *)malloc(sizeof(v16) * (size_t)(QG * blocks));
         failed = !w;
 #pragma omp for schedule(static)
         for (int64_t g = 0; g < G; g++) {
@@ -194,14 +224,21 @@ int nmt_cross_attention_step(const float *q, int64_t q_stride, const float *kt, 
             int64_t n = g / H, h = g % H;
             const float *KT = kt + g * dk * S, *V = v + g * S * dv;
             const v16 *B = (const v16 *)(bias + g * S);
-            for (int64_t i = 0; i < beam; i++) {
-                const float *qi = q + (n * beam + i) * q_stride + h * dk;
+            for (int64_t i0 = 0; i0 < beam; i0 += QG) { /* up to QG queries share each load of the keys and values */
+                int64_t nq = beam - i0 < QG ? beam - i0 : QG;
+                const float *qi[QG];
+                for (int64_t i = 0; i < nq; i++) qi[i] = q + (n * beam + i0 + i) * q_stride + h * dk;
                 for (int64_t b = 0; b < blocks; b++) {
-                    v16 acc = splat(0.0f);
-                    for (int64_t d = 0; d < dk; d++) acc += qi[d] * *(const v16 *)(KT + d * S + 16 * b);
-                    w[b] = acc * scale + B[b];
+                    v16 acc[QG];
+                    for (int64_t i = 0; i < nq; i++) acc[i] = splat(0.0f);
+                    for (int64_t d = 0; d < dk; d++) {
+                        v16 key = *(const v16 *)(KT + d * S + 16 * b);
+                        for (int64_t i = 0; i < nq; i++) acc[i] += qi[i][d] * key;
+                    }
+                    for (int64_t i = 0; i < nq; i++) w[i * blocks + b] = acc[i] * scale + B[b];
                 }
-                softmax_values(w, S, V, dv, out + (n * beam + i) * out_stride + h * dv);
+                for (int64_t i = 0; i < nq; i++) softmax_weights(w + i * blocks, S);
+                values(nq, w, blocks, S, V, dv, out + (n * beam + i0) * out_stride + h * dv, out_stride);
             }
         }
         if (w && w != local) free(w);

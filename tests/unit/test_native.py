@@ -59,7 +59,7 @@ def test_step_equals_reorder_append_and_attention(needs_compiler: None, position
 
 @pytest.mark.parametrize("positions", [1, 5, 16, 17, 40])
 @pytest.mark.parametrize("heads, d_k, d_v", [(4, 32, 32), (2, 16, 48), (2, 8, 12)])
-@pytest.mark.parametrize("beam", [1, 4])
+@pytest.mark.parametrize("beam", [1, 4, 6])  # queries share loads in groups of 4: one, one whole, one and a part
 def test_cross_step_equals_attention_over_each_sentences_source(needs_compiler: None, positions: int, heads: int, d_k: int, d_v: int, beam: int) -> None:
     g = torch.Generator().manual_seed(positions * 7 + beam)
     n = 3
@@ -152,7 +152,9 @@ def test_a_compiler_command_with_arguments(fresh: Path, needs_compiler: None, mo
 
 
 @pytest.mark.parametrize("right, wrong", [("dot(q, K + j * dk, dk) * scale", "dot(q, K + j * dk, dk) * scale * 1.01f"),
-                                          ("w[b] = acc * scale + B[b]", "w[b] = acc * scale * 1.01f + B[b]"),
+                                          ("w[i * blocks + b] = acc[i] * scale + B[b]", "w[i * blocks + b] = acc[i] * scale * 1.01f + B[b]"),
+                                          ("v16 v = acc[r][c] + *(const v16 *)(bias + 16 * c);", "v16 v = acc[r][c];"),
+                                          ("if (relu) v = (v16)((v16i)v & (v > splat(0.0f)));", ""),
                                           ("int64_t from = rows ? rows[b] : b;", "int64_t from = b;")])
 def test_a_library_that_computes_wrong_is_refused(fresh: Path, needs_compiler: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                   right: str, wrong: str) -> None:
