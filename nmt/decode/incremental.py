@@ -6,10 +6,12 @@ what costs, not their arithmetic. It therefore reads the model's parameters dire
 modules:
 
 - Activations are 2-D (rows × d_model) and every projection is one call with weights arranged once
-  (``StepModel``, made again only when the parameters change): on CPUs a oneDNN product on a weight packed
-  for it (``nmt.kernels.packed``), the rows padded once per step to the bucket its kernels are prepared
-  for; the self-attention's Q, K, V projection is regrouped by head (``grouped_qkv``), so each head's
-  query, key and value are slices already laid out as attention reads them.
+  (``StepModel``, made again only when the parameters change): on CPUs in float32 the C product of
+  ``nmt.kernels.native`` on a weight stored in panels, which starts at once whatever the row count, or
+  where no C compiler is, a oneDNN product on a weight packed for it (``nmt.kernels.packed``), the rows then
+  padded once per step to the bucket its kernels are prepared for; the self-attention's Q, K, V
+  projection is regrouped by head (``grouped_qkv``), so each head's query, key and value are slices
+  already laid out as attention reads them.
 - Attention in a step is two batched matrix products (``attend_heads``): faster than the fused kernel for a
   handful of queries on a CPU. One query over the first dozen positions is weighted by a sum instead, where
   torch's batched product would run a scalar loop. On CPUs in float32 both attentions go through C instead
@@ -23,7 +25,7 @@ modules:
   the same way, which on a CPU is most of the encoder's time.
 
 A step of the quick-start model, search bookkeeping included, is about 150 torch operations (fewer with the
-attention in C).
+C library, whose calls replace the projections' and attention's).
 """
 
 from __future__ import annotations
@@ -81,9 +83,9 @@ class StepModel:
     versions: tuple[tuple[int, int], ...]  # each parameter's storage and version counter when it was made
 
     def padded_rows(self, rows: int) -> int:
-        """The rows a step computes for ``rows`` hypotheses. oneDNN prepares a kernel per row count, so packed
-        projections take rows padded to a bucket (``row_bucket``); padding once per step instead of at each
-        of a step's dozen products saves two copies per product."""
+        """The rows a step computes for ``rows`` hypotheses. oneDNN prepares a kernel per row count, so its
+        packed projections take rows padded to a bucket (``row_bucket``); padding once per step instead of at
+        each of a step's dozen products saves two copies per product. The C products take any row count."""
         return row_bucket(rows) if self.project.pads_rows else rows
 
 

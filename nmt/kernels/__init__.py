@@ -11,11 +11,11 @@ with its reason and its measurement in its own module:
 - ``output_loss``: the output projection and the label-smoothed loss together, logits never stored whole
   (training's loss on every device).
 - ``allocator``: glibc kept from returning large blocks to the system between steps.
-- ``packed``: the search's projections (encoder, decoding steps) through oneDNN, their weights packed once
-  (CPU, float32).
-- ``native``: a decoding step's attention in C (the self-attention's cache reorder, append and attention in
-  one pass; the cross-attention over keys stored transposed), compiled on first use by the machine's C
-  compiler (CPU, float32; torch's calls without one).
+- ``packed``: the search's projections (encoder, decoding steps) on weights arranged once: through the C
+  product of ``native`` where it is built, else oneDNN's on a packed weight (CPU, float32).
+- ``native``: the search's projections and a decoding step's attention in C (the self-attention's cache
+  reorder, append and attention in one pass; the cross-attention over keys stored transposed), compiled on
+  first use by the machine's C compiler (CPU, float32; oneDNN's products and torch's calls without one).
 
 ``install`` swaps the first four into a model: each module's class becomes a subclass computing the same
 function with the same parameters and state dict, so checkpoints, hooks and ``torch.compile`` see the

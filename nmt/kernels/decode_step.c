@@ -1,5 +1,5 @@
-/* A decoding step's attention for one new query per hypothesis (nmt.kernels.native loads this;
- * nmt.decode.incremental calls it).
+/* A decoding step's attention for one new query per hypothesis, and the search's projections
+ * (nmt.kernels.native loads this; nmt.decode.incremental and nmt.kernels.packed call it).
  *
  * nmt_self_attention_step: for each hypothesis b and head h, the cache of the hypothesis it continues
  * (rows[b], or b) is copied into the new cache, the step's key and value are appended, and
@@ -9,7 +9,9 @@
  *
  * nmt_cross_attention_step: the beam's queries of a sentence against its source's keys and values, computed
  * once per sentence; keys transposed (d_k, S) so that a query's scores are a vector over positions, S a
- * multiple of 16 (padding positions carry a -inf bias).
+ * multiple of 16 (padding positions carry a -inf bias). Up to four queries of a sentence share each load.
+ *
+ * nmt_linear: y = x·Wᵀ + b (then ReLU), the weight in panels; see its section below.
  *
  * Each hypothesis's result depends on its own inputs only, computed in one fixed order: a sentence's
  * translation does not depend on the rows beside it, nor on how a step is split across threads.

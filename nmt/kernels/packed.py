@@ -1,33 +1,29 @@
-"""The search's projections (encoder, decoding steps) through oneDNN, their weights packed once for the CPU.
+"""The search's projections (encoder, decoding steps) on weights arranged once for the CPU.
 
-A decoding step multiplies a few hundred rows by every weight matrix of the decoder and by the whole
+A decoding step multiplies a few to a few hundred rows by every weight matrix of the decoder and by the whole
 vocabulary's output matrix. torch runs a float32 ``F.linear`` on a CPU through its BLAS library (Intel MKL
-in the PyPI wheels), which reads the weight in its stored layout at every call. oneDNN's matrix product
-instead takes the weight once rearranged into the blocks its kernels read (``_reorder_linear_weight``, what
-``torch.compile`` uses on CPUs), picks its kernels by the CPU's instruction sets rather than its vendor, and
-applies a ReLU in the same pass. One thread, MKL's time against oneDNN's (docs/performance.md):
+in the PyPI wheels), which reads the weight in its stored layout and prepares at every call. Two paths do
+better, chosen once per weight:
 
-- a 2-core AMD EPYC Zen 5, the quick-start model's projections (d 128, FFN 512, vocabulary 4,000), 640 rows:
-  2.0-2.3x faster (128 × 128: 227 against 108 µs; 4,000 × 128: 7.7 against 3.4 ms), 128 rows 1.5-2.3x;
-- a 2-core AMD EPYC Zen 4: 128 rows × a 4,000 × 128 output matrix 2.15 against 1.47 ms; 16 rows × 32,000 ×
-  512: 20.1 against 6.9 ms; a base model's layers (d 512, FFN 2048), 16 / 64 / 256 rows: 1.15-1.97x /
-  1.18-1.42x / 1.17-1.28x faster. The quick-start model's layers gained nothing there.
+- **The C product** (``nmt.kernels.native``, where the machine's C compiler built it): the weight stored in
+  panels, no preparation per call, any row count. On a 2-core Zen 5, one thread: 3-6 µs against oneDNN's
+  13-20 µs for 1-4 rows of the quick-start model's layers, 0.9-1.2x oneDNN's time from 16 to 2,048 rows for
+  those and a base model's layers (docs/performance.md).
+- **oneDNN** (machines without a compiler): the weight rearranged once into the blocks its kernels read
+  (``_reorder_linear_weight``, what ``torch.compile`` uses on CPUs), kernels picked by the CPU's instruction
+  sets rather than its vendor, a ReLU applied in the same pass. Against MKL, one thread: on a 2-core Zen 5,
+  the quick-start model's projections (d 128, FFN 512, vocabulary 4,000) at 640 rows 2.0-2.3x faster
+  (4,000 × 128: 7.7 against 3.4 ms), 128 rows 1.5-2.3x; on a 2-core Zen 4, 16 rows × 32,000 × 512: 20.1
+  against 6.9 ms, a base model's layers at 16 / 64 / 256 rows 1.15-1.97x / 1.18-1.42x / 1.17-1.28x faster.
+  oneDNN prepares (JIT-compiles) a kernel for each new row count, some 3 ms, and keeps each in its cache; a
+  search meets hundreds of row counts as its sentences finish, so rows are padded to a bucket (a power of
+  two up to 16, a multiple of 32 up to 512, then of 128: ``row_bucket``) and a long run meets a few dozen.
 
-oneDNN costs some 5 µs more per call (a 32-row product of a 128 × 128 weight: 18.5 against 14.5 µs on Zen
-5), which the few-row steps at the end of a batch pay, but every float32 weight on a CPU is packed, whatever
-its size: on Zen 5 the quick-start model's layers gain as much as its output projection once a decoding
-step pads its rows once (``nmt.decode.incremental``) instead of at each product. The choice is the
-weight's, never the row count's: which library computes a product decides the last bits of its result,
-and a sentence's translation must not depend on how many rows its batch had at a step (a packed product's
-row comes out bitwise the same whatever the other rows).
-
-oneDNN prepares (JIT-compiles) a kernel for each new row count, some 3 ms, and keeps each in its cache; a
-search meets hundreds of row counts as its sentences finish, so rows are padded to a bucket (a power of two
-up to 16, a multiple of 32 up to 512, then of 128) and a long run meets a few dozen.
-
-Each packed weight is checked against ``F.linear`` once when it is made. Anything this path cannot take (a
-GPU, another dtype, a torch build without these oneDNN operators, an answer that differs) goes through
-``F.linear``.
+The choice is the weight's, never the row count's: which library computes a product decides the last bits of
+its result, and a sentence's translation must not depend on how many rows its batch had at a step (on both
+paths a row comes out bitwise the same whatever the other rows). Each arranged weight is checked against
+``F.linear`` once when it is made. Anything neither path can take (a GPU, another dtype, a torch build
+without these oneDNN operators, an answer that differs) goes through ``F.linear``.
 """
 
 from __future__ import annotations
