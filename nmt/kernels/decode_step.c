@@ -1,11 +1,12 @@
 /* A decoding step's attention for one new query per hypothesis, and the search's projections
  * (nmt.kernels.native loads this; nmt.decode.incremental and nmt.kernels.packed call it).
  *
- * nmt_self_attention_step: for each hypothesis b and head h, the cache of the hypothesis it continues
- * (rows[b], or b) is copied into the new cache, the step's key and value are appended, and
- * softmax(q·Kᵀ/√d_k)·V over the t + 1 positions is written out. Each (hypothesis, head) block is attended
- * right after it is written, while it is in the core's cache; torch's path reads the whole reordered cache
- * back from memory, through batched products that it runs in a scalar loop at these sizes.
+ * nmt_self_attention_step: for each hypothesis b and head h, the step's key and value are written into a
+ * store that keeps every position's keys and values where they were first written, and softmax(q·Kᵀ/√d_k)·V
+ * is computed over the hypothesis's positions, read through the store rows of its ancestors (the
+ * hypotheses it continues). Reordering hypotheses thus reorders R × t row numbers, never the keys and
+ * values: torch's path copies every layer's whole cache at each reorder and reads it back from memory,
+ * through batched products that it runs in a scalar loop at these sizes.
  *
  * nmt_cross_attention_step: the beam's queries of a sentence against its source's keys and values, computed
  * once per sentence; keys transposed (d_k, S) so that a query's scores are a vector over positions, S a
@@ -156,21 +157,23 @@ static inline float dot(const float *a, const float *b, int64_t n) {
  * calling thread alone: waking another costs some 10-20 µs. */
 #define SPLIT_WORK (1 << 18)
 
-/* A step at position t, R hypotheses, H heads:
+/* A step at position t that reads each hypothesis's earlier positions where they were first written instead of
+ * from a reordered copy:
  *   qkv      (R, H, 2·dk + dv): each head's query, key and value side by side; rows qkv_stride apart
- *   old_k/v  (R_old, H, t, dk | dv) contiguous: the caches as they stand (unread when t = 0)
- *   rows     (R) int64: the old row each hypothesis continues (each below R_old), or NULL for the same row
- *   new_k/v  (R, H, t + 1, dk | dv) contiguous: written, the reordered caches with position t appended
+ *   store    (capacity, H·(dk + dv)) contiguous: every key and value written so far, one row per hypothesis
+ *            and position, each head's key then value; rows [0, top) written
+ *   ancestors (R, t) int64 contiguous: the store's row of each hypothesis's positions 0..t-1
  *   out      (R, H·dv): written, each head's attention output; rows out_stride apart
- * Hypotheses are shared among the calling thread's OpenMP threads (torch's, which set their number).
- * Returns 0; 1 when memory for the scores could not be had; 2, having written nothing, when a row is out of
- * range. */
-int nmt_self_attention_step(const float *qkv, int64_t qkv_stride, const float *old_k, const float *old_v,
-                            const int64_t *rows, int64_t R_old, float *new_k, float *new_v, float *out, int64_t out_stride,
+ * Writes each hypothesis's key and value at position t into store row top + b. Returns 0; 1 when memory
+ * for the scores could not be had; 2, having written nothing, when an ancestor row is not below top or the
+ * store has no room for R more rows. */
+int nmt_self_attention_step(const float *qkv, int64_t qkv_stride, float *store, int64_t top, int64_t capacity,
+                            const int64_t *ancestors, float *out, int64_t out_stride,
                             int64_t R, int64_t H, int64_t t, int64_t dk, int64_t dv, float scale) {
-    if (rows)
-        for (int64_t b = 0; b < R; b++)
-            if (rows[b] < 0 || rows[b] >= R_old) return 2;
+    if (top < 0 || top + R > capacity) return 2;
+    for (int64_t i = 0; i < R * t; i++)
+        if (ancestors[i] < 0 || ancestors[i] >= top) return 2;
+    int64_t width = H * (dk + dv);
     int failed = 0;
     int64_t blocks = (t + 1 + 15) / 16;
 #pragma omp parallel if (R * H * (t + 1) * (dk + dv) >= SPLIT_WORK) reduction(| : failed)
@@ -182,19 +185,35 @@ int nmt_self_attention_step(const float *qkv, int64_t qkv_stride, const float *o
 #pragma omp for schedule(static)
         for (int64_t b = 0; b < R; b++) {
             if (!w) continue;
-            int64_t from = rows ? rows[b] : b;
+            const int64_t *from = ancestors + b * t;
+            float *own = store + (top + b) * width;
             for (int64_t h = 0; h < H; h++) {
                 const float *q = qkv + b * qkv_stride + h * (2 * dk + dv);
-                float *K = new_k + (b * H + h) * (t + 1) * dk;
-                float *V = new_v + (b * H + h) * (t + 1) * dv;
-                if (t > 0) {
-                    memcpy(K, old_k + (from * H + h) * t * dk, sizeof(float) * (size_t)(t * dk));
-                    memcpy(V, old_v + (from * H + h) * t * dv, sizeof(float) * (size_t)(t * dv));
+                memcpy(own + h * (dk + dv), q + dk, sizeof(float) * (size_t)(dk + dv));
+            }
+            for (int64_t h = 0; h < H; h++) {
+                const float *q = qkv + b * qkv_stride + h * (2 * dk + dv);
+                int64_t head = h * (dk + dv);
+                for (int64_t j = 0; j < t; j++) ws[j] = dot(q, store + from[j] * width + head, dk) * scale;
+                ws[t] = dot(q, own + head, dk) * scale;
+                softmax_weights(w, t + 1);
+                float *o = out + b * out_stride + h * dv;
+                if (dv % 16 == 0 && dv <= 128) {
+                    v16 acc[8];
+                    int64_t chunks = dv / 16;
+                    for (int64_t c = 0; c < chunks; c++) acc[c] = splat(0.0f);
+                    for (int64_t j = 0; j <= t; j++) {
+                        const v16 *v = (const v16 *)((j < t ? store + from[j] * width : own) + head + dk);
+                        for (int64_t c = 0; c < chunks; c++) acc[c] += ws[j] * v[c];
+                    }
+                    for (int64_t c = 0; c < chunks; c++) *(v16 *)(o + 16 * c) = acc[c];
+                } else {
+                    for (int64_t d = 0; d < dv; d++) o[d] = 0.0f;
+                    for (int64_t j = 0; j <= t; j++) {
+                        const float *v = (j < t ? store + from[j] * width : own) + head + dk;
+                        for (int64_t d = 0; d < dv; d++) o[d] += ws[j] * v[d];
+                    }
                 }
-                memcpy(K + t * dk, q + dk, sizeof(float) * (size_t)dk);
-                memcpy(V + t * dv, q + 2 * dk, sizeof(float) * (size_t)dv);
-                for (int64_t j = 0; j <= t; j++) ws[j] = dot(q, K + j * dk, dk) * scale;
-                softmax_values(w, t + 1, V, dv, out + b * out_stride + h * dv);
             }
         }
         if (w && w != local) free(w);

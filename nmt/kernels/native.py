@@ -118,7 +118,7 @@ def _build(compiler: list[str], openmp: bool) -> Path:
 def _open(path: Path) -> ctypes.CDLL:
     lib = ctypes.CDLL(str(path))
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    lib.nmt_self_attention_step.argtypes = [ptr, i64, ptr, ptr, ptr, i64, ptr, ptr, ptr, i64, i64, i64, i64, i64, i64, ctypes.c_float]
+    lib.nmt_self_attention_step.argtypes = [ptr, i64, ptr, i64, i64, ptr, ptr, i64, i64, i64, i64, i64, i64, ctypes.c_float]
     lib.nmt_self_attention_step.restype = ctypes.c_int
     lib.nmt_cross_attention_step.argtypes = [ptr, i64, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, i64, i64, ctypes.c_float]
     lib.nmt_cross_attention_step.restype = ctypes.c_int
@@ -171,52 +171,54 @@ def library() -> ctypes.CDLL | None:
     return _loaded[0]
 
 
-def self_attention_step(qkv: Tensor, cache_k: Tensor, cache_v: Tensor, rows: Tensor | None, out: Tensor,
-                        heads: int, d_k: int, d_v: int) -> tuple[Tensor, Tensor]:
-    """One decoding step's self-attention, float32 on a CPU: hypotheses' projections ``qkv`` (R, heads·(2d_k +
-    d_v)), each head's query, key and value side by side (``grouped_qkv``), rows of unit inner stride; the
-    caches (R_old, heads, t, d_k | d_v), contiguous; ``rows`` (R,) int64, the cache row each hypothesis
-    continues (None: its own). Writes each head's attention output into ``out`` (R, heads·d_v; rows apart,
-    sharing no memory with the inputs) and returns the new caches (R, heads, t + 1, d_k | d_v): the old ones
-    reordered, the step's keys and values appended.
+def self_attention_step(qkv: Tensor, store: Tensor, top: int, ancestors: Tensor, out: Tensor, heads: int, d_k: int, d_v: int) -> None:
+    """One decoding step's self-attention, float32 on a CPU, over keys and values left where they were first
+    written: hypotheses' projections ``qkv`` (R, heads·(2d_k + d_v)), each head's query, key and value side
+    by side (``grouped_qkv``), rows of unit inner stride; ``store``
+    (capacity, heads·(d_k + d_v)) contiguous, each head's key then value, rows [0, top) written;
+    ``ancestors`` (R, t) int64 contiguous, the store's row of each hypothesis's positions 0..t-1. Writes the
+    step's keys and values into store rows top..top+R-1 and each head's attention output into ``out`` (R,
+    heads·d_v; rows apart, sharing no memory with the inputs).
 
-    Equal to ``cat([cache_k[rows], k], 2)``, the same for the values, and ``attend_heads`` on them, up to
-    rounding. A large step is split by hypotheses across the calling thread's torch threads (OpenMP); each
-    hypothesis's result is the same however it is split.
-    """
+    A reorder of hypotheses is then a reorder of ``ancestors`` (R × t integers), not of every layer's cache.
+    Equal to ``attend_heads`` over each hypothesis's positions, up to rounding. A large step is split by
+    hypotheses across the calling thread's torch threads (OpenMP); each hypothesis's result is the same
+    however it is split."""
     lib = _loaded[0] if _loaded else library()
     if lib is None:
         raise RuntimeError("self_attention_step: the C library is not available here (see nmt.kernels.native)")
-    return _step(lib, qkv, cache_k, cache_v, rows, out, heads, d_k, d_v)
+    _step(lib, qkv, store, top, ancestors, out, heads, d_k, d_v)
 
 
-def _step(lib: ctypes.CDLL, qkv: Tensor, cache_k: Tensor, cache_v: Tensor, rows: Tensor | None, out: Tensor,
-          heads: int, d_k: int, d_v: int) -> tuple[Tensor, Tensor]:
-    # Checked so that nothing reaches C that it would read or write out of bounds: a step calls this once a
-    # layer, so the checks are attribute reads, not torch operations (the rows' range is checked in C).
-    r, (old, _, t, _) = qkv.shape[0], cache_k.shape
+def _step(lib: ctypes.CDLL, qkv: Tensor, store: Tensor, top: int, ancestors: Tensor, out: Tensor, heads: int, d_k: int, d_v: int) -> None:
+    r, t = ancestors.shape
     f32 = torch.float32
-    if not (qkv.dtype is f32 and cache_k.dtype is f32 and cache_v.dtype is f32 and out.dtype is f32
-            and qkv.is_cpu and cache_k.is_cpu and cache_v.is_cpu and out.is_cpu):
-        raise ValueError("self_attention_step: float32 tensors on the CPU only")
+    if not (qkv.dtype is f32 and store.dtype is f32 and out.dtype is f32 and ancestors.dtype is torch.int64
+            and qkv.is_cpu and store.is_cpu and out.is_cpu and ancestors.is_cpu):
+        raise ValueError("self_attention_step: float32 tensors and int64 ancestors on the CPU only")
     width = heads * (2 * d_k + d_v)
-    if not (qkv.dim() == 2 and qkv.shape[1] == width and qkv.stride(1) == 1 and qkv.stride(0) >= width and out.shape == (r, heads * d_v)
-            and out.stride(1) == 1 and out.stride(0) >= heads * d_v and cache_k.shape == (old, heads, t, d_k) and cache_v.shape == (old, heads, t, d_v)
-            and cache_k.is_contiguous() and cache_v.is_contiguous()):
+    if not (qkv.dim() == 2 and qkv.shape == (r, width) and qkv.stride(1) == 1 and qkv.stride(0) >= width and out.shape == (r, heads * d_v)
+            and out.stride(1) == 1 and out.stride(0) >= heads * d_v and store.dim() == 2 and store.shape[1] == heads * (d_k + d_v)
+            and store.is_contiguous() and ancestors.is_contiguous()):
         raise ValueError("self_attention_step: shapes or strides other than the documented ones")
-    if rows is None:
-        if old != r:
-            raise ValueError(f"self_attention_step: {old} cache rows for {r} hypotheses and no rows to take")
-    elif not (rows.dtype is torch.int64 and rows.is_cpu and rows.shape == (r,) and rows.is_contiguous()):
-        raise ValueError("self_attention_step: rows must be a contiguous int64 CPU vector, one per hypothesis")
-    new_k, new_v = cache_k.new_empty(r, heads, t + 1, d_k), cache_v.new_empty(r, heads, t + 1, d_v)
-    status = lib.nmt_self_attention_step(qkv.data_ptr(), qkv.stride(0), cache_k.data_ptr(), cache_v.data_ptr(),
-                                         None if rows is None else rows.data_ptr(), old, new_k.data_ptr(), new_v.data_ptr(),
-                                         out.data_ptr(), out.stride(0), r, heads, t, d_k, d_v, d_k**-0.5)
+    status = lib.nmt_self_attention_step(qkv.data_ptr(), qkv.stride(0), store.data_ptr(), top, store.shape[0], ancestors.data_ptr(),
+                                           out.data_ptr(), out.stride(0), r, heads, t, d_k, d_v, d_k**-0.5)
     if status:
         raise MemoryError(f"self_attention_step: no memory for the weights of {t + 1} positions") if status == 1 else \
-            IndexError(f"self_attention_step: a row to continue outside the cache's {old} rows")
-    return new_k, new_v
+            IndexError(f"self_attention_step: an ancestor outside the store's {top} written rows, or no room for {r} more")
+
+
+def store_of(cache_k: Tensor, cache_v: Tensor, rows: Tensor | None, spare: int) -> tuple[Tensor, int, Tensor]:
+    """Caches laid out as torch's path keeps them, (R_old, heads, t, d_k | d_v), as ``self_attention_step``
+    reads them instead: a store whose row j·R_old + a holds hypothesis a's position j, ``spare`` rows left
+    after them, and the ancestors of the hypotheses that continue ``rows`` (None: each its own). Returns
+    (store, rows written, ancestors)."""
+    old, heads, t, _ = cache_k.shape
+    width = heads * (cache_k.size(3) + cache_v.size(3))
+    both = torch.cat([cache_k, cache_v], dim=3).permute(2, 0, 1, 3).reshape(t * old, width)  # (t·R_old, heads·(d_k + d_v))
+    store = torch.cat([both, both.new_zeros(spare, both.size(1))]).contiguous()
+    continued = torch.arange(old) if rows is None else rows
+    return store, t * old, (torch.arange(t) * old + continued[:, None]).contiguous()
 
 
 def cross_layout(keys: Tensor, values: Tensor, bias: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -327,8 +329,9 @@ def _agrees(lib: ctypes.CDLL) -> bool:
         bias = torch.zeros(n * heads, 1, s)
         bias[heads:, :, 4:] = float("-inf")  # the second source is shorter
         cross = torch.zeros(n * beam, heads * d_v)
+        store, top, ancestors = store_of(cache_k, cache_v, rows, spare=n * beam)
         try:
-            new_k, new_v = _step(lib, qkv, cache_k, cache_v, rows, out, heads, d_k, d_v)
+            _step(lib, qkv, store, top, ancestors, out, heads, d_k, d_v)
             _cross(lib, qkv[:, : heads * d_k], *cross_layout(keys, values, bias), cross, heads, beam)
         except (MemoryError, ctypes.ArgumentError):
             return False
@@ -339,7 +342,9 @@ def _agrees(lib: ctypes.CDLL) -> bool:
         q = qkv[:, : heads * d_k].view(n, beam, heads, d_k).transpose(1, 2)  # (N, heads, beam, d_k)
         scores = q @ keys.view(n, heads, s, d_k).transpose(-1, -2) * d_k**-0.5 + bias.view(n, heads, 1, s)
         want_cross = (scores.softmax(-1) @ values.view(n, heads, s, d_v)).transpose(1, 2).reshape(n * beam, heads * d_v)
-        if not (torch.equal(new_k, want_k) and torch.equal(new_v, want_v) and torch.allclose(out, want, rtol=1e-5, atol=1e-6)
+        stored = store[top:].view(n * beam, heads, d_k + d_v)
+        if not (torch.equal(stored[..., :d_k], parts[:, :, 0, d_k : 2 * d_k]) and torch.equal(stored[..., d_k:], parts[:, :, 0, 2 * d_k :])
+                and torch.allclose(out, want, rtol=1e-5, atol=1e-6)
                 and torch.allclose(cross, want_cross, rtol=1e-5, atol=1e-6)):
             return False
     # Products: a width that fills no whole panel, every row count of a block and its remainders.

@@ -1,6 +1,7 @@
-"""The C self-attention step (``nmt.kernels.native``): built once into its cache, equal to torch's reorder,
-append and attention, the same however a step is split across threads, refused when wrong, and absent
-(decoding on torch's path) where no compiler is."""
+"""The C library of decoding (``nmt.kernels.native``): its self- and cross-attention steps equal to torch's
+reorder, append and attention, the same however a step is split across threads; built once into its cache,
+refused when wrong, and absent (decoding on torch's path) where no compiler is. Its products are tested
+with the other projections' paths in test_kernels."""
 
 from pathlib import Path
 
@@ -50,9 +51,13 @@ def test_step_equals_reorder_append_and_attention(needs_compiler: None, position
     cache_k, cache_v = torch.randn(old_rows, heads, positions, d_k, generator=g), torch.randn(old_rows, heads, positions, d_v, generator=g)
     rows = torch.tensor([5, 0, 0, 3, 2]) if reorder else None
     buffer = torch.full((8, heads * d_v + 6), float("nan"))
-    k, v = native.self_attention_step(qkv, cache_k, cache_v, rows, buffer[:r, 3 : 3 + heads * d_v], heads, d_k, d_v)
+    store, top, ancestors = native.store_of(cache_k, cache_v, rows, spare=r + 2)
+    before = store.clone()
+    native.self_attention_step(qkv, store, top, ancestors, buffer[:r, 3 : 3 + heads * d_v], heads, d_k, d_v)
     want_k, want_v, want = reference(qkv.contiguous(), cache_k, cache_v, rows, heads, d_k, d_v)
-    assert torch.equal(k, want_k) and torch.equal(v, want_v)  # copies: exact
+    # The step's keys and values are the store's next rows, exactly; nothing else of it changed.
+    assert torch.equal(store[top : top + r].view(r, heads, -1), torch.cat([want_k[:, :, -1], want_v[:, :, -1]], dim=2))
+    assert torch.equal(store[:top], before[:top]) and torch.equal(store[top + r :], before[top + r :])
     torch.testing.assert_close(buffer[:r, 3 : 3 + heads * d_v], want, atol=1e-5, rtol=1e-5)
     assert buffer[r:].isnan().all() and buffer[:, :3].isnan().all() and buffer[:, 3 + heads * d_v :].isnan().all()  # nothing else written
 
@@ -85,7 +90,7 @@ def test_very_large_scores_and_many_positions(needs_compiler: None) -> None:
     qkv = torch.randn(r, heads * 3 * d, generator=g) * 30
     cache_k, cache_v = torch.randn(r, heads, 5000, d, generator=g) * 3, torch.randn(r, heads, 5000, d, generator=g)
     out = torch.empty(r, heads * d)
-    native.self_attention_step(qkv, cache_k, cache_v, None, out, heads, d, d)
+    native.self_attention_step(qkv, *native.store_of(cache_k, cache_v, None, spare=r), out, heads, d, d)
     exact = reference(qkv.double(), cache_k.double(), cache_v.double(), None, heads, d, d)[2]
     torch_error = (reference(qkv, cache_k, cache_v, None, heads, d, d)[2] - exact).abs().max()
     assert (out - exact).abs().max() <= 2 * torch_error + 1e-6
@@ -112,12 +117,13 @@ def test_a_step_split_across_threads_is_the_same_to_the_bit(needs_compiler: None
         for n in (1, 2, 3):
             torch.set_num_threads(n)
             out = torch.empty(r, heads * d)
-            k, v = native.self_attention_step(qkv, cache_k, cache_v, rows, out, heads, d, d)
-            results.append((k, v, out))
+            store, top, ancestors = native.store_of(cache_k, cache_v, rows, spare=r)
+            native.self_attention_step(qkv, store, top, ancestors, out, heads, d, d)
+            results.append((store, out))
     finally:
         torch.set_num_threads(threads)
-    for k, v, out in results[1:]:
-        assert torch.equal(k, results[0][0]) and torch.equal(v, results[0][1]) and torch.equal(out, results[0][2])
+    for store, out in results[1:]:
+        assert torch.equal(store, results[0][0]) and torch.equal(out, results[0][1])
     keys, values, bias = native.cross_layout(torch.randn(100 * 4, 100, d, generator=g), torch.randn(100 * 4, 100, d, generator=g),
                                              torch.zeros(100 * 4, 1, 100))
     q = torch.randn(100 * 3, heads * d, generator=g)
@@ -151,11 +157,11 @@ def test_a_compiler_command_with_arguments(fresh: Path, needs_compiler: None, mo
     assert native.library() is not None
 
 
-@pytest.mark.parametrize("right, wrong", [("dot(q, K + j * dk, dk) * scale", "dot(q, K + j * dk, dk) * scale * 1.01f"),
+@pytest.mark.parametrize("right, wrong", [("ws[j] = dot(q, store + from[j] * width + head, dk) * scale;", "ws[j] = dot(q, store + from[j] * width + head, dk) * scale * 1.01f;"),
                                           ("w[i * blocks + b] = acc[i] * scale + B[b]", "w[i * blocks + b] = acc[i] * scale * 1.01f + B[b]"),
                                           ("v16 v = acc[r][c] + *(const v16 *)(bias + 16 * c);", "v16 v = acc[r][c];"),
                                           ("if (relu) v = (v16)((v16i)v & (v > splat(0.0f)));", ""),
-                                          ("int64_t from = rows ? rows[b] : b;", "int64_t from = b;")])
+                                          ("const int64_t *from = ancestors + b * t;", "const int64_t *from = ancestors;")])
 def test_a_library_that_computes_wrong_is_refused(fresh: Path, needs_compiler: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                   right: str, wrong: str) -> None:
     source = native.SOURCE.read_text()
@@ -179,7 +185,7 @@ def test_without_the_library_decoding_takes_torchs_path(fresh: Path, monkeypatch
     else:
         assert native.library() is None
     with pytest.raises(RuntimeError, match="not available"):
-        native.self_attention_step(torch.zeros(1, 6), torch.zeros(1, 1, 0, 2), torch.zeros(1, 1, 0, 2), None, torch.zeros(1, 2), 1, 2, 2)
+        native.self_attention_step(torch.zeros(1, 6), torch.zeros(1, 4), 0, torch.zeros(1, 0, dtype=torch.long), torch.zeros(1, 2), 1, 2, 2)
     model = tiny_model()
     src = torch.tensor([[5, 6, 7, 3]])
     tgt = torch.tensor([[2, 11, 12, 13]])
@@ -191,22 +197,24 @@ def test_without_the_library_decoding_takes_torchs_path(fresh: Path, monkeypatch
 
 
 def test_inputs_it_cannot_take_are_refused(needs_compiler: None) -> None:
-    qkv, cache = torch.zeros(2, 6), torch.zeros(2, 1, 3, 2)
+    qkv, store, ancestors = torch.zeros(2, 6), torch.zeros(8, 4), torch.tensor([[0, 2], [1, 3]])
     with pytest.raises(ValueError, match="float32"):
-        native.self_attention_step(qkv.double(), cache, cache, None, torch.zeros(2, 2), 1, 2, 2)
+        native.self_attention_step(qkv.double(), store, 4, ancestors, torch.zeros(2, 2), 1, 2, 2)
     with pytest.raises(ValueError, match="shapes or strides"):
-        native.self_attention_step(qkv, torch.zeros(2, 1, 2, 3).transpose(2, 3), cache, None, torch.zeros(2, 2), 1, 2, 2)
+        native.self_attention_step(qkv, torch.zeros(4, 8).t(), 4, ancestors, torch.zeros(2, 2), 1, 2, 2)
     with pytest.raises(ValueError, match="shapes or strides"):
-        native.self_attention_step(qkv, cache, cache, None, torch.zeros(2, 2), 2, 1, 1)  # heads and widths that do not fit qkv
+        native.self_attention_step(qkv, store, 4, ancestors, torch.zeros(2, 3), 3, 1, 1)  # heads and widths that do not fit qkv
     with pytest.raises(ValueError, match="int64"):
-        native.self_attention_step(qkv, cache, cache, torch.tensor([0, 1], dtype=torch.int32), torch.zeros(2, 2), 1, 2, 2)
-    with pytest.raises(ValueError, match="no rows to take"):
-        native.self_attention_step(qkv, torch.zeros(3, 1, 3, 2), torch.zeros(3, 1, 3, 2), None, torch.zeros(2, 2), 1, 2, 2)
-    out = torch.full((2, 2), 7.0)
-    for outside in (2, -1):
-        with pytest.raises(IndexError, match="outside the cache's 2 rows"):
-            native.self_attention_step(qkv, cache, cache, torch.tensor([0, outside]), out, 1, 2, 2)
-    assert (out == 7).all()  # nothing written
+        native.self_attention_step(qkv, store, 4, ancestors.int(), torch.zeros(2, 2), 1, 2, 2)
+    with pytest.raises(ValueError, match="shapes or strides"):
+        native.self_attention_step(qkv, store, 4, ancestors[:1], torch.zeros(2, 2), 1, 2, 2)  # ancestors for one hypothesis of two
+    out, kept = torch.full((2, 2), 7.0), store.clone()
+    for outside in (4, -1):  # a row not yet written, a negative one
+        with pytest.raises(IndexError, match="outside the store's 4 written rows"):
+            native.self_attention_step(qkv, store, 4, torch.tensor([[0, 2], [1, outside]]), out, 1, 2, 2)
+    with pytest.raises(IndexError, match="no room for 2 more"):
+        native.self_attention_step(qkv, store, 7, ancestors, out, 1, 2, 2)
+    assert (out == 7).all() and torch.equal(store, kept)  # nothing written
     keys, values, bias = native.cross_layout(torch.zeros(4, 5, 2), torch.zeros(4, 5, 2), torch.zeros(4, 1, 5))
     with pytest.raises(ValueError, match="3 queries for 2 sentences of beam 2"):
         native.cross_attention_step(torch.zeros(3, 4), keys, values, bias, torch.zeros(3, 4), 2, 2)
