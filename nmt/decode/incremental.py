@@ -133,7 +133,7 @@ class DecoderState:
     scratch: Tensor | None = None  # (padded rows, h·d_v): attention's output as the next projection reads it
     fused_attention: bool = False  # attention through the C steps (``nmt.kernels.native``)
     heads: int = 1
-    store: list[Tensor] = field(default_factory=list)  # per layer with the C steps (capacity, h·(d_k + d_v)): each head's key, value
+    store: list[native.Store] = field(default_factory=list)  # per layer with the C steps: each step's keys and values
     stored: int = 0  # the store's rows written so far (the same in every layer)
     ancestors: Tensor | None = None  # (R, step) int64 with the C steps: the store row of each hypothesis's positions
 
@@ -144,16 +144,6 @@ class DecoderState:
         if self.scratch is None or self.scratch.size(0) < padded:
             self.scratch = like.new_zeros(padded, width)
         return self.scratch[:padded]
-
-    def reserve(self, i: int, rows: int) -> Tensor:
-        """Layer ``i``'s store with room for ``rows`` more rows: made twice as large when full, so that its
-        copies cost a constant per row written."""
-        store = self.store[i]
-        if store.size(0) < self.stored + rows:
-            grown = store.new_empty(max(2 * store.size(0), self.stored + rows), store.size(1))
-            grown[: self.stored] = store[: self.stored]
-            self.store[i] = store = grown
-        return store
 
     def advance(self, rows: int) -> None:
         """After a step's layers with the C steps: the ``rows`` hypotheses' new positions are the store's next
@@ -354,8 +344,7 @@ def init_state(model: Transformer, enc: EncoderOut, beam: int = 1, arranged: Ste
         bias = F.pad(bias, (0, extra), value=float("-inf"))
     empty = lambda width: memory.new_empty(n * beam, heads, 0, width)  # noqa: E731
     layers = 0 if fused else len(model.decoder)
-    # The store starts with room for 16 steps of one row per sentence and hypothesis (``reserve`` grows it).
-    store = [memory.new_empty(16 * n * beam, heads * (cfg.key_dim + cfg.value_dim)) for _ in model.decoder] if fused else []
+    store = [native.Store(heads * (cfg.key_dim + cfg.value_dim), memory.dtype, memory.device) for _ in model.decoder] if fused else []
     return DecoderState(
         self_k=[empty(cfg.key_dim) for _ in range(layers)], self_v=[empty(cfg.value_dim) for _ in range(layers)],
         cross_k=cross_k, cross_v=cross_v, cross_bias=bias,
@@ -399,7 +388,7 @@ def _layer_step(layer: DecoderLayer, y: Tensor, state: DecoderState, i: int, r: 
     def self_attention(h: Tensor) -> Tensor:
         if state.fused_attention:  # the step's keys and values stored, each hypothesis's positions attended, in C
             qkv = w.qkv(h)[:r]
-            native.self_attention_step(qkv, state.reserve(i, r), state.stored, state.ancestors, out[:r], heads, dk, dv)
+            native.self_attention_step(qkv, state.store[i], state.stored, state.ancestors, out[:r], heads, dk, dv)
             return w.self_out(out)
         qkv = w.qkv(h)[:r].view(r, heads, 1, 2 * dk + dv)  # a head's q, k, v side by side
         k, v = state.append(i, qkv[..., dk : 2 * dk], qkv[..., 2 * dk :])  # (R·h, t + 1, d_k or d_v)

@@ -131,12 +131,6 @@ static void values(int64_t nq, const v16 *w, int64_t stride, int64_t T, const fl
     }
 }
 
-/* Scores w[0..T) → out = softmax(w)·V, V (T, dv) rows dv apart. w has room for T rounded up to 16. */
-static void softmax_values(v16 *w, int64_t T, const float *V, int64_t dv, float *out) {
-    softmax_weights(w, T);
-    values(1, w, 0, T, V, dv, out, 0);
-}
-
 static inline float dot(const float *a, const float *b, int64_t n) {
     if (n % 16 == 0) {
         v16 acc = splat(0.0f);
@@ -160,20 +154,22 @@ static inline float dot(const float *a, const float *b, int64_t n) {
 /* A step at position t that reads each hypothesis's earlier positions where they were first written instead of
  * from a reordered copy:
  *   qkv      (R, H, 2·dk + dv): each head's query, key and value side by side; rows qkv_stride apart
- *   store    (capacity, H·(dk + dv)) contiguous: every key and value written so far, one row per hypothesis
- *            and position, each head's key then value; rows [0, top) written
+ *   store    n_chunks addresses of (2^shift, H·(dk + dv)) contiguous float blocks: the store, every key and
+ *            value written so far, one row per hypothesis and position, each head's key then value; row i
+ *            is row i mod 2^shift of chunk i >> shift; rows [0, top) written
  *   ancestors (R, t) int64 contiguous: the store's row of each hypothesis's positions 0..t-1
  *   out      (R, H·dv): written, each head's attention output; rows out_stride apart
  * Writes each hypothesis's key and value at position t into store row top + b. Returns 0; 1 when memory
  * for the scores could not be had; 2, having written nothing, when an ancestor row is not below top or the
  * store has no room for R more rows. */
-int nmt_self_attention_step(const float *qkv, int64_t qkv_stride, float *store, int64_t top, int64_t capacity,
-                            const int64_t *ancestors, float *out, int64_t out_stride,
+int nmt_self_attention_step(const float *qkv, int64_t qkv_stride, const int64_t *store, int64_t n_chunks, int64_t shift,
+                            int64_t top, const int64_t *ancestors, float *out, int64_t out_stride,
                             int64_t R, int64_t H, int64_t t, int64_t dk, int64_t dv, float scale) {
-    if (top < 0 || top + R > capacity) return 2;
+    if (top < 0 || shift < 0 || shift > 40 || top + R > (n_chunks << shift)) return 2;
     for (int64_t i = 0; i < R * t; i++)
         if (ancestors[i] < 0 || ancestors[i] >= top) return 2;
-    int64_t width = H * (dk + dv);
+    int64_t width = H * (dk + dv), mask = ((int64_t)1 << shift) - 1;
+#define STORE_ROW(i) ((float *)(intptr_t)store[(i) >> shift] + ((i) & mask) * width)
     int failed = 0;
     int64_t blocks = (t + 1 + 15) / 16;
 #pragma omp parallel if (R * H * (t + 1) * (dk + dv) >= SPLIT_WORK) reduction(| : failed)
@@ -186,7 +182,7 @@ int nmt_self_attention_step(const float *qkv, int64_t qkv_stride, float *store, 
         for (int64_t b = 0; b < R; b++) {
             if (!w) continue;
             const int64_t *from = ancestors + b * t;
-            float *own = store + (top + b) * width;
+            float *own = STORE_ROW(top + b);
             for (int64_t h = 0; h < H; h++) {
                 const float *q = qkv + b * qkv_stride + h * (2 * dk + dv);
                 memcpy(own + h * (dk + dv), q + dk, sizeof(float) * (size_t)(dk + dv));
@@ -194,7 +190,7 @@ int nmt_self_attention_step(const float *qkv, int64_t qkv_stride, float *store, 
             for (int64_t h = 0; h < H; h++) {
                 const float *q = qkv + b * qkv_stride + h * (2 * dk + dv);
                 int64_t head = h * (dk + dv);
-                for (int64_t j = 0; j < t; j++) ws[j] = dot(q, store + from[j] * width + head, dk) * scale;
+                for (int64_t j = 0; j < t; j++) ws[j] = dot(q, STORE_ROW(from[j]) + head, dk) * scale;
                 ws[t] = dot(q, own + head, dk) * scale;
                 softmax_weights(w, t + 1);
                 float *o = out + b * out_stride + h * dv;
@@ -203,14 +199,14 @@ int nmt_self_attention_step(const float *qkv, int64_t qkv_stride, float *store, 
                     int64_t chunks = dv / 16;
                     for (int64_t c = 0; c < chunks; c++) acc[c] = splat(0.0f);
                     for (int64_t j = 0; j <= t; j++) {
-                        const v16 *v = (const v16 *)((j < t ? store + from[j] * width : own) + head + dk);
+                        const v16 *v = (const v16 *)((j < t ? STORE_ROW(from[j]) : own) + head + dk);
                         for (int64_t c = 0; c < chunks; c++) acc[c] += ws[j] * v[c];
                     }
                     for (int64_t c = 0; c < chunks; c++) *(v16 *)(o + 16 * c) = acc[c];
                 } else {
                     for (int64_t d = 0; d < dv; d++) o[d] = 0.0f;
                     for (int64_t j = 0; j <= t; j++) {
-                        const float *v = (j < t ? store + from[j] * width : own) + head + dk;
+                        const float *v = (j < t ? STORE_ROW(from[j]) : own) + head + dk;
                         for (int64_t d = 0; d < dv; d++) o[d] += ws[j] * v[d];
                     }
                 }
@@ -218,6 +214,7 @@ int nmt_self_attention_step(const float *qkv, int64_t qkv_stride, float *store, 
         }
         if (w && w != local) free(w);
     }
+#undef STORE_ROW
     return failed;
 }
 

@@ -118,7 +118,7 @@ def _build(compiler: list[str], openmp: bool) -> Path:
 def _open(path: Path) -> ctypes.CDLL:
     lib = ctypes.CDLL(str(path))
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    lib.nmt_self_attention_step.argtypes = [ptr, i64, ptr, i64, i64, ptr, ptr, i64, i64, i64, i64, i64, i64, ctypes.c_float]
+    lib.nmt_self_attention_step.argtypes = [ptr, i64, ptr, i64, i64, i64, ptr, ptr, i64, i64, i64, i64, i64, i64, ctypes.c_float]
     lib.nmt_self_attention_step.restype = ctypes.c_int
     lib.nmt_cross_attention_step.argtypes = [ptr, i64, ptr, ptr, ptr, ptr, i64, i64, i64, i64, i64, i64, i64, ctypes.c_float]
     lib.nmt_cross_attention_step.restype = ctypes.c_int
@@ -171,14 +171,50 @@ def library() -> ctypes.CDLL | None:
     return _loaded[0]
 
 
-def self_attention_step(qkv: Tensor, store: Tensor, top: int, ancestors: Tensor, out: Tensor, heads: int, d_k: int, d_v: int) -> None:
+class Store:
+    """One decoder layer's keys and values as ``self_attention_step`` keeps them: rows of heads·(d_k + d_v)
+    floats (each head's key, then value), one per hypothesis and step, each left where it was first written.
+    The rows live in chunks of ``2**shift`` rows, so that growing the store never copies it (and a batch's
+    store is at most one chunk larger than its rows); ``table`` holds the chunks' addresses for C. A copy
+    (``copy.deepcopy``, as tests copy decoding states) copies the chunks and makes its own table."""
+
+    def __init__(self, width: int, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu", shift: int = 10) -> None:
+        self.width, self.dtype, self.device, self.shift = width, dtype, torch.device(device), shift
+        self.chunks: list[Tensor] = []
+        self.table = torch.empty(0, dtype=torch.int64)
+
+    @property
+    def capacity(self) -> int:
+        return len(self.chunks) << self.shift
+
+    def reserve(self, rows: int) -> None:
+        """Room for ``rows`` rows in all: new chunks as needed, the rows already there untouched."""
+        if rows > self.capacity:
+            while rows > self.capacity:
+                self.chunks.append(torch.empty(1 << self.shift, self.width, dtype=self.dtype, device=self.device))
+            self.table = torch.tensor([c.data_ptr() for c in self.chunks], dtype=torch.int64)
+
+    def rows(self, start: int, count: int) -> Tensor:
+        """A copy of rows [start, start + count), (count, width)."""
+        size = 1 << self.shift
+        if not count:
+            return torch.empty(0, self.width, dtype=self.dtype, device=self.device)
+        return torch.cat([self.chunks[i // size][i % size][None] for i in range(start, start + count)])
+
+    def __deepcopy__(self, memo: dict) -> Store:
+        copy = Store(self.width, self.dtype, self.device, self.shift)
+        copy.chunks = [c.clone() for c in self.chunks]
+        copy.table = torch.tensor([c.data_ptr() for c in copy.chunks], dtype=torch.int64)
+        return copy
+
+
+def self_attention_step(qkv: Tensor, store: Store, top: int, ancestors: Tensor, out: Tensor, heads: int, d_k: int, d_v: int) -> None:
     """One decoding step's self-attention, float32 on a CPU, over keys and values left where they were first
     written: hypotheses' projections ``qkv`` (R, heads·(2d_k + d_v)), each head's query, key and value side
-    by side (``grouped_qkv``), rows of unit inner stride; ``store``
-    (capacity, heads·(d_k + d_v)) contiguous, each head's key then value, rows [0, top) written;
+    by side (``grouped_qkv``), rows of unit inner stride; ``store`` with rows [0, top) written;
     ``ancestors`` (R, t) int64 contiguous, the store's row of each hypothesis's positions 0..t-1. Writes the
-    step's keys and values into store rows top..top+R-1 and each head's attention output into ``out`` (R,
-    heads·d_v; rows apart, sharing no memory with the inputs).
+    step's keys and values into store rows top..top+R-1 (making room for them) and each head's attention
+    output into ``out`` (R, heads·d_v; rows apart, sharing no memory with the inputs).
 
     A reorder of hypotheses is then a reorder of ``ancestors`` (R × t integers), not of every layer's cache.
     Equal to ``attend_heads`` over each hypothesis's positions, up to rounding. A large step is split by
@@ -190,33 +226,39 @@ def self_attention_step(qkv: Tensor, store: Tensor, top: int, ancestors: Tensor,
     _step(lib, qkv, store, top, ancestors, out, heads, d_k, d_v)
 
 
-def _step(lib: ctypes.CDLL, qkv: Tensor, store: Tensor, top: int, ancestors: Tensor, out: Tensor, heads: int, d_k: int, d_v: int) -> None:
+def _step(lib: ctypes.CDLL, qkv: Tensor, store: Store, top: int, ancestors: Tensor, out: Tensor, heads: int, d_k: int, d_v: int) -> None:
     r, t = ancestors.shape
     f32 = torch.float32
     if not (qkv.dtype is f32 and store.dtype is f32 and out.dtype is f32 and ancestors.dtype is torch.int64
-            and qkv.is_cpu and store.is_cpu and out.is_cpu and ancestors.is_cpu):
+            and qkv.is_cpu and store.device.type == "cpu" and out.is_cpu and ancestors.is_cpu):
         raise ValueError("self_attention_step: float32 tensors and int64 ancestors on the CPU only")
     width = heads * (2 * d_k + d_v)
     if not (qkv.dim() == 2 and qkv.shape == (r, width) and qkv.stride(1) == 1 and qkv.stride(0) >= width and out.shape == (r, heads * d_v)
-            and out.stride(1) == 1 and out.stride(0) >= heads * d_v and store.dim() == 2 and store.shape[1] == heads * (d_k + d_v)
-            and store.is_contiguous() and ancestors.is_contiguous()):
+            and out.stride(1) == 1 and out.stride(0) >= heads * d_v and store.width == heads * (d_k + d_v) and ancestors.is_contiguous()):
         raise ValueError("self_attention_step: shapes or strides other than the documented ones")
-    status = lib.nmt_self_attention_step(qkv.data_ptr(), qkv.stride(0), store.data_ptr(), top, store.shape[0], ancestors.data_ptr(),
-                                           out.data_ptr(), out.stride(0), r, heads, t, d_k, d_v, d_k**-0.5)
+    if 0 <= top <= store.capacity:
+        store.reserve(top + r)
+    status = lib.nmt_self_attention_step(qkv.data_ptr(), qkv.stride(0), store.table.data_ptr(), len(store.chunks), store.shift, top,
+                                         ancestors.data_ptr(), out.data_ptr(), out.stride(0), r, heads, t, d_k, d_v, d_k**-0.5)
     if status:
         raise MemoryError(f"self_attention_step: no memory for the weights of {t + 1} positions") if status == 1 else \
-            IndexError(f"self_attention_step: an ancestor outside the store's {top} written rows, or no room for {r} more")
+            IndexError(f"self_attention_step: an ancestor outside the store's {top} written rows")
 
 
-def store_of(cache_k: Tensor, cache_v: Tensor, rows: Tensor | None, spare: int) -> tuple[Tensor, int, Tensor]:
+def store_of(cache_k: Tensor, cache_v: Tensor, rows: Tensor | None, shift: int = 10) -> tuple[Store, int, Tensor]:
     """Caches laid out as torch's path keeps them, (R_old, heads, t, d_k | d_v), as ``self_attention_step``
-    reads them instead: a store whose row j·R_old + a holds hypothesis a's position j, ``spare`` rows left
-    after them, and the ancestors of the hypotheses that continue ``rows`` (None: each its own). Returns
+    reads them instead: a store (chunks of ``2**shift`` rows) whose row j·R_old + a holds hypothesis a's
+    position j, and the ancestors of the hypotheses that continue ``rows`` (None: each its own). Returns
     (store, rows written, ancestors)."""
     old, heads, t, _ = cache_k.shape
     width = heads * (cache_k.size(3) + cache_v.size(3))
     both = torch.cat([cache_k, cache_v], dim=3).permute(2, 0, 1, 3).reshape(t * old, width)  # (t·R_old, heads·(d_k + d_v))
-    store = torch.cat([both, both.new_zeros(spare, both.size(1))]).contiguous()
+    store = Store(width, both.dtype, both.device, shift)
+    store.reserve(t * old)
+    size = 1 << shift
+    for i, chunk in enumerate(store.chunks):
+        part = both[i * size : (i + 1) * size]
+        chunk[: part.size(0)] = part
     continued = torch.arange(old) if rows is None else rows
     return store, t * old, (torch.arange(t) * old + continued[:, None]).contiguous()
 
@@ -329,7 +371,7 @@ def _agrees(lib: ctypes.CDLL) -> bool:
         bias = torch.zeros(n * heads, 1, s)
         bias[heads:, :, 4:] = float("-inf")  # the second source is shorter
         cross = torch.zeros(n * beam, heads * d_v)
-        store, top, ancestors = store_of(cache_k, cache_v, rows, spare=n * beam)
+        store, top, ancestors = store_of(cache_k, cache_v, rows, shift=3)  # chunks of 8 rows: rows across chunks
         try:
             _step(lib, qkv, store, top, ancestors, out, heads, d_k, d_v)
             _cross(lib, qkv[:, : heads * d_k], *cross_layout(keys, values, bias), cross, heads, beam)
@@ -342,7 +384,7 @@ def _agrees(lib: ctypes.CDLL) -> bool:
         q = qkv[:, : heads * d_k].view(n, beam, heads, d_k).transpose(1, 2)  # (N, heads, beam, d_k)
         scores = q @ keys.view(n, heads, s, d_k).transpose(-1, -2) * d_k**-0.5 + bias.view(n, heads, 1, s)
         want_cross = (scores.softmax(-1) @ values.view(n, heads, s, d_v)).transpose(1, 2).reshape(n * beam, heads * d_v)
-        stored = store[top:].view(n * beam, heads, d_k + d_v)
+        stored = store.rows(top, n * beam).view(n * beam, heads, d_k + d_v)
         if not (torch.equal(stored[..., :d_k], parts[:, :, 0, d_k : 2 * d_k]) and torch.equal(stored[..., d_k:], parts[:, :, 0, 2 * d_k :])
                 and torch.allclose(out, want, rtol=1e-5, atol=1e-6)
                 and torch.allclose(cross, want_cross, rtol=1e-5, atol=1e-6)):

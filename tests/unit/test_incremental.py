@@ -61,6 +61,9 @@ def test_state_reorders_hypotheses_and_drops_sentences(step_path: str) -> None:
         decode_step(model, torch.tensor([2, 2, 2, 2]), state)
         decode_step(model, torch.tensor([7, 8, 9, 10]), state)
         swapped = copy.deepcopy(state)
+        if state.fused_attention:  # the copy's C steps write into its own keys and values, not the original's
+            own = [[c.data_ptr() for c in s.chunks] for s in swapped.store]
+            assert [s.table.tolist() for s in swapped.store] == own != [s.table.tolist() for s in state.store]
         swapped.reorder(torch.tensor([1, 0, 3, 2]))  # beams swap within each sentence
         a = decode_step(model, torch.tensor([11, 12, 13, 14]), state)
         b = decode_step(model, torch.tensor([12, 11, 14, 13]), swapped)

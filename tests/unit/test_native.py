@@ -51,13 +51,13 @@ def test_step_equals_reorder_append_and_attention(needs_compiler: None, position
     cache_k, cache_v = torch.randn(old_rows, heads, positions, d_k, generator=g), torch.randn(old_rows, heads, positions, d_v, generator=g)
     rows = torch.tensor([5, 0, 0, 3, 2]) if reorder else None
     buffer = torch.full((8, heads * d_v + 6), float("nan"))
-    store, top, ancestors = native.store_of(cache_k, cache_v, rows, spare=r + 2)
-    before = store.clone()
+    store, top, ancestors = native.store_of(cache_k, cache_v, rows, shift=4)  # chunks of 16 rows: positions across chunks
+    before = store.rows(0, top)
     native.self_attention_step(qkv, store, top, ancestors, buffer[:r, 3 : 3 + heads * d_v], heads, d_k, d_v)
     want_k, want_v, want = reference(qkv.contiguous(), cache_k, cache_v, rows, heads, d_k, d_v)
-    # The step's keys and values are the store's next rows, exactly; nothing else of it changed.
-    assert torch.equal(store[top : top + r].view(r, heads, -1), torch.cat([want_k[:, :, -1], want_v[:, :, -1]], dim=2))
-    assert torch.equal(store[:top], before[:top]) and torch.equal(store[top + r :], before[top + r :])
+    # The step's keys and values are the store's next rows, exactly; the rows before them unchanged.
+    assert torch.equal(store.rows(top, r).view(r, heads, -1), torch.cat([want_k[:, :, -1], want_v[:, :, -1]], dim=2))
+    assert torch.equal(store.rows(0, top), before)
     torch.testing.assert_close(buffer[:r, 3 : 3 + heads * d_v], want, atol=1e-5, rtol=1e-5)
     assert buffer[r:].isnan().all() and buffer[:, :3].isnan().all() and buffer[:, 3 + heads * d_v :].isnan().all()  # nothing else written
 
@@ -90,7 +90,7 @@ def test_very_large_scores_and_many_positions(needs_compiler: None) -> None:
     qkv = torch.randn(r, heads * 3 * d, generator=g) * 30
     cache_k, cache_v = torch.randn(r, heads, 5000, d, generator=g) * 3, torch.randn(r, heads, 5000, d, generator=g)
     out = torch.empty(r, heads * d)
-    native.self_attention_step(qkv, *native.store_of(cache_k, cache_v, None, spare=r), out, heads, d, d)
+    native.self_attention_step(qkv, *native.store_of(cache_k, cache_v, None), out, heads, d, d)
     exact = reference(qkv.double(), cache_k.double(), cache_v.double(), None, heads, d, d)[2]
     torch_error = (reference(qkv, cache_k, cache_v, None, heads, d, d)[2] - exact).abs().max()
     assert (out - exact).abs().max() <= 2 * torch_error + 1e-6
@@ -117,13 +117,13 @@ def test_a_step_split_across_threads_is_the_same_to_the_bit(needs_compiler: None
         for n in (1, 2, 3):
             torch.set_num_threads(n)
             out = torch.empty(r, heads * d)
-            store, top, ancestors = native.store_of(cache_k, cache_v, rows, spare=r)
+            store, top, ancestors = native.store_of(cache_k, cache_v, rows)
             native.self_attention_step(qkv, store, top, ancestors, out, heads, d, d)
-            results.append((store, out))
+            results.append((store.rows(top, r), out))
     finally:
         torch.set_num_threads(threads)
-    for store, out in results[1:]:
-        assert torch.equal(store, results[0][0]) and torch.equal(out, results[0][1])
+    for stored, out in results[1:]:
+        assert torch.equal(stored, results[0][0]) and torch.equal(out, results[0][1])
     keys, values, bias = native.cross_layout(torch.randn(100 * 4, 100, d, generator=g), torch.randn(100 * 4, 100, d, generator=g),
                                              torch.zeros(100 * 4, 1, 100))
     q = torch.randn(100 * 3, heads * d, generator=g)
@@ -157,7 +157,7 @@ def test_a_compiler_command_with_arguments(fresh: Path, needs_compiler: None, mo
     assert native.library() is not None
 
 
-@pytest.mark.parametrize("right, wrong", [("ws[j] = dot(q, store + from[j] * width + head, dk) * scale;", "ws[j] = dot(q, store + from[j] * width + head, dk) * scale * 1.01f;"),
+@pytest.mark.parametrize("right, wrong", [("ws[j] = dot(q, STORE_ROW(from[j]) + head, dk) * scale;", "ws[j] = dot(q, STORE_ROW(from[j]) + head, dk) * scale * 1.01f;"),
                                           ("w[i * blocks + b] = acc[i] * scale + B[b]", "w[i * blocks + b] = acc[i] * scale * 1.01f + B[b]"),
                                           ("v16 v = acc[r][c] + *(const v16 *)(bias + 16 * c);", "v16 v = acc[r][c];"),
                                           ("if (relu) v = (v16)((v16i)v & (v > splat(0.0f)));", ""),
@@ -185,7 +185,7 @@ def test_without_the_library_decoding_takes_torchs_path(fresh: Path, monkeypatch
     else:
         assert native.library() is None
     with pytest.raises(RuntimeError, match="not available"):
-        native.self_attention_step(torch.zeros(1, 6), torch.zeros(1, 4), 0, torch.zeros(1, 0, dtype=torch.long), torch.zeros(1, 2), 1, 2, 2)
+        native.self_attention_step(torch.zeros(1, 6), native.Store(4), 0, torch.zeros(1, 0, dtype=torch.long), torch.zeros(1, 2), 1, 2, 2)
     model = tiny_model()
     src = torch.tensor([[5, 6, 7, 3]])
     tgt = torch.tensor([[2, 11, 12, 13]])
@@ -197,24 +197,25 @@ def test_without_the_library_decoding_takes_torchs_path(fresh: Path, monkeypatch
 
 
 def test_inputs_it_cannot_take_are_refused(needs_compiler: None) -> None:
-    qkv, store, ancestors = torch.zeros(2, 6), torch.zeros(8, 4), torch.tensor([[0, 2], [1, 3]])
+    qkv, ancestors = torch.zeros(2, 6), torch.tensor([[0, 2], [1, 3]])
+    store, _, _ = native.store_of(torch.zeros(2, 1, 2, 2), torch.zeros(2, 1, 2, 2), None, shift=3)  # 4 rows written
     with pytest.raises(ValueError, match="float32"):
         native.self_attention_step(qkv.double(), store, 4, ancestors, torch.zeros(2, 2), 1, 2, 2)
-    with pytest.raises(ValueError, match="shapes or strides"):
-        native.self_attention_step(qkv, torch.zeros(4, 8).t(), 4, ancestors, torch.zeros(2, 2), 1, 2, 2)
+    with pytest.raises(ValueError, match="float32"):
+        native.self_attention_step(qkv, native.Store(4, torch.float64), 4, ancestors, torch.zeros(2, 2), 1, 2, 2)
     with pytest.raises(ValueError, match="shapes or strides"):
         native.self_attention_step(qkv, store, 4, ancestors, torch.zeros(2, 3), 3, 1, 1)  # heads and widths that do not fit qkv
     with pytest.raises(ValueError, match="int64"):
         native.self_attention_step(qkv, store, 4, ancestors.int(), torch.zeros(2, 2), 1, 2, 2)
     with pytest.raises(ValueError, match="shapes or strides"):
         native.self_attention_step(qkv, store, 4, ancestors[:1], torch.zeros(2, 2), 1, 2, 2)  # ancestors for one hypothesis of two
-    out, kept = torch.full((2, 2), 7.0), store.clone()
+    out, kept = torch.full((2, 2), 7.0), store.rows(0, 8)
     for outside in (4, -1):  # a row not yet written, a negative one
         with pytest.raises(IndexError, match="outside the store's 4 written rows"):
             native.self_attention_step(qkv, store, 4, torch.tensor([[0, 2], [1, outside]]), out, 1, 2, 2)
-    with pytest.raises(IndexError, match="no room for 2 more"):
-        native.self_attention_step(qkv, store, 7, ancestors, out, 1, 2, 2)
-    assert (out == 7).all() and torch.equal(store, kept)  # nothing written
+    with pytest.raises(IndexError, match="outside the store's -1 written rows"):
+        native.self_attention_step(qkv, store, -1, ancestors, out, 1, 2, 2)
+    assert (out == 7).all() and torch.equal(store.rows(0, 8), kept)  # nothing written
     keys, values, bias = native.cross_layout(torch.zeros(4, 5, 2), torch.zeros(4, 5, 2), torch.zeros(4, 1, 5))
     with pytest.raises(ValueError, match="3 queries for 2 sentences of beam 2"):
         native.cross_attention_step(torch.zeros(3, 4), keys, values, bias, torch.zeros(3, 4), 2, 2)
