@@ -10,7 +10,8 @@
  *
  * nmt_cross_attention_step: the beam's queries of a sentence against its source's keys and values, computed
  * once per sentence; keys transposed (d_k, S) so that a query's scores are a vector over positions, S a
- * multiple of 16 (padding positions carry a -inf bias). Up to four queries of a sentence share each load.
+ * multiple of 16 (padding positions carry a -inf bias). Up to four queries of a sentence share each load;
+ * blocks of 16 padding positions at a source's end are skipped.
  *
  * nmt_linear: y = x·Wᵀ + b (then ReLU), the weight in panels; see its section below.
  *
@@ -131,6 +132,14 @@ static void values(int64_t nq, const v16 *w, int64_t stride, int64_t T, const fl
     }
 }
 
+/* Whether any of x's 16 values is above -inf (a position that may be attended). */
+static inline int any_finite(v16 x) {
+    v16i finite = x > splat(-INFINITY);
+    int any = 0;
+    for (int k = 0; k < 16; k++) any |= finite[k];
+    return any != 0;
+}
+
 static inline float dot(const float *a, const float *b, int64_t n) {
     if (n % 16 == 0) {
         v16 acc = splat(0.0f);
@@ -242,11 +251,15 @@ int nmt_cross_attention_step(const float *q, int64_t q_stride, const float *kt, 
             int64_t n = g / H, h = g % H;
             const float *KT = kt + g * dk * S, *V = v + g * S * dv;
             const v16 *B = (const v16 *)(bias + g * S);
+            /* Blocks of padding only (a shorter source in a batch of longer ones) weigh exactly 0: skipping
+             * them changes no bit of the result, and a sentence costs its own length, not its batch's. */
+            int64_t used = blocks;
+            while (used > 1 && !any_finite(B[used - 1])) used--;
             for (int64_t i0 = 0; i0 < beam; i0 += QG) { /* up to QG queries share each load of the keys and values */
                 int64_t nq = beam - i0 < QG ? beam - i0 : QG;
                 const float *qi[QG];
                 for (int64_t i = 0; i < nq; i++) qi[i] = q + (n * beam + i0 + i) * q_stride + h * dk;
-                for (int64_t b = 0; b < blocks; b++) {
+                for (int64_t b = 0; b < used; b++) {
                     v16 acc[QG];
                     for (int64_t i = 0; i < nq; i++) acc[i] = splat(0.0f);
                     for (int64_t d = 0; d < dk; d++) {
@@ -255,8 +268,8 @@ int nmt_cross_attention_step(const float *q, int64_t q_stride, const float *kt, 
                     }
                     for (int64_t i = 0; i < nq; i++) w[i * blocks + b] = acc[i] * scale + B[b];
                 }
-                for (int64_t i = 0; i < nq; i++) softmax_weights(w + i * blocks, S);
-                values(nq, w, blocks, S, V, dv, out + (n * beam + i0) * out_stride + h * dv, out_stride);
+                for (int64_t i = 0; i < nq; i++) softmax_weights(w + i * blocks, 16 * used);
+                values(nq, w, blocks, 16 * used, V, dv, out + (n * beam + i0) * out_stride + h * dv, out_stride);
             }
         }
         if (w && w != local) free(w);

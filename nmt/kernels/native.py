@@ -276,7 +276,9 @@ def cross_attention_step(q: Tensor, keys_t: Tensor, values: Tensor, bias: Tensor
     """One decoding step's cross-attention, float32 on a CPU: queries ``q`` (N·beam, heads·d_k), ``beam``
     consecutive rows per sentence, against each sentence's keys and values as ``cross_layout`` arranged them
     (G = N·heads blocks); writes each head's output into ``out`` (N·beam, heads·d_v; rows apart, sharing no
-    memory with the inputs). Equal to ``attend_heads`` over each sentence's keys and values, up to rounding."""
+    memory with the inputs). Equal to ``attend_heads`` over each sentence's keys and values, up to rounding,
+    and bitwise the same however far the batch pads its sources (padding weighs exactly 0; a source's
+    trailing blocks of padding are skipped)."""
     lib = _loaded[0] if _loaded else library()
     if lib is None:
         raise RuntimeError("cross_attention_step: the C library is not available here (see nmt.kernels.native)")

@@ -82,6 +82,25 @@ def test_cross_step_equals_attention_over_each_sentences_source(needs_compiler: 
     assert buffer[n * beam :].isnan().all() and buffer[:, :2].isnan().all() and buffer[:, 2 + heads * d_v :].isnan().all()
 
 
+def test_cross_step_is_the_same_whatever_the_batchs_longest_source(needs_compiler: None) -> None:
+    """A sentence's cross-attention does not depend on how far its batch pads the sources: padding positions
+    weigh exactly 0, and whole blocks of them are skipped (bitwise the same result)."""
+    g = torch.Generator().manual_seed(5)
+    heads, d_k, d_v, beam, length = 2, 16, 32, 4, 21
+    keys, values = torch.randn(heads, length, d_k, generator=g), torch.randn(heads, length, d_v, generator=g)
+    q = torch.randn(beam, heads * d_k, generator=g)
+    outputs = []
+    for padded in (length, 32, 33, 100):  # the batch's longest source
+        extra = padded - length
+        k = torch.cat([keys, torch.randn(heads, extra, d_k, generator=g)], 1)  # padding positions: whatever the encoder gave
+        v = torch.cat([values, torch.randn(heads, extra, d_v, generator=g)], 1)
+        bias = torch.zeros(heads, 1, padded)
+        bias[..., length:] = float("-inf")
+        outputs.append(torch.empty(beam, heads * d_v))
+        native.cross_attention_step(q, *native.cross_layout(k, v, bias), outputs[-1], heads, beam)
+    assert all(torch.equal(o, outputs[0]) for o in outputs[1:])
+
+
 def test_very_large_scores_and_many_positions(needs_compiler: None) -> None:
     """Scores far apart (weights under e^-87 of the largest are 0) and more positions than the function's
     stack buffer holds: as close to the result in float64 as torch's float32 path is."""
