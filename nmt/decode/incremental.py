@@ -102,7 +102,8 @@ def arrange(model: Transformer, kept: StepModel | None = None) -> StepModel:
 
 @dataclass
 class DecoderState:
-    """Everything incremental decoding carries between steps.
+    """Everything incremental decoding carries between steps. What follows is torch's path; the C steps keep
+    the self-attention's keys and values otherwise (below).
 
     Rows are hypotheses, ``beam`` consecutive rows per sentence. Self-attention keys/values have one row per
     hypothesis and hold exactly the positions decoded so far, contiguous, so the batched products of attention
@@ -116,7 +117,7 @@ class DecoderState:
     With the C steps (``fused_attention``) nothing is reordered: each layer's keys and values stay in the rows
     of ``store`` where they were first written, one row per hypothesis and step, and ``ancestors`` holds the
     row of each hypothesis's every position, so that a reorder is a reorder of R × step integers, not of
-    every layer's cache (a base model's 44 sentences at step 25: 18 KB against 6 MB a layer). ``self_k`` and
+    every layer's cache (a base model's 44 sentences of 4 hypotheses at step 25: 35 KB against 18 MB a layer). ``self_k`` and
     ``self_v`` are then empty.
     """
 
@@ -173,10 +174,10 @@ class DecoderState:
     def reorder(self, rows: Tensor, sentences: Tensor | None = None, beam: int | None = None) -> None:
         """Continue with the hypotheses ``rows`` (indices into the current rows; ``beam`` per sentence kept, if
         it changes); ``sentences`` (indices of the sentences kept) when some have left the batch."""
-        if beam is not None:
-            self.beam = beam
         if self.ancestors is not None:
             self.ancestors = self.ancestors.index_select(0, rows)
+        if beam is not None:
+            self.beam = beam
         elif not self.rows:
             self.rows = [None] * len(self.self_k)
         if self.ancestors is None:

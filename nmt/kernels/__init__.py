@@ -13,8 +13,9 @@ with its reason and its measurement in its own module:
 - ``allocator``: glibc kept from returning large blocks to the system between steps.
 - ``packed``: the search's projections (encoder, decoding steps) on weights arranged once: through the C
   product of ``native`` where it is built, else oneDNN's on a packed weight (CPU, float32).
-- ``native``: the search's projections and a decoding step's attention in C (the self-attention's cache
-  reorder, append and attention in one pass; the cross-attention over keys stored transposed), compiled on
+- ``native``: the search's projections and a decoding step's attention in C (the self-attention over keys and
+  values left where they were written, read through each hypothesis's ancestors, so that no cache is
+  reordered; the cross-attention over keys stored transposed), compiled on
   first use by the machine's C compiler (CPU, float32; oneDNN's products and torch's calls without one).
 
 ``install`` swaps the first four into a model: each module's class becomes a subclass computing the same

@@ -174,7 +174,9 @@ static inline float dot(const float *a, const float *b, int64_t n) {
 int nmt_self_attention_step(const float *qkv, int64_t qkv_stride, const int64_t *store, int64_t n_chunks, int64_t shift,
                             int64_t top, const int64_t *ancestors, float *out, int64_t out_stride,
                             int64_t R, int64_t H, int64_t t, int64_t dk, int64_t dv, float scale) {
-    if (top < 0 || shift < 0 || shift > 40 || top + R > (n_chunks << shift)) return 2;
+    if (top < 0 || R < 0 || t < 0 || shift < 0 || shift > 40 || n_chunks < 0 || top > (n_chunks << shift) ||
+        R > (n_chunks << shift) - top)
+        return 2;
     for (int64_t i = 0; i < R * t; i++)
         if (ancestors[i] < 0 || ancestors[i] >= top) return 2;
     int64_t width = H * (dk + dv), mask = ((int64_t)1 << shift) - 1;
@@ -286,7 +288,8 @@ int nmt_cross_attention_step(const float *q, int64_t q_stride, const float *kt, 
  * the inner loop reads one row of a panel as vectors and multiplies it by one input value per row of a
  * block of MR rows, accumulating in registers (the BLIS scheme without its packing of the input).
  *
- * Every output is the same fused multiply-add chain over k = 0..K-1 from 0, then the bias, then the ReLU,
+ * Every output is the same multiply-add chain over k = 0..K-1 from 0 (fused where the CPU has FMA: each
+ * block's loop compiles to the same instructions for every row), then the bias, then the ReLU,
  * whatever block, tile or thread computes it: a row's result does not depend on the other rows. */
 
 #if defined(__AVX512F__)
@@ -323,7 +326,7 @@ static inline __attribute__((always_inline)) void block(int mr, const float *x, 
     for (int r = 0; r < mr; r++)
         for (int c = 0; c < PANEL_VECTORS; c++) {
             v16 v = acc[r][c] + *(const v16 *)(bias + 16 * c);
-            if (relu) v = (v16)((v16i)v & (v > splat(0.0f)));
+            if (relu) v = (v16)((v16i)v & ~(v < splat(0.0f))); /* NaN stays NaN, as torch's relu keeps it */
             float *out = y + r * ys + 16 * c;
             if (16 * (c + 1) <= cols) *(v16 *)out = v;
             else

@@ -7,15 +7,16 @@ before they multiply (a 4-row product of a 128 × 128 weight computes in under 1
 once on a weight stored in panels of 64 (AVX-512) or 16 columns, with 6 rows a block in registers; on a
 2-core Zen 5, one thread, it took 3-6 µs against 13-20 µs at 1-4 rows of the quick-start model's layers, and
 0.9-1.2x oneDNN's time from 16 to 2,048 rows, for those layers and a base model's (docs/performance.md).
-Every output is one fused multiply-add chain over the inputs in order: a row's result is bitwise the same
-whatever the other rows and however many threads share the product.
+Every output is one multiply-add chain over the inputs in order (fused where the CPU has FMA): a row's
+result is bitwise the same whatever the other rows and however many threads share the product.
 
 A decoding step's self-attention reorders each layer's cache (the hypotheses the search kept), appends the
 step's keys and values, and attends one query per hypothesis and head over the cache. In torch that is an
 ``index_select`` and a copy of the whole cache, then two batched products that ATen runs in a scalar loop at
 these sizes (a query of 32 against a few dozen positions), reading the cache back from memory between them.
-The C function does all of it in one pass, each (hypothesis, head) block attended right after it is copied,
-while it is in the core's cache. The cross-attention reads each sentence's keys stored transposed
+The C step copies nothing: each step's keys and values are written once into a ``Store`` and each
+hypothesis's positions are read through its ancestors' rows, so a reorder reorders row numbers (the
+decoding state's ``ancestors``); one call a layer attends every hypothesis and head. The cross-attention reads each sentence's keys stored transposed
 (``cross_layout``), so a query's scores are one vector over positions. The quick-start model's search (2,000
 test lines, beam 4, two workers) ran 12-23 % faster with both, 2,000 of 2,000 outputs the same, and 24 %
 faster again with the products too (docs/performance.md).
@@ -236,13 +237,25 @@ def _step(lib: ctypes.CDLL, qkv: Tensor, store: Store, top: int, ancestors: Tens
     if not (qkv.dim() == 2 and qkv.shape == (r, width) and qkv.stride(1) == 1 and qkv.stride(0) >= width and out.shape == (r, heads * d_v)
             and out.stride(1) == 1 and out.stride(0) >= heads * d_v and store.width == heads * (d_k + d_v) and ancestors.is_contiguous()):
         raise ValueError("self_attention_step: shapes or strides other than the documented ones")
-    if 0 <= top <= store.capacity:
-        store.reserve(top + r)
+    if not 0 <= top <= store.capacity:
+        raise IndexError(f"self_attention_step: {top} rows written, in a store of {store.capacity}")
+    if not _apart(out, qkv):
+        raise ValueError("self_attention_step: out shares memory with qkv")
+    store.reserve(top + r)
     status = lib.nmt_self_attention_step(qkv.data_ptr(), qkv.stride(0), store.table.data_ptr(), len(store.chunks), store.shift, top,
                                          ancestors.data_ptr(), out.data_ptr(), out.stride(0), r, heads, t, d_k, d_v, d_k**-0.5)
     if status:
         raise MemoryError(f"self_attention_step: no memory for the weights of {t + 1} positions") if status == 1 else \
             IndexError(f"self_attention_step: an ancestor outside the store's {top} written rows")
+
+
+def _apart(a: Tensor, b: Tensor) -> bool:
+    """Whether two float32 tensors' memory spans (first to last element) do not overlap."""
+    def span(t: Tensor) -> tuple[int, int]:
+        last = sum((size - 1) * stride for size, stride in zip(t.shape, t.stride())) if t.numel() else -1
+        return t.data_ptr(), t.data_ptr() + 4 * (last + 1)
+    (a0, a1), (b0, b1) = span(a), span(b)
+    return a1 <= b0 or b1 <= a0
 
 
 def store_of(cache_k: Tensor, cache_v: Tensor, rows: Tensor | None, shift: int = 10) -> tuple[Store, int, Tensor]:
@@ -298,6 +311,8 @@ def _cross(lib: ctypes.CDLL, q: Tensor, keys_t: Tensor, values: Tensor, bias: Te
             and keys_t.is_contiguous() and values.is_contiguous() and bias.is_contiguous()):
         raise ValueError(f"cross_attention_step: {q.size(0)} queries for {g // heads} sentences of beam {beam}, or keys, values "
                          "and bias other than cross_layout makes them")
+    if not all(_apart(out, t) for t in (q, keys_t, values, bias)):
+        raise ValueError("cross_attention_step: out shares memory with an input")
     status = lib.nmt_cross_attention_step(q.data_ptr(), q.stride(0), keys_t.data_ptr(), values.data_ptr(), bias.data_ptr(), out.data_ptr(),
                                           out.stride(0), g, heads, beam, s, d_k, d_v, d_k**-0.5)
     if status:
@@ -338,7 +353,7 @@ def _pack(lib: ctypes.CDLL, weight: Tensor, bias: Tensor | None) -> Panels:
 def linear(x: Tensor, panels: Panels, relu: bool = False) -> Tensor:
     """``F.linear(x, weight, bias)`` (then ReLU if ``relu``) for x (M, K) float32 on a CPU with unit inner
     stride, the weight and bias as ``pack_linear`` arranged them; a new (M, N) tensor. Each output is one
-    fused multiply-add chain over K in order, then the bias: a row's result is the same whatever the other
+    multiply-add chain over K in order (fused where the CPU has FMA), then the bias: a row's result is the same whatever the other
     rows, and whatever the number of threads a large product is shared among."""
     lib = _loaded[0] if _loaded else library()
     if lib is None:
@@ -348,7 +363,7 @@ def linear(x: Tensor, panels: Panels, relu: bool = False) -> Tensor:
 
 def _linear(lib: ctypes.CDLL, x: Tensor, panels: Panels, relu: bool) -> Tensor:
     if not (x.dtype is torch.float32 and x.is_cpu and x.dim() == 2 and x.shape[1] == panels.in_features and x.stride(1) == 1
-            and x.stride(0) >= panels.in_features):
+            and (x.stride(0) >= panels.in_features or x.shape[0] <= 1)):
         raise ValueError(f"linear: float32 CPU rows of {panels.in_features} with unit inner stride only, not {tuple(x.shape)}")
     m, n = x.shape[0], panels.out_features
     y = x.new_empty(m, n)

@@ -120,6 +120,29 @@ def test_rows_shrinking_within_a_bucket_still_score_as_the_full_decoder(step_pat
     torch.testing.assert_close(got, full, atol=1e-5, rtol=1e-5)
 
 
+def test_a_store_that_grows_past_its_first_chunk_scores_as_the_full_decoder(step_path: str) -> None:
+    """40 sentences of 4 hypotheses a step: the C steps' store of keys and values (chunks of 1,024 rows)
+    takes new chunks on the seventh step; every row still scores its own prefix, through reorders."""
+    torch.manual_seed(1)
+    model = tiny_model()
+    src = torch.randint(5, 40, (40, 5))
+    src[:, -1] = 3
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        state = init_state(model, encode(model, src), beam=4)
+        prefixes = torch.full((160, 1), 2)
+        for _ in range(9):
+            decode_step(model, prefixes[:, -1], state)
+            rows = (torch.arange(160) // 4) * 4 + torch.randint(0, 4, (160,), generator=g)  # hypotheses continue others of their sentence
+            state.reorder(rows)
+            prefixes = torch.cat([prefixes[rows], torch.randint(5, 40, (160, 1), generator=g)], dim=1)
+        got = decode_step(model, prefixes[:, -1], state)
+        if step_path == "C":
+            assert state.stored == 1600 and len(state.store[0].chunks) == 2
+        full = model(src.repeat_interleave(4, 0), prefixes).log_softmax(-1)[:, -1]
+    torch.testing.assert_close(got, full, atol=1e-5, rtol=1e-5)
+
+
 def test_search_encoder_needs_evaluation_mode() -> None:
     model = tiny_model().train()
     with torch.no_grad(), pytest.raises(RuntimeError, match="evaluation mode"):

@@ -295,6 +295,8 @@ def test_packed_linear_equals_f_linear(rows: int, relu: bool, product_path: str)
     assert copy.deepcopy(project) is project  # shared by copies of a decoding state
     strided = torch.randn(rows, 320)[:, ::2]  # rows of a transposed or sliced tensor
     torch.testing.assert_close(project(strided), project(strided.contiguous()), rtol=0, atol=0)
+    one = torch.randn(160, 1).t()  # one row whose row stride (1) is below its width
+    torch.testing.assert_close(project(one), project(one.contiguous()), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("shape", [(1000, 160), (128, 128), (37, 512)])

@@ -179,7 +179,7 @@ def test_a_compiler_command_with_arguments(fresh: Path, needs_compiler: None, mo
 @pytest.mark.parametrize("right, wrong", [("ws[j] = dot(q, STORE_ROW(from[j]) + head, dk) * scale;", "ws[j] = dot(q, STORE_ROW(from[j]) + head, dk) * scale * 1.01f;"),
                                           ("w[i * blocks + b] = acc[i] * scale + B[b]", "w[i * blocks + b] = acc[i] * scale * 1.01f + B[b]"),
                                           ("v16 v = acc[r][c] + *(const v16 *)(bias + 16 * c);", "v16 v = acc[r][c];"),
-                                          ("if (relu) v = (v16)((v16i)v & (v > splat(0.0f)));", ""),
+                                          ("if (relu) v = (v16)((v16i)v & ~(v < splat(0.0f)));", ""),
                                           ("const int64_t *from = ancestors + b * t;", "const int64_t *from = ancestors;")])
 def test_a_library_that_computes_wrong_is_refused(fresh: Path, needs_compiler: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                   right: str, wrong: str) -> None:
@@ -218,6 +218,7 @@ def test_without_the_library_decoding_takes_torchs_path(fresh: Path, monkeypatch
 def test_inputs_it_cannot_take_are_refused(needs_compiler: None) -> None:
     qkv, ancestors = torch.zeros(2, 6), torch.tensor([[0, 2], [1, 3]])
     store, _, _ = native.store_of(torch.zeros(2, 1, 2, 2), torch.zeros(2, 1, 2, 2), None, shift=3)  # 4 rows written
+    store.chunks[0][4:] = 7.0  # the rows not yet written, known
     with pytest.raises(ValueError, match="float32"):
         native.self_attention_step(qkv.double(), store, 4, ancestors, torch.zeros(2, 2), 1, 2, 2)
     with pytest.raises(ValueError, match="float32"):
@@ -232,11 +233,16 @@ def test_inputs_it_cannot_take_are_refused(needs_compiler: None) -> None:
     for outside in (4, -1):  # a row not yet written, a negative one
         with pytest.raises(IndexError, match="outside the store's 4 written rows"):
             native.self_attention_step(qkv, store, 4, torch.tensor([[0, 2], [1, outside]]), out, 1, 2, 2)
-    with pytest.raises(IndexError, match="outside the store's -1 written rows"):
-        native.self_attention_step(qkv, store, -1, ancestors, out, 1, 2, 2)
+    for top in (-1, 9, 2**63 - 1):  # rows written before the store's start, or beyond its end
+        with pytest.raises(IndexError, match=f"{top} rows written, in a store of 8"):
+            native.self_attention_step(qkv, store, top, ancestors, out, 1, 2, 2)
+    with pytest.raises(ValueError, match="out shares memory with qkv"):
+        native.self_attention_step(qkv, store, 4, ancestors, qkv[:, :2], 1, 2, 2)
     assert (out == 7).all() and torch.equal(store.rows(0, 8), kept)  # nothing written
     keys, values, bias = native.cross_layout(torch.zeros(4, 5, 2), torch.zeros(4, 5, 2), torch.zeros(4, 1, 5))
     with pytest.raises(ValueError, match="3 queries for 2 sentences of beam 2"):
         native.cross_attention_step(torch.zeros(3, 4), keys, values, bias, torch.zeros(3, 4), 2, 2)
+    with pytest.raises(ValueError, match="out shares memory with an input"):
+        native.cross_attention_step(torch.zeros(4, 4), keys, values, bias, keys.view(-1)[:16].view(4, 4), 2, 2)
     with pytest.raises(ValueError, match="cross_layout"):
         native.cross_attention_step(torch.zeros(4, 4), keys[:, :, :15], values, bias, torch.zeros(4, 4), 2, 2)
