@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from nmt.data.text import head_of
+from nmt.kernels import native
 from tests.helpers import prepare_local
 
 # Real EN-DE text for the tests that need more than tests/fixtures: the shared corpus beside the checkout
@@ -101,3 +102,19 @@ def fixture_data(tmp_path_factory: pytest.TempPathFactory, fixture_dir: Path) ->
     """The fixture corpus prepared by ``nmt prepare local`` (400 pieces, one worker). Shared by the whole
     session: tests must only read it."""
     return prepare_local(fixture_dir, tmp_path_factory.mktemp("fixture-data") / "data", FIXTURE_VOCAB)
+
+
+# ------------------------------------------------------------------ the two paths of a decoding step
+
+
+@pytest.fixture(params=["C", "torch"])
+def step_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each test using it runs twice: steps through the C library (``nmt.kernels.native``: attention and
+    projections), then through torch's calls and oneDNN's products, the path of machines without a C compiler."""
+    if request.param == "torch":
+        monkeypatch.setattr(native, "_loaded", [None])
+    elif native.library() is None:
+        if native._compiler() is not None:
+            pytest.fail("a C compiler is here, but the C library of decoding could not be built or was wrong")
+        pytest.skip("no C compiler on this machine: the torch path is tested")
+    return request.param

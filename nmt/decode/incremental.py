@@ -176,13 +176,12 @@ class DecoderState:
         it changes); ``sentences`` (indices of the sentences kept) when some have left the batch."""
         if self.ancestors is not None:
             self.ancestors = self.ancestors.index_select(0, rows)
+        else:
+            # Composed with a reorder not yet applied: the new rows index the rows as they stand now.
+            pending = self.rows or [None] * len(self.self_k)
+            self.rows = [rows if p is None else p.index_select(0, rows) for p in pending]
         if beam is not None:
             self.beam = beam
-        elif not self.rows:
-            self.rows = [None] * len(self.self_k)
-        if self.ancestors is None:
-            # Composed with a reorder not yet applied: the new rows index the rows as they stand now.
-            self.rows = [rows if pending is None else pending.index_select(0, rows) for pending in self.rows]
         if sentences is not None:
             heads = self.heads
             by_sentence = lambda c: c.unflatten(0, (-1, heads)).index_select(0, sentences).flatten(0, 1)  # noqa: E731

@@ -1,4 +1,5 @@
-"""Beam search against brute-force enumeration, greedy decoding and batch-independence."""
+"""Beam search against brute-force enumeration, greedy decoding and batch-independence (the exact search and
+batch-independence on both paths of a step: the C library and torch's calls)."""
 
 import itertools
 
@@ -55,7 +56,7 @@ def brute_force(s: Scorer, i: int, alpha: float, kind: str) -> tuple[float, list
 
 
 @pytest.mark.parametrize("alpha,kind", [(0.6, "gnmt"), (0.0, "gnmt"), (1.0, "fairseq"), (2.0, "gnmt")])
-def test_beam_covering_the_space_finds_the_exact_best(alpha: float, kind: str) -> None:
+def test_beam_covering_the_space_finds_the_exact_best(alpha: float, kind: str, step_path: str) -> None:
     s = scorer()
     with torch.no_grad():
         result = beam_search(s, SRC, [MAX_LEN, MAX_LEN], beam=3 * 2 ** (MAX_LEN - 1), alpha=alpha, penalty=kind, stop="bound")
@@ -196,7 +197,7 @@ def test_beam_one_equals_greedy() -> None:
         assert [h[0].tokens for h in beam] == greedy_search(model, src, lens)
 
 
-def test_batched_equals_one_by_one_and_nbest_sorted() -> None:
+def test_batched_equals_one_by_one_and_nbest_sorted(step_path: str) -> None:
     model = tiny_model(30)
     lengths = [3, 9, 5, 1, 7]
     src = torch.zeros(5, 10, dtype=torch.long)

@@ -16,19 +16,6 @@ from tests.helpers import tiny_model
 WIDE = {"vocab_size": 4096, "d_model": 256, "d_ff": 512, "heads": 4}
 
 
-@pytest.fixture(params=["C", "torch"])
-def step_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Each test using it runs twice: steps through the C library (``nmt.kernels.native``: attention and
-    projections), then through torch's calls and oneDNN's products, the path of machines without a C compiler."""
-    if request.param == "torch":
-        monkeypatch.setattr(native, "_loaded", [None])
-    elif native.library() is None:
-        if native._compiler() is not None:
-            pytest.fail("a C compiler is here, but the self-attention library could not be built or was wrong")
-        pytest.skip("no C compiler on this machine: the torch path is tested")
-    return request.param
-
-
 @pytest.mark.parametrize("variant", [{}, {"pre_norm": True}, {"d_k": 16, "d_v": 48}, {"positions": "learned"}, WIDE])
 def test_incremental_decoding_equals_full_decoder(variant: dict, step_path: str) -> None:
     model = tiny_model(**variant, offset_vectors=True)
