@@ -133,7 +133,7 @@ class DecoderState:
     rows: list[Tensor | None] = field(default_factory=list)  # per layer: the rows its cache continues with, not yet applied
     scratch: Tensor | None = None  # (padded rows, h·d_v): attention's output as the next projection reads it
     fused_attention: bool = False  # attention through the C steps (``nmt.kernels.native``)
-    heads: int = 1
+    heads: int = 1  # attention heads: the cross-attention tensors fold sentences × heads into their first dimension
     store: list[native.Store] = field(default_factory=list)  # per layer with the C steps: each step's keys and values
     stored: int = 0  # the store's rows written so far (the same in every layer)
     ancestors: Tensor | None = None  # (R, step) int64 with the C steps: the store row of each hypothesis's positions
