@@ -9,6 +9,10 @@ import pytest
 
 from nmt.data.text import head_of
 from nmt.kernels import native
+
+# The C library of decoding is used only on CPUs with AVX-512 unless NMT_NATIVE=1 (nmt.kernels.native): the
+# suite tests it on every CPU, and its subprocesses (nmt translate, nmt serve) inherit the setting.
+os.environ.setdefault("NMT_NATIVE", "1")
 from tests.helpers import prepare_local
 
 # Real EN-DE text for the tests that need more than tests/fixtures: the shared corpus beside the checkout

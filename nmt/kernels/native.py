@@ -25,8 +25,8 @@ The library is built once per source, compiler, CPU and user into ``NMT_CACHE_DI
 ``$XDG_CACHE_HOME/nmt`` or ``~/.cache/nmt``) under ``kernels/``, with ``-march=native`` and OpenMP, in about
 0.16 s; later processes load it in 3 ms. When loaded it is checked against torch's computation, and its OpenMP
 against torch's runtime (else it is built again without OpenMP). Where no compiler is found (``CC``, else
-``cc``, ``gcc`` or ``clang``) or ``NMT_NATIVE=0`` is set, ``library()`` is None and decoding takes torch's
-path; where the build, the load or the check fails, the same after a one-line warning. The choice is per
+``cc``, ``gcc`` or ``clang``), ``NMT_NATIVE=0`` is set, or the CPU has no AVX-512 (``wide_vectors``; unless
+``NMT_NATIVE=1``), ``library()`` is None and decoding takes torch's path with oneDNN's products; where the build, the load or the check fails, the same after a one-line warning. The choice is per
 process, never per batch: the two paths round differently, and a sentence's translation must not depend on
 its batch.
 """
@@ -78,6 +78,17 @@ def _compiler() -> list[str] | None:
         program = shutil.which(words[0]) if words else None
         return [program, *words[1:]] if program else None
     return next(([path] for name in ("cc", "gcc", "clang") if (path := shutil.which(name))), None)
+
+
+def wide_vectors() -> bool:
+    """Whether this CPU has AVX-512, which the library is written for: its 16-float vectors are one register
+    there. Built for AVX2 or SSE, GCC splits them into code that ran 5-25x slower than torch's path on the
+    same machine (docs/performance.md), so elsewhere the library is used only with ``NMT_NATIVE=1``."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(line.startswith("flags") and " avx512f" in line for line in info.splitlines()[:40])
 
 
 def _cpu_signature() -> str:
@@ -145,7 +156,10 @@ def _shares_torchs_threads(lib: ctypes.CDLL) -> bool:
 def _load() -> ctypes.CDLL | None:
     """Build, load and check the library, with OpenMP on torch's runtime if it can be had, else without
     OpenMP; None if neither works (with a warning where a compiler was found)."""
-    if os.environ.get("NMT_NATIVE", "1") == "0" or (compiler := _compiler()) is None:
+    setting = os.environ.get("NMT_NATIVE", "auto")
+    if setting == "0" or (compiler := _compiler()) is None:
+        return None
+    if setting != "1" and not wide_vectors():
         return None
     problem = "it computed other values than torch"
     for openmp in (True, False):

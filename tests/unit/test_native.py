@@ -17,7 +17,7 @@ from tests.helpers import tiny_model
 def fresh(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A process that has loaded no library yet, with an empty cache of its own; returns the cache."""
     monkeypatch.setenv("NMT_CACHE_DIR", str(tmp_path))
-    monkeypatch.delenv("NMT_NATIVE", raising=False)
+    monkeypatch.setenv("NMT_NATIVE", "1")  # on CPUs without AVX-512 too, where it is slow but must be right
     monkeypatch.setattr(native, "_loaded", [])
     return tmp_path
 
@@ -191,6 +191,22 @@ def test_a_library_that_computes_wrong_is_refused(fresh: Path, needs_compiler: N
     with pytest.warns(RuntimeWarning, match="computed other values than torch"):
         assert native.library() is None
     assert list((fresh / "kernels").glob("decode_step-*.so"))  # built, loaded, checked, not used
+
+
+@pytest.mark.parametrize("wide", [True, False])
+def test_by_default_only_cpus_with_avx512_use_the_library(fresh: Path, needs_compiler: None, monkeypatch: pytest.MonkeyPatch, wide: bool) -> None:
+    """Without NMT_NATIVE, the library is used where the CPU has AVX-512 and silently not elsewhere (its
+    16-float vectors ran 5-25x slower than torch's path there); NMT_NATIVE=1 forces it."""
+    monkeypatch.delenv("NMT_NATIVE")
+    monkeypatch.setattr(native, "wide_vectors", lambda: wide)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning either way
+        assert (native.library() is not None) == wide
+    monkeypatch.setattr(native, "_loaded", [])
+    monkeypatch.setenv("NMT_NATIVE", "1")
+    assert native.library() is not None
 
 
 @pytest.mark.parametrize("setting", ["CC=/nonexistent/cc", "CC=false", "NMT_NATIVE=0"])
