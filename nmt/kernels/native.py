@@ -172,7 +172,7 @@ def _load() -> ctypes.CDLL | None:
                 return lib
         except Exception as e:  # noqa: BLE001 - any failure leaves decoding on torch's path, never broken
             problem = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
-    warnings.warn(f"nmt: decoding's C kernels ({SOURCE.name}, {' '.join(compiler)}) is not used, {problem}; "
+    warnings.warn(f"nmt: decoding's C kernels ({SOURCE.name}, {' '.join(compiler)}) are not used, {problem}; "
                   "decoding goes through torch (NMT_NATIVE=0 silences this)", RuntimeWarning, stacklevel=2)
     return None
 

@@ -215,7 +215,7 @@ def test_without_the_library_decoding_takes_torchs_path(fresh: Path, monkeypatch
     name, value = setting.split("=")
     monkeypatch.setenv(name, value)
     if setting == "CC=false":  # a compiler that fails: said once, in one line
-        with pytest.warns(RuntimeWarning, match="is not used, CalledProcessError"):
+        with pytest.warns(RuntimeWarning, match="are not used, CalledProcessError"):
             assert native.library() is None
     else:
         assert native.library() is None
