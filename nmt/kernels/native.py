@@ -63,6 +63,14 @@ _lock = threading.Lock()
 _loaded: list[ctypes.CDLL | None] = []  # filled once: the library, or None
 
 
+def _required(caller: str) -> ctypes.CDLL:
+    """The loaded library for ``caller``, which cannot run without it."""
+    lib = _loaded[0] if _loaded else library()
+    if lib is None:
+        raise RuntimeError(f"{caller}: the C library is not available here (see nmt.kernels.native)")
+    return lib
+
+
 def cache_dir() -> Path:
     """Where built libraries are kept: ``NMT_CACHE_DIR``, else ``$XDG_CACHE_HOME/nmt``, else ``~/.cache/nmt``."""
     if root := os.environ.get("NMT_CACHE_DIR"):
@@ -84,11 +92,7 @@ def wide_vectors() -> bool:
     """Whether this CPU has AVX-512, which the library is written for: its 16-float vectors are one register
     there. Built for AVX2 or SSE, GCC splits them into code that ran 5-25x slower than torch's path on the
     same machine (docs/performance.md), so elsewhere the library is used only with ``NMT_NATIVE=1``."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(line.startswith("flags") and " avx512f" in line for line in info.splitlines()[:40])
+    return " avx512f" in _cpu_signature()  # its flags line, where Linux tells it
 
 
 def _cpu_signature() -> str:
@@ -204,10 +208,14 @@ class Store:
 
     def reserve(self, rows: int) -> None:
         """Room for ``rows`` rows in all: new chunks as needed, the rows already there untouched."""
-        if rows > self.capacity:
-            while rows > self.capacity:
-                self.chunks.append(torch.empty(1 << self.shift, self.width, dtype=self.dtype, device=self.device))
-            self.table = torch.tensor([c.data_ptr() for c in self.chunks], dtype=torch.int64)
+        if rows <= self.capacity:
+            return
+        while rows > self.capacity:
+            self.chunks.append(torch.empty(1 << self.shift, self.width, dtype=self.dtype, device=self.device))
+        self._index()
+
+    def _index(self) -> None:
+        self.table = torch.tensor([c.data_ptr() for c in self.chunks], dtype=torch.int64)
 
     def rows(self, start: int, count: int) -> Tensor:
         """A copy of rows [start, start + count), (count, width)."""
@@ -219,7 +227,7 @@ class Store:
     def __deepcopy__(self, memo: dict) -> Store:
         copy = Store(self.width, self.dtype, self.device, self.shift)
         copy.chunks = [c.clone() for c in self.chunks]
-        copy.table = torch.tensor([c.data_ptr() for c in copy.chunks], dtype=torch.int64)
+        copy._index()
         return copy
 
 
@@ -235,9 +243,7 @@ def self_attention_step(qkv: Tensor, store: Store, top: int, ancestors: Tensor, 
     Equal to ``attend_heads`` over each hypothesis's positions, up to rounding. A large step is split by
     hypotheses across the calling thread's torch threads (OpenMP); each hypothesis's result is the same
     however it is split."""
-    lib = _loaded[0] if _loaded else library()
-    if lib is None:
-        raise RuntimeError("self_attention_step: the C library is not available here (see nmt.kernels.native)")
+    lib = _required("self_attention_step")
     _step(lib, qkv, store, top, ancestors, out, heads, d_k, d_v)
 
 
@@ -306,9 +312,7 @@ def cross_attention_step(q: Tensor, keys_t: Tensor, values: Tensor, bias: Tensor
     memory with the inputs). Equal to ``attend_heads`` over each sentence's keys and values, up to rounding,
     and bitwise the same however far the batch pads its sources (padding weighs exactly 0; a source's
     trailing blocks of padding are skipped)."""
-    lib = _loaded[0] if _loaded else library()
-    if lib is None:
-        raise RuntimeError("cross_attention_step: the C library is not available here (see nmt.kernels.native)")
+    lib = _required("cross_attention_step")
     _cross(lib, q, keys_t, values, bias, out, heads, beam)
 
 
@@ -346,9 +350,7 @@ class Panels:
 
 def pack_linear(weight: Tensor, bias: Tensor | None = None) -> Panels:
     """``weight`` (N, K) and ``bias`` (N,) or None, float32 on a CPU, arranged for ``linear``."""
-    lib = _loaded[0] if _loaded else library()
-    if lib is None:
-        raise RuntimeError("pack_linear: the C library is not available here (see nmt.kernels.native)")
+    lib = _required("pack_linear")
     return _pack(lib, weight, bias)
 
 
@@ -369,9 +371,7 @@ def linear(x: Tensor, panels: Panels, relu: bool = False) -> Tensor:
     stride, the weight and bias as ``pack_linear`` arranged them; a new (M, N) tensor. Each output is one
     multiply-add chain over K in order (fused where the CPU has FMA), then the bias: a row's result is the same whatever the other
     rows, and whatever the number of threads a large product is shared among."""
-    lib = _loaded[0] if _loaded else library()
-    if lib is None:
-        raise RuntimeError("linear: the C library is not available here (see nmt.kernels.native)")
+    lib = _required("linear")
     return _linear(lib, x, panels, relu)
 
 
