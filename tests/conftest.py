@@ -10,10 +10,10 @@ import pytest
 from nmt.data.text import head_of
 from nmt.kernels import native
 
-# The C library of decoding is used only on CPUs with AVX-512 unless NMT_NATIVE=1 (nmt.kernels.native): the
+# The C library of decoding is used only on CPUs with AVX-512 or AVX2 unless NMT_NATIVE=1 (nmt.kernels.native): the
 # suite tests it on every CPU, and its subprocesses (nmt translate, nmt serve) inherit the setting.
 os.environ.setdefault("NMT_NATIVE", "1")
-from tests.helpers import prepare_local
+from tests.helpers import OLDER_TARGETS, prepare_local, use_native_target
 
 # Real EN-DE text for the tests that need more than tests/fixtures: the shared corpus beside the checkout
 # (or where NMT_SHARED_DATA points), else the gettext catalogs installed on this machine, as the quick start
@@ -109,6 +109,14 @@ def fixture_data(tmp_path_factory: pytest.TempPathFactory, fixture_dir: Path) ->
 
 
 # ------------------------------------------------------------------ the two paths of a decoding step
+
+@pytest.fixture(params=["native", *OLDER_TARGETS])
+def native_target(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each test using it runs with the C library built for this CPU, then for each older x86-64 level it can
+    run (``use_native_target``)."""
+    use_native_target(request.param, monkeypatch)
+    return request.param
+
 
 
 @pytest.fixture(params=["C", "torch"])

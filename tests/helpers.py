@@ -6,6 +6,7 @@ from __future__ import annotations
 import builtins
 import errno
 import os
+import platform
 import subprocess
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -19,6 +20,7 @@ import sentencepiece as spm
 import torch
 
 from nmt import checkpoint
+from nmt.kernels import native
 from nmt.model.config import model_config
 from nmt.model.transformer import Transformer
 
@@ -295,3 +297,28 @@ class ServeProcess:
             if line.split(" ")[0] == wanted:
                 return float(line.split(" ")[1])
         return 0.0
+
+
+# x86-64 levels below an AVX-512 CPU's, with the flags Linux lists for each: the C library built for them
+# (NMT_NATIVE_MARCH) has the narrower vectors of AVX2 (8 floats) or SSE (4), whose code the suite then tests
+# on any x86-64 CPU that can run it.
+OLDER_TARGETS = {"x86-64-v3": (8, ("avx2", "fma", "bmi2", "movbe")), "x86-64-v2": (4, ("sse4_2", "popcnt", "ssse3"))}
+
+
+def use_native_target(target: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make this test's C library the one built for ``target`` ("native", or one of ``OLDER_TARGETS``); skips
+    where no compiler is, or where this CPU cannot run that target's code."""
+    if native._compiler() is None:
+        pytest.skip("no C compiler on this machine: the torch path is tested")
+    if target != "native":
+        width, flags = OLDER_TARGETS[target]
+        cpu = native._cpu_signature()
+        if platform.machine() not in ("x86_64", "AMD64") or not all(f" {flag}" in cpu for flag in flags):
+            pytest.skip(f"this CPU cannot run code built for {target}")
+        monkeypatch.setenv("NMT_NATIVE_MARCH", target)
+    monkeypatch.setattr(native, "_loaded", [])
+    lib = native.library()
+    if lib is None:
+        pytest.fail(f"a C compiler is here, but the C library of decoding for {target} could not be built or was wrong")
+    if target != "native":
+        assert lib.nmt_vector_width() == width

@@ -11,7 +11,7 @@
  * nmt_cross_attention_step: the beam's queries of a sentence against its source's keys and values, computed
  * once per sentence; keys transposed (d_k, S) so that a query's scores are a vector over positions, S a
  * multiple of 16 (padding positions carry a -inf bias). Up to four queries of a sentence share each load;
- * blocks of 16 padding positions at a source's end are skipped.
+ * vectors of padding positions at a source's end are skipped.
  *
  * nmt_linear: y = x·Wᵀ + b (then ReLU), the weight in panels; see its section below.
  *
@@ -23,8 +23,9 @@
  * torch.set_num_threads (per calling thread, as nmt translate's workers set it). Without OpenMP the
  * pragmas are ignored and a step runs on the calling thread.
  *
- * The vectors are GCC's vector extension (also clang's): 16 floats, which the compiler maps onto the
- * machine's registers (one AVX-512 register, two AVX ones, four SSE or NEON ones).
+ * The vectors are GCC's vector extension (also clang's) of the machine's own width, VW floats: one AVX-512
+ * register (16), one AVX register (8), one SSE or NEON register (4). Wider vectors than the machine has are
+ * split by the compiler into code that ran 5-25x slower (docs/performance.md).
  */
 #include <math.h>
 #include <stdint.h>
@@ -32,6 +33,14 @@
 #include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
+#endif
+
+#if defined(__AVX512F__)
+#define VW 16
+#elif defined(__AVX__)
+#define VW 8
+#else
+#define VW 4
 #endif
 
 /* The threads a parallel loop called from this thread would use: torch.set_num_threads's count when the
@@ -44,74 +53,81 @@ int nmt_threads(void) {
 #endif
 }
 
-typedef float v16 __attribute__((vector_size(64), aligned(4)));  /* aligned(4): loads from any float */
-typedef int32_t v16i __attribute__((vector_size(64), aligned(4)));
+/* The floats of a vector, which nmt.kernels.native reports. */
+int nmt_vector_width(void) { return VW; }
 
-static inline v16 splat(float x) { return (v16){x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x}; }
+typedef float vf __attribute__((vector_size(4 * VW), aligned(4)));  /* aligned(4): loads from any float */
+typedef int32_t vi __attribute__((vector_size(4 * VW), aligned(4)));
 
-static inline v16 select16(v16i mask, v16 a, v16 b) { return (v16)(((v16i)a & mask) | ((v16i)b & ~mask)); }
+static inline vf splat(float x) { return (vf){0} + x; }
+
+static inline vf select_v(vi mask, vf a, vf b) { return (vf)(((vi)a & mask) | ((vi)b & ~mask)); }
 
 /* e^x for x <= 0 (a score minus its row's maximum), -inf giving 0: Cephes' expf polynomial on x - n·ln 2
  * (ln 2 split in two constants, so that the reduction keeps its precision), scaled by 2^n. Relative error
  * about 1e-7; below -87 (weights under 1e-38 of the row's largest) it is 0. */
-static inline v16 exp16(v16 x) {
-    v16i under = x < splat(-87.0f);
-    x = select16(under, splat(-87.0f), x);
-    v16 y = x * splat(1.44269504088896341f) + splat(0.5f);
-    v16 t = __builtin_convertvector(__builtin_convertvector(y, v16i), v16);
-    v16 n = t + __builtin_convertvector((v16i)(t > y), v16);  /* floor: truncation, less 1 where it rounded up */
-    v16 r = x - n * splat(0.693359375f) + n * splat(2.12194440e-4f);
-    v16 p = splat(1.9875691500e-4f);
+static inline vf exp_v(vf x) {
+    vi under = x < splat(-87.0f);
+    x = select_v(under, splat(-87.0f), x);
+    vf y = x * splat(1.44269504088896341f) + splat(0.5f);
+    vf t = __builtin_convertvector(__builtin_convertvector(y, vi), vf);
+    vf n = t + __builtin_convertvector((vi)(t > y), vf);  /* floor: truncation, less 1 where it rounded up */
+    vf r = x - n * splat(0.693359375f) + n * splat(2.12194440e-4f);
+    vf p = splat(1.9875691500e-4f);
     p = p * r + splat(1.3981999507e-3f);
     p = p * r + splat(8.3334519073e-3f);
     p = p * r + splat(4.1665795894e-2f);
     p = p * r + splat(1.6666665459e-1f);
     p = p * r + splat(5.0000001201e-1f);
     p = p * r * r + r + splat(1.0f);
-    v16i bits = (__builtin_convertvector(n, v16i) + 127) << 23;
-    return (v16)((v16i)(p * (v16)bits) & ~under);
+    vi bits = (__builtin_convertvector(n, vi) + 127) << 23;
+    return (vf)((vi)(p * (vf)bits) & ~under);
 }
 
-/* Scores w[0..T) → softmax weights in place (and -inf up to T rounded up to 16). */
-static void softmax_weights(v16 *w, int64_t T) {
-    int64_t blocks = (T + 15) / 16;
+/* Scores w[0..T) → softmax weights in place (and -inf up to T rounded up to VW). */
+static void softmax_weights(vf *w, int64_t T) {
+    int64_t blocks = (T + VW - 1) / VW;
     float *ws = (float *)w;
-    for (int64_t j = T; j < 16 * blocks; j++) ws[j] = -INFINITY;
-    v16 max = splat(-INFINITY);
-    for (int64_t b = 0; b < blocks; b++) max = select16(w[b] > max, w[b], max);
+    for (int64_t j = T; j < VW * blocks; j++) ws[j] = -INFINITY;
+    vf max = splat(-INFINITY);
+    for (int64_t b = 0; b < blocks; b++) max = select_v(w[b] > max, w[b], max);
     float m = max[0];
-    for (int k = 1; k < 16; k++) m = max[k] > m ? max[k] : m;
-    v16 sum = splat(0.0f);
+    for (int k = 1; k < VW; k++) m = max[k] > m ? max[k] : m;
+    vf sum = splat(0.0f);
     for (int64_t b = 0; b < blocks; b++) {
-        w[b] = exp16(w[b] - m);
+        w[b] = exp_v(w[b] - m);
         sum += w[b];
     }
     float total = 0.0f;
-    for (int k = 0; k < 16; k++) total += sum[k];
-    v16 inv = splat(1.0f / total);
+    for (int k = 0; k < VW; k++) total += sum[k];
+    vf inv = splat(1.0f / total);
     for (int64_t b = 0; b < blocks; b++) w[b] *= inv;
 }
+
+/* Head widths up to this many floats keep a query's output sum in vectors (acc arrays on the stack). */
+#define WIDEST_HEAD 128
+#define HEAD_VECTORS (WIDEST_HEAD / VW)
 
 /* out_i = Σ_j w_i[j]·V[j] for nq ≤ QG queries' weights w_i (rows of `stride` vectors), V (T, dv) rows dv
  * apart, out_i rows out_stride apart. Each output is one sum over j in order, whatever nq: the queries share
  * the loads of V, and their sums are independent chains for the core's pipelines. */
 #define QG 4
-static inline __attribute__((always_inline)) void values_group(int nq, const v16 *w, int64_t stride, int64_t T, const float *V,
+static inline __attribute__((always_inline)) void values_group(int nq, const vf *w, int64_t stride, int64_t T, const float *V,
                                                                int64_t dv, float *out, int64_t out_stride) {
-    if (dv % 16 == 0 && dv <= 128) {
-        v16 acc[QG][8];
-        int64_t chunks = dv / 16;
+    if (dv % VW == 0 && dv <= WIDEST_HEAD) {
+        vf acc[QG][HEAD_VECTORS];
+        int64_t chunks = dv / VW;
         for (int i = 0; i < nq; i++)
             for (int64_t c = 0; c < chunks; c++) acc[i][c] = splat(0.0f);
         for (int64_t j = 0; j < T; j++) {
-            const v16 *v = (const v16 *)(V + j * dv);
+            const vf *v = (const vf *)(V + j * dv);
             for (int i = 0; i < nq; i++) {
                 float weight = ((const float *)(w + i * stride))[j];
                 for (int64_t c = 0; c < chunks; c++) acc[i][c] += weight * v[c];
             }
         }
         for (int i = 0; i < nq; i++)
-            for (int64_t c = 0; c < chunks; c++) *(v16 *)(out + i * out_stride + 16 * c) = acc[i][c];
+            for (int64_t c = 0; c < chunks; c++) *(vf *)(out + i * out_stride + VW * c) = acc[i][c];
         return;
     }
     for (int i = 0; i < nq; i++) {
@@ -123,7 +139,7 @@ static inline __attribute__((always_inline)) void values_group(int nq, const v16
     }
 }
 
-static void values(int64_t nq, const v16 *w, int64_t stride, int64_t T, const float *V, int64_t dv, float *out, int64_t out_stride) {
+static void values(int64_t nq, const vf *w, int64_t stride, int64_t T, const float *V, int64_t dv, float *out, int64_t out_stride) {
     switch (nq) { /* each case inlines values_group() with a constant query count */
     case 1: values_group(1, w, stride, T, V, dv, out, out_stride); break;
     case 2: values_group(2, w, stride, T, V, dv, out, out_stride); break;
@@ -132,20 +148,20 @@ static void values(int64_t nq, const v16 *w, int64_t stride, int64_t T, const fl
     }
 }
 
-/* Whether any of x's 16 values is above -inf (a position that may be attended). */
-static inline int any_finite(v16 x) {
-    v16i finite = x > splat(-INFINITY);
+/* Whether any of x's values is above -inf (a position that may be attended). */
+static inline int any_finite(vf x) {
+    vi finite = x > splat(-INFINITY);
     int any = 0;
-    for (int k = 0; k < 16; k++) any |= finite[k];
+    for (int k = 0; k < VW; k++) any |= finite[k];
     return any != 0;
 }
 
 static inline float dot(const float *a, const float *b, int64_t n) {
-    if (n % 16 == 0) {
-        v16 acc = splat(0.0f);
-        for (int64_t c = 0; c < n; c += 16) acc += *(const v16 *)(a + c) * *(const v16 *)(b + c);
+    if (n % VW == 0) {
+        vf acc = splat(0.0f);
+        for (int64_t c = 0; c < n; c += VW) acc += *(const vf *)(a + c) * *(const vf *)(b + c);
         float s = 0.0f;
-        for (int k = 0; k < 16; k++) s += acc[k];
+        for (int k = 0; k < VW; k++) s += acc[k];
         return s;
     }
     float s = 0.0f;
@@ -153,8 +169,8 @@ static inline float dot(const float *a, const float *b, int64_t n) {
     return s;
 }
 
-/* Scores for up to this many positions live on the stack; more are allocated. */
-#define LOCAL_BLOCKS 256
+/* Scores for up to 4,096 positions live on the stack (LOCAL_BLOCKS vectors); more are allocated. */
+#define LOCAL_BLOCKS (4096 / VW)
 
 /* Below this much work (positions × head widths over a step's hypotheses and heads) a step runs on the
  * calling thread alone: waking another costs some 10-20 µs. */
@@ -182,11 +198,11 @@ int nmt_self_attention_step(const float *qkv, int64_t qkv_stride, const int64_t 
     int64_t width = H * (dk + dv), mask = ((int64_t)1 << shift) - 1;
 #define STORE_ROW(i) ((float *)(intptr_t)store[(i) >> shift] + ((i) & mask) * width)
     int failed = 0;
-    int64_t blocks = (t + 1 + 15) / 16;
+    int64_t blocks = (t + 1 + VW - 1) / VW;
 #pragma omp parallel if (R * H * (t + 1) * (dk + dv) >= SPLIT_WORK) reduction(| : failed)
     {
-        v16 local[LOCAL_BLOCKS];
-        v16 *w = blocks <= LOCAL_BLOCKS ? local : (v16 *)malloc(sizeof(v16) * (size_t)blocks);
+        vf local[LOCAL_BLOCKS];
+        vf *w = blocks <= LOCAL_BLOCKS ? local : (vf *)malloc(sizeof(vf) * (size_t)blocks);
         failed = !w;
         float *ws = (float *)w;
 #pragma omp for schedule(static)
@@ -205,15 +221,15 @@ int nmt_self_attention_step(const float *qkv, int64_t qkv_stride, const int64_t 
                 ws[t] = dot(q, own + head, dk) * scale;
                 softmax_weights(w, t + 1);
                 float *o = out + b * out_stride + h * dv;
-                if (dv % 16 == 0 && dv <= 128) {
-                    v16 acc[8];
-                    int64_t chunks = dv / 16;
+                if (dv % VW == 0 && dv <= WIDEST_HEAD) {
+                    vf acc[HEAD_VECTORS];
+                    int64_t chunks = dv / VW;
                     for (int64_t c = 0; c < chunks; c++) acc[c] = splat(0.0f);
                     for (int64_t j = 0; j <= t; j++) {
-                        const v16 *v = (const v16 *)((j < t ? STORE_ROW(from[j]) : own) + head + dk);
+                        const vf *v = (const vf *)((j < t ? STORE_ROW(from[j]) : own) + head + dk);
                         for (int64_t c = 0; c < chunks; c++) acc[c] += ws[j] * v[c];
                     }
-                    for (int64_t c = 0; c < chunks; c++) *(v16 *)(o + 16 * c) = acc[c];
+                    for (int64_t c = 0; c < chunks; c++) *(vf *)(o + VW * c) = acc[c];
                 } else {
                     for (int64_t d = 0; d < dv; d++) o[d] = 0.0f;
                     for (int64_t j = 0; j <= t; j++) {
@@ -241,18 +257,18 @@ int nmt_cross_attention_step(const float *q, int64_t q_stride, const float *kt, 
                              float *out, int64_t out_stride, int64_t G, int64_t H, int64_t beam,
                              int64_t S, int64_t dk, int64_t dv, float scale) {
     int failed = 0;
-    int64_t blocks = S / 16;
+    int64_t blocks = S / VW;
 #pragma omp parallel if (G * beam * S * (dk + dv) >= SPLIT_WORK) reduction(| : failed)
     {
-        v16 local[QG * LOCAL_BLOCKS];
-        v16 *w = blocks <= LOCAL_BLOCKS ? local : (v16 *)malloc(sizeof(v16) * (size_t)(QG * blocks));
+        vf local[QG * LOCAL_BLOCKS];
+        vf *w = blocks <= LOCAL_BLOCKS ? local : (vf *)malloc(sizeof(vf) * (size_t)(QG * blocks));
         failed = !w;
 #pragma omp for schedule(static)
         for (int64_t g = 0; g < G; g++) {
             if (!w) continue;
             int64_t n = g / H, h = g % H;
             const float *KT = kt + g * dk * S, *V = v + g * S * dv;
-            const v16 *B = (const v16 *)(bias + g * S);
+            const vf *B = (const vf *)(bias + g * S);
             /* Blocks of padding only (a shorter source in a batch of longer ones) weigh exactly 0: skipping
              * them changes no bit of the result, and a sentence costs its own length, not its batch's. */
             int64_t used = blocks;
@@ -262,16 +278,16 @@ int nmt_cross_attention_step(const float *q, int64_t q_stride, const float *kt, 
                 const float *qi[QG];
                 for (int64_t i = 0; i < nq; i++) qi[i] = q + (n * beam + i0 + i) * q_stride + h * dk;
                 for (int64_t b = 0; b < used; b++) {
-                    v16 acc[QG];
+                    vf acc[QG];
                     for (int64_t i = 0; i < nq; i++) acc[i] = splat(0.0f);
                     for (int64_t d = 0; d < dk; d++) {
-                        v16 key = *(const v16 *)(KT + d * S + 16 * b);
+                        vf key = *(const vf *)(KT + d * S + VW * b);
                         for (int64_t i = 0; i < nq; i++) acc[i] += qi[i][d] * key;
                     }
                     for (int64_t i = 0; i < nq; i++) w[i * blocks + b] = acc[i] * scale + B[b];
                 }
-                for (int64_t i = 0; i < nq; i++) softmax_weights(w + i * blocks, 16 * used);
-                values(nq, w, blocks, 16 * used, V, dv, out + (n * beam + i0) * out_stride + h * dv, out_stride);
+                for (int64_t i = 0; i < nq; i++) softmax_weights(w + i * blocks, VW * used);
+                values(nq, w, blocks, VW * used, V, dv, out + (n * beam + i0) * out_stride + h * dv, out_stride);
             }
         }
         if (w && w != local) free(w);
@@ -292,12 +308,13 @@ int nmt_cross_attention_step(const float *q, int64_t q_stride, const float *kt, 
  * block's loop compiles to the same instructions for every row), then the bias, then the ReLU,
  * whatever block, tile or thread computes it: a row's result does not depend on the other rows. */
 
-#if defined(__AVX512F__)
-#define NMT_PANEL 64 /* 4 vectors × 6 rows = 24 accumulators in the 32 AVX-512 registers */
+/* A block's MR × PANEL_VECTORS accumulators, PANEL_VECTORS weight vectors and one input value in registers. */
+#if defined(__AVX512F__) || defined(__aarch64__)
+#define PANEL_VECTORS 4 /* 24 accumulators of the 32 registers: 64 columns on AVX-512, 16 on NEON */
 #else
-#define NMT_PANEL 16 /* 1 vector (two AVX registers) × 6 rows in 16 registers */
+#define PANEL_VECTORS 2 /* 12 accumulators of the 16 AVX or SSE registers: 16 or 8 columns */
 #endif
-#define PANEL_VECTORS (NMT_PANEL / 16)
+#define NMT_PANEL (PANEL_VECTORS * VW)
 #define MR 6
 /* Rows of a tile: MC rows of x (MC·K floats) stay in the core's cache while every panel passes over them. */
 #define TILE_FLOATS (1 << 17)
@@ -307,30 +324,30 @@ int nmt_cross_attention_step(const float *q, int64_t q_stride, const float *kt, 
 /* The width of a panel, which nmt.kernels.native packs weights for. */
 int nmt_linear_panel(void) { return NMT_PANEL; }
 
-static inline v16 fma16(v16 acc, float a, v16 w) { return acc + splat(a) * w; }
+static inline vf fma_v(vf acc, float a, vf w) { return acc + splat(a) * w; }
 
 /* Rows [0, mr) of a block times one panel: x rows xs apart, w the panel (K, NMT_PANEL), y rows ys apart
  * receiving cols (≤ NMT_PANEL) columns. mr is a constant in each inlined copy, so acc lives in registers. */
 static inline __attribute__((always_inline)) void block(int mr, const float *x, int64_t xs, const float *w, int64_t K,
                                                         const float *bias, int relu, float *y, int64_t ys, int64_t cols) {
-    v16 acc[MR][PANEL_VECTORS];
+    vf acc[MR][PANEL_VECTORS];
     for (int r = 0; r < mr; r++)
         for (int c = 0; c < PANEL_VECTORS; c++) acc[r][c] = splat(0.0f);
     for (int64_t k = 0; k < K; k++) {
-        const v16 *wk = (const v16 *)(w + k * NMT_PANEL);
-        v16 wv[PANEL_VECTORS];
+        const vf *wk = (const vf *)(w + k * NMT_PANEL);
+        vf wv[PANEL_VECTORS];
         for (int c = 0; c < PANEL_VECTORS; c++) wv[c] = wk[c];
         for (int r = 0; r < mr; r++)
-            for (int c = 0; c < PANEL_VECTORS; c++) acc[r][c] = fma16(acc[r][c], x[r * xs + k], wv[c]);
+            for (int c = 0; c < PANEL_VECTORS; c++) acc[r][c] = fma_v(acc[r][c], x[r * xs + k], wv[c]);
     }
     for (int r = 0; r < mr; r++)
         for (int c = 0; c < PANEL_VECTORS; c++) {
-            v16 v = acc[r][c] + *(const v16 *)(bias + 16 * c);
-            if (relu) v = (v16)((v16i)v & ~(v < splat(0.0f))); /* NaN stays NaN, as torch's relu keeps it */
-            float *out = y + r * ys + 16 * c;
-            if (16 * (c + 1) <= cols) *(v16 *)out = v;
+            vf v = acc[r][c] + *(const vf *)(bias + VW * c);
+            if (relu) v = (vf)((vi)v & ~(v < splat(0.0f))); /* NaN stays NaN, as torch's relu keeps it */
+            float *out = y + r * ys + VW * c;
+            if (VW * (c + 1) <= cols) *(vf *)out = v;
             else
-                for (int64_t j = 0; j < cols - 16 * c; j++) out[j] = v[j];
+                for (int64_t j = 0; j < cols - VW * c; j++) out[j] = v[j];
         }
 }
 

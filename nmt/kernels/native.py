@@ -4,9 +4,10 @@ the machine's C compiler.
 The projections (``pack_linear``, ``linear``): a step multiplies a few to a few hundred rows by each of the
 decoder's weights, a dozen products a step, and oneDNN's and MKL's products spend 5-13 µs a call preparing
 before they multiply (a 4-row product of a 128 × 128 weight computes in under 1 µs). The C product starts at
-once on a weight stored in panels of 64 (AVX-512) or 16 columns, with 6 rows a block in registers; on a
-2-core Zen 5, one thread, it took 3-6 µs against 13-20 µs at 1-4 rows of the quick-start model's layers, and
-0.9-1.2x oneDNN's time from 16 to 2,048 rows, for those layers and a base model's (docs/performance.md).
+once on a weight stored in panels of 64 (AVX-512), 16 (AVX2, NEON) or 8 (SSE) columns, with 6 rows a block
+in registers; on a 2-core Zen 5, one thread, it took 3-6 µs against 13-20 µs at 1-4 rows of the quick-start
+model's layers, and 0.9-1.2x oneDNN's time from 16 to 2,048 rows, for those layers and a base model's; built
+for AVX2 and against oneDNN's AVX2 kernels, 1.9-2.5x and 0.8-1.0x (docs/performance.md).
 Every output is one multiply-add chain over the inputs in order (fused where the CPU has FMA): a row's
 result is bitwise the same whatever the other rows and however many threads share the product.
 
@@ -23,12 +24,14 @@ faster again with the products too (docs/performance.md).
 
 The library is built once per source, compiler, CPU and user into ``NMT_CACHE_DIR`` (default
 ``$XDG_CACHE_HOME/nmt`` or ``~/.cache/nmt``) under ``kernels/``, with ``-march=native`` and OpenMP, in about
-0.16 s; later processes load it in 3 ms. When loaded it is checked against torch's computation, and its OpenMP
-against torch's runtime (else it is built again without OpenMP). Where no compiler is found (``CC``, else
-``cc``, ``gcc`` or ``clang``), ``NMT_NATIVE=0`` is set, or the CPU has no AVX-512 (``wide_vectors``; unless
-``NMT_NATIVE=1``), ``library()`` is None and decoding takes torch's path with oneDNN's products; where the build, the load or the check fails, the same after a one-line warning. The choice is per
-process, never per batch: the two paths round differently, and a sentence's translation must not depend on
-its batch.
+0.16 s; later processes load it in 3 ms (``NMT_NATIVE_MARCH`` names another ``-march``, ``march``). Its
+vectors are the CPU's own width (16, 8 or 4 floats). When loaded it is checked against torch's computation,
+and its OpenMP against torch's runtime (else it is built again without OpenMP). Where no compiler is found
+(``CC``, else ``cc``, ``gcc`` or ``clang``), ``NMT_NATIVE=0`` is set, or the CPU has neither AVX-512 nor
+AVX2 with FMA (``fast_vectors``; unless ``NMT_NATIVE=1``), ``library()`` is None and decoding takes torch's
+path with oneDNN's products; where the build, the load or the check fails, the same after a one-line
+warning. The choice is per process, never per batch: the two paths round differently, and a sentence's
+translation must not depend on its batch.
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ SOURCE = Path(__file__).with_name("decode_step.c")
 # No -ffast-math or -fassociative-math: the loops that matter are vectorised by hand, and a compiler free to
 # reorder sums could make a hypothesis's result depend on its row's address (peeled loops), or undo exp's
 # split constant.
-FLAGS = ["-O3", "-march=native", "-fPIC", "-shared"]
+FLAGS = ["-O3", "-fPIC", "-shared"]
 # Tried first: the library's loops on torch's OpenMP threads (decode_step.c); without it, where the
 # compiler has no OpenMP, each step runs on the calling thread.
 OPENMP = "-fopenmp"
@@ -88,11 +91,20 @@ def _compiler() -> list[str] | None:
     return next(([path] for name in ("cc", "gcc", "clang") if (path := shutil.which(name))), None)
 
 
-def wide_vectors() -> bool:
-    """Whether this CPU has AVX-512, which the library is written for: its 16-float vectors are one register
-    there. Built for AVX2 or SSE, GCC splits them into code that ran 5-25x slower than torch's path on the
-    same machine (docs/performance.md), so elsewhere the library is used only with ``NMT_NATIVE=1``."""
-    return " avx512f" in _cpu_signature()  # its flags line, where Linux tells it
+def fast_vectors() -> bool:
+    """Whether this CPU has the vectors on which the library was measured faster than torch's path: AVX-512
+    (16 floats) or AVX2 with FMA (8). Built for SSE4.2 alone (4 floats, no FMA) its steps took 1.1-1.2x
+    torch's time (docs/performance.md); other CPUs (ARM's NEON) are unmeasured. There the library is used only
+    with ``NMT_NATIVE=1``."""
+    cpu = _cpu_signature()  # its flags line, where Linux tells it
+    return " avx512f" in cpu or (" avx2" in cpu and " fma" in cpu)
+
+
+def march() -> str:
+    """The ``-march`` the library is built for: ``NMT_NATIVE_MARCH``, else ``native`` (this CPU's own). An older
+    target, as ``x86-64-v3`` (AVX2) or ``x86-64-v2`` (SSE4.2), builds on a newer CPU the code an older one gets,
+    which the suite tests and the benchmarks of docs/performance.md measure."""
+    return os.environ.get("NMT_NATIVE_MARCH") or "native"
 
 
 def _cpu_signature() -> str:
@@ -109,7 +121,7 @@ def _build(compiler: list[str], openmp: bool) -> Path:
     """The library for this source, compiler, CPU and user: built (to a temporary name, then renamed, so that
     processes building at once never load a partial file) unless it is already in the cache."""
     stat = Path(compiler[0]).resolve().stat()
-    flags = [*FLAGS, OPENMP] if openmp else FLAGS
+    flags = [*FLAGS, f"-march={march()}", *([OPENMP] if openmp else [])]
     key = hashlib.sha256(b"\0".join([SOURCE.read_bytes(), " ".join([*compiler, *flags]).encode(), f"{stat.st_size}:{stat.st_mtime_ns}".encode(),
                                       _cpu_signature().encode()])).hexdigest()[:20]
     # One file per user: a cache directory shared between users holds each one's own library, and a file
@@ -131,6 +143,12 @@ def _build(compiler: list[str], openmp: bool) -> Path:
     return target
 
 
+def vector_width() -> int | None:
+    """The floats of the loaded library's vectors (16 on AVX-512, 8 on AVX2, 4 on SSE or NEON); None without it."""
+    lib = _loaded[0] if _loaded else library()
+    return None if lib is None else lib.nmt_vector_width()
+
+
 def _open(path: Path) -> ctypes.CDLL:
     lib = ctypes.CDLL(str(path))
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
@@ -142,6 +160,7 @@ def _open(path: Path) -> ctypes.CDLL:
     lib.nmt_linear.argtypes = [ptr, i64, i64, ptr, ptr, i64, i64, ctypes.c_int, ptr, i64]
     lib.nmt_linear.restype = None
     lib.nmt_linear_panel.restype = ctypes.c_int
+    lib.nmt_vector_width.restype = ctypes.c_int
     return lib
 
 
@@ -163,7 +182,7 @@ def _load() -> ctypes.CDLL | None:
     setting = os.environ.get("NMT_NATIVE", "auto")
     if setting == "0" or (compiler := _compiler()) is None:
         return None
-    if setting != "1" and not wide_vectors():
+    if setting != "1" and not fast_vectors():
         return None
     problem = "it computed other values than torch"
     for openmp in (True, False):

@@ -20,7 +20,7 @@ from nmt.kernels.packed import PackedLinear, row_bucket
 from nmt.kernels.output_loss import output_cross_entropy
 from nmt.model.attention import MultiHeadAttention, padding_mask
 from nmt.train.loss import label_smoothed_nll
-from tests.helpers import tiny_model
+from tests.helpers import OLDER_TARGETS, tiny_model, use_native_target
 
 # ------------------------------------------------------------------------------------------------ dropout
 
@@ -260,19 +260,18 @@ def test_install_swaps_every_dropout_and_it_still_drops() -> None:
 # ------------------------------------------------------------------------------------- packed projections
 
 
-@pytest.fixture(params=["C", "oneDNN"])
+@pytest.fixture(params=["C", *(f"C {target}" for target in OLDER_TARGETS), "oneDNN"])
 def product_path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Each test using it runs twice: the C product where the machine's compiler builds it
-    (``nmt.kernels.native``), then oneDNN's, the path of machines without a compiler."""
+    """Each test using it runs with the C product where the machine's compiler builds it
+    (``nmt.kernels.native``), also built for each older x86-64 level the CPU runs (their narrower vectors),
+    then with oneDNN's, the path of machines without a compiler. Returns "C" or "oneDNN"."""
     if request.param == "oneDNN":
         monkeypatch.setattr(native, "_loaded", [None])
         if not torch.backends.mkldnn.is_available():
             pytest.skip("torch is built without oneDNN here")
-    elif native.library() is None:
-        if native._compiler() is not None:
-            pytest.fail("a C compiler is here, but the C library could not be built or was wrong")
-        pytest.skip("no C compiler on this machine: oneDNN's path is tested")
-    return request.param
+        return "oneDNN"
+    use_native_target(request.param.partition(" ")[2] or "native", monkeypatch)
+    return "C"
 
 
 def _path_of(project: PackedLinear) -> str:

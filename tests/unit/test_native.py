@@ -17,7 +17,7 @@ from tests.helpers import tiny_model
 def fresh(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A process that has loaded no library yet, with an empty cache of its own; returns the cache."""
     monkeypatch.setenv("NMT_CACHE_DIR", str(tmp_path))
-    monkeypatch.setenv("NMT_NATIVE", "1")  # on CPUs without AVX-512 too, where it is slow but must be right
+    monkeypatch.setenv("NMT_NATIVE", "1")  # on CPUs without AVX2 too, where it is slow but must be right
     monkeypatch.setattr(native, "_loaded", [])
     return tmp_path
 
@@ -41,7 +41,7 @@ def reference(qkv: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor, r
 @pytest.mark.parametrize("positions", [0, 1, 7, 12, 13, 40, 300])
 @pytest.mark.parametrize("heads, d_k, d_v", [(4, 32, 32), (2, 16, 48), (8, 64, 64), (2, 8, 12), (1, 24, 20), (1, 16, 272)])
 @pytest.mark.parametrize("reorder", [False, True])
-def test_step_equals_reorder_append_and_attention(needs_compiler: None, positions: int, heads: int, d_k: int, d_v: int, reorder: bool) -> None:
+def test_step_equals_reorder_append_and_attention(native_target: str, positions: int, heads: int, d_k: int, d_v: int, reorder: bool) -> None:
     g = torch.Generator().manual_seed(positions * 31 + heads)
     r = 5
     old_rows = 6 if reorder else r  # without a reorder each hypothesis continues its own row
@@ -65,7 +65,7 @@ def test_step_equals_reorder_append_and_attention(needs_compiler: None, position
 @pytest.mark.parametrize("positions", [1, 5, 16, 17, 40])
 @pytest.mark.parametrize("heads, d_k, d_v", [(4, 32, 32), (2, 16, 48), (2, 8, 12)])
 @pytest.mark.parametrize("beam", [1, 4, 6])  # queries share loads in groups of 4: one, one whole, one and a part
-def test_cross_step_equals_attention_over_each_sentences_source(needs_compiler: None, positions: int, heads: int, d_k: int, d_v: int, beam: int) -> None:
+def test_cross_step_equals_attention_over_each_sentences_source(native_target: str, positions: int, heads: int, d_k: int, d_v: int, beam: int) -> None:
     g = torch.Generator().manual_seed(positions * 7 + beam)
     n = 3
     keys, values = torch.randn(n * heads, positions, d_k, generator=g), torch.randn(n * heads, positions, d_v, generator=g)
@@ -82,7 +82,7 @@ def test_cross_step_equals_attention_over_each_sentences_source(needs_compiler: 
     assert buffer[n * beam :].isnan().all() and buffer[:, :2].isnan().all() and buffer[:, 2 + heads * d_v :].isnan().all()
 
 
-def test_cross_step_is_the_same_whatever_the_batchs_longest_source(needs_compiler: None) -> None:
+def test_cross_step_is_the_same_whatever_the_batchs_longest_source(native_target: str) -> None:
     """A sentence's cross-attention does not depend on how far its batch pads the sources: padding positions
     weigh exactly 0, and whole blocks of them are skipped (bitwise the same result)."""
     g = torch.Generator().manual_seed(5)
@@ -101,7 +101,7 @@ def test_cross_step_is_the_same_whatever_the_batchs_longest_source(needs_compile
     assert all(torch.equal(o, outputs[0]) for o in outputs[1:])
 
 
-def test_very_large_scores_and_many_positions(needs_compiler: None) -> None:
+def test_very_large_scores_and_many_positions(native_target: str) -> None:
     """Scores far apart (weights under e^-87 of the largest are 0) and more positions than the function's
     stack buffer holds: as close to the result in float64 as torch's float32 path is."""
     g = torch.Generator().manual_seed(1)
@@ -115,7 +115,7 @@ def test_very_large_scores_and_many_positions(needs_compiler: None) -> None:
     assert (out - exact).abs().max() <= 2 * torch_error + 1e-6
 
 
-def test_a_step_split_across_threads_is_the_same_to_the_bit(needs_compiler: None) -> None:
+def test_a_step_split_across_threads_is_the_same_to_the_bit(native_target: str) -> None:
     """Steps large enough to be shared among torch's threads (OpenMP, where the compiler has it: GCC does)."""
     lib = native.library()
     threads = torch.get_num_threads()
@@ -178,8 +178,8 @@ def test_a_compiler_command_with_arguments(fresh: Path, needs_compiler: None, mo
 
 @pytest.mark.parametrize("right, wrong", [("ws[j] = dot(q, STORE_ROW(from[j]) + head, dk) * scale;", "ws[j] = dot(q, STORE_ROW(from[j]) + head, dk) * scale * 1.01f;"),
                                           ("w[i * blocks + b] = acc[i] * scale + B[b]", "w[i * blocks + b] = acc[i] * scale * 1.01f + B[b]"),
-                                          ("v16 v = acc[r][c] + *(const v16 *)(bias + 16 * c);", "v16 v = acc[r][c];"),
-                                          ("if (relu) v = (v16)((v16i)v & ~(v < splat(0.0f)));", ""),
+                                          ("vf v = acc[r][c] + *(const vf *)(bias + VW * c);", "vf v = acc[r][c];"),
+                                          ("if (relu) v = (vf)((vi)v & ~(v < splat(0.0f)));", ""),
                                           ("const int64_t *from = ancestors + b * t;", "const int64_t *from = ancestors;")])
 def test_a_library_that_computes_wrong_is_refused(fresh: Path, needs_compiler: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                   right: str, wrong: str) -> None:
@@ -194,11 +194,12 @@ def test_a_library_that_computes_wrong_is_refused(fresh: Path, needs_compiler: N
 
 
 @pytest.mark.parametrize("wide", [True, False])
-def test_by_default_only_cpus_with_avx512_use_the_library(fresh: Path, needs_compiler: None, monkeypatch: pytest.MonkeyPatch, wide: bool) -> None:
-    """Without NMT_NATIVE, the library is used where the CPU has AVX-512 and silently not elsewhere (its
-    16-float vectors ran 5-25x slower than torch's path there); NMT_NATIVE=1 forces it."""
+def test_by_default_only_cpus_with_avx2_or_avx512_use_the_library(fresh: Path, needs_compiler: None, monkeypatch: pytest.MonkeyPatch,
+                                                                   wide: bool) -> None:
+    """Without NMT_NATIVE, the library is used where the CPU has AVX-512 or AVX2 and silently not elsewhere
+    (built for SSE alone it was slower than torch's path); NMT_NATIVE=1 forces it."""
     monkeypatch.delenv("NMT_NATIVE")
-    monkeypatch.setattr(native, "wide_vectors", lambda: wide)
+    monkeypatch.setattr(native, "fast_vectors", lambda: wide)
     import warnings
 
     with warnings.catch_warnings():
@@ -207,6 +208,13 @@ def test_by_default_only_cpus_with_avx512_use_the_library(fresh: Path, needs_com
     monkeypatch.setattr(native, "_loaded", [])
     monkeypatch.setenv("NMT_NATIVE", "1")
     assert native.library() is not None
+
+
+@pytest.mark.parametrize("flags, fast", [("fpu sse4_2 avx avx2 fma avx512f avx512bw", True), ("fpu sse4_2 avx avx2 fma bmi2", True),
+                                         ("fpu sse4_2 avx avx2", False), ("fpu sse4_2 popcnt", False), ("fp asimd", False)])
+def test_fast_vectors_are_avx512_or_avx2_with_fma(monkeypatch: pytest.MonkeyPatch, flags: str, fast: bool) -> None:
+    monkeypatch.setattr(native, "_cpu_signature", lambda: f"x86_64model name\t: Some CPUflags\t\t: {flags}")
+    assert native.fast_vectors() is fast
 
 
 @pytest.mark.parametrize("setting", ["CC=/nonexistent/cc", "CC=false", "NMT_NATIVE=0"])
