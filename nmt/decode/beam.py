@@ -28,10 +28,12 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from nmt.decode.penalty import length_penalty
-from nmt.decode.incremental import DecoderState, StepModel, arrange, decode_step, encode, init_state
+from nmt.decode.incremental import DecoderState, StepModel, arrange, decode_step, decode_step_top, encode, fuses_top, init_state
+from nmt.kernels import native
 from nmt.model.transformer import Transformer
 from nmt.tokens import BOS, EOS, PAD
 
@@ -66,6 +68,18 @@ class Scorer:
         if len(lprobs) == 1:
             return lprobs[0]
         return torch.logsumexp(torch.stack(lprobs), dim=0) - math.log(len(lprobs))
+
+    def fuses_top(self, states: list[DecoderState]) -> bool:
+        """Whether ``step_top`` runs in the C library's one pass (one model, whose output projection is the C
+        product) and ``step`` is this class's (a subclass that changes the scores keeps them): then a search
+        should take each row's best candidates from it instead of ``step``'s."""
+        return type(self).step is Scorer.step and len(states) == 1 and fuses_top(states[0])
+
+    def step_top(self, tokens: Tensor, states: list[DecoderState], k: int, banned: Tensor, also: int) -> tuple[Tensor, Tensor, Tensor]:
+        """For one model: each row's ``k`` best next-token log-probabilities, largest first, with their tokens
+        (R, k), ``banned`` tokens excluded, and each row's log-probability of token ``also`` (R,)."""
+        (model,), (state,) = self.models, states
+        return decode_step_top(model, tokens, state, k, banned, also)
 
     @staticmethod
     def reorder(states: list[DecoderState], rows: Tensor, sentences: Tensor | None, beam: int) -> None:
@@ -107,15 +121,24 @@ def beam_search(
     limit_steps = set(max_lens)  # known on the host: no device check at the steps where no sentence ends
     never = torch.tensor([PAD, BOS], device=device)  # tokens no output contains
     firsts = torch.arange(n, device=device)[:, None] * k  # the first row of each sentence once the beam is open
+    fused = scorer.fuses_top(states) and 2 * k <= native.TOP_K_MOST
     for t in range(steps):
         m, r = scores.shape
-        lprobs = scorer.step(last, states)  # a fresh tensor, changed in place below
-        lprobs.index_fill_(1, never, float("-inf"))
-        if t + 1 in limit_steps:  # the last allowed position of some sentences: only EOS may come there
-            at_limit = (limits == t + 1).repeat_interleave(r)
-            lprobs = torch.where(at_limit[:, None], lprobs + eos_only[0], lprobs)
-        top_scores, top_beam, top_token = best_extensions(lprobs, scores, 2 * k)
-        del lprobs  # before the next step's (R, V) tensor is made, so that it reuses this one's memory
+        if fused:  # each row's best 2k log-probabilities, the (R, V) ones never written (decode_step_top)
+            row_top, row_token, eos_lprobs = scorer.step_top(last, states, 2 * k, never, EOS)
+            if t + 1 in limit_steps:  # the last allowed position of some sentences: only EOS may come there
+                at_limit = (limits == t + 1).repeat_interleave(r)[:, None]
+                row_top = torch.where(at_limit, F.pad(eos_lprobs[:, None], (0, 2 * k - 1), value=float("-inf")), row_top)
+                row_token = row_token.masked_fill(at_limit, EOS)
+            top_scores, top_beam, top_token = best_of_rows(row_top, row_token, scores, 2 * k)
+        else:
+            lprobs = scorer.step(last, states)  # a fresh tensor, changed in place below
+            lprobs.index_fill_(1, never, float("-inf"))
+            if t + 1 in limit_steps:  # the last allowed position of some sentences: only EOS may come there
+                at_limit = (limits == t + 1).repeat_interleave(r)
+                lprobs = torch.where(at_limit[:, None], lprobs + eos_only[0], lprobs)
+            top_scores, top_beam, top_token = best_extensions(lprobs, scores, 2 * k)
+            del lprobs  # before the next step's (R, V) tensor is made, so that it reuses this one's memory
         is_eos = top_token == EOS
         # The best k candidates that do not end the hypothesis stay alive (stable: best first).
         order = torch.sort(is_eos.to(torch.int8), dim=1, stable=True).indices[:, :k]
@@ -178,19 +201,7 @@ def best_extensions(lprobs: Tensor, scores: Tensor, count: int) -> tuple[Tensor,
     vocab = lprobs.size(1)
     chunks = -(-vocab // CHUNK)
     if m < 4 or vocab < 4 * CHUNK or r * chunks < count:
-        width = min(count, vocab)
-        # The best extensions of a sentence are among the best of each of its r rows: a top-k per row first,
-        # then over the r × width survivors (cheaper than one over r × V).
-        row_top, row_token = lprobs.topk(width, dim=1)  # (m·r, width)
-        candidates = scores[:, :, None] + row_top.view(m, r, width)
-        top_scores, flat = candidates.view(m, r * width).topk(min(count, r * width), dim=1)
-        top_beam, top_token = flat // width, row_token.view(m, r * width).gather(1, flat)
-        if flat.size(1) < count:  # fewer candidates than count (a tiny vocabulary): the rest are dead ends
-            missing = count - flat.size(1)
-            top_scores = torch.cat([top_scores, top_scores.new_full((m, missing), float("-inf"))], 1)
-            top_beam = torch.cat([top_beam, top_beam.new_zeros(m, missing)], 1)
-            top_token = torch.cat([top_token, top_token.new_zeros(m, missing)], 1)
-        return top_scores, top_beam, top_token
+        return best_of_rows(*lprobs.topk(min(count, vocab), dim=1), scores, count)
     full, tail = divmod(vocab, CHUNK)
     maxima = lprobs[:, : full * CHUNK].unflatten(1, (full, CHUNK)).amax(-1)  # (m·r, full)
     if tail:  # the last chunk holds the last `tail` entries
@@ -208,6 +219,23 @@ def best_extensions(lprobs: Tensor, scores: Tensor, count: int) -> tuple[Tensor,
     top_scores, pick = values.view(m, count * CHUNK).topk(count, dim=1)
     chosen = pick // CHUNK
     return top_scores, row.gather(1, chosen), first.gather(1, chosen) + pick % CHUNK
+
+
+def best_of_rows(row_top: Tensor, row_token: Tensor, scores: Tensor, count: int) -> tuple[Tensor, Tensor, Tensor]:
+    """``best_extensions`` from each row's best log-probabilities ``row_top`` (m·r, width), largest first, and
+    their tokens: the best extensions of a sentence are among the best of each of its r rows, so one top-k over
+    the r × width survivors (cheaper than one over r × V) gives them when width ≥ count."""
+    m, r = scores.shape
+    width = row_top.size(1)
+    candidates = scores[:, :, None] + row_top.view(m, r, width)
+    top_scores, flat = candidates.view(m, r * width).topk(min(count, r * width), dim=1)
+    top_beam, top_token = flat // width, row_token.view(m, r * width).gather(1, flat)
+    if flat.size(1) < count:  # fewer candidates than count (a tiny vocabulary): the rest are dead ends
+        missing = count - flat.size(1)
+        top_scores = torch.cat([top_scores, top_scores.new_full((m, missing), float("-inf"))], 1)
+        top_beam = torch.cat([top_beam, top_beam.new_zeros(m, missing)], 1)
+        top_token = torch.cat([top_token, top_token.new_zeros(m, missing)], 1)
+    return top_scores, top_beam, top_token
 
 
 def _finish(finishing: Tensor, top_scores: Tensor, top_beam: Tensor, history: Tensor, active: Tensor, length: int,

@@ -359,6 +359,39 @@ def decode_step(model: Transformer, tokens: Tensor, state: DecoderState) -> Tens
     Advances ``state.step``; equal to the full decoder's output at that position. Inference only: call it
     without autograd (``torch.no_grad``), as the searches do.
     """
+    h, r = _decoder_output(model, tokens, state)
+    logits = state.arranged.project(h)[:r].float()  # the first rows of a fresh tensor (R, V)
+    # In place: a second (R, V) tensor per step is a large allocation, whose fresh pages cost as much as
+    # the softmax itself.
+    return torch.log_softmax(logits, -1, out=logits)
+
+
+def decode_step_top(model: Transformer, tokens: Tensor, state: DecoderState, k: int, banned: Tensor, also: int) -> tuple[Tensor, Tensor, Tensor]:
+    """What a beam search takes of ``decode_step``'s log-probabilities: each row's ``k`` best, largest first,
+    with their tokens (R, k), ``banned`` tokens excluded, and each row's log-probability of token ``also``
+    (R,). Through ``native.output_top_k`` where the output projection is the C product (``fuses_top``), so
+    that the (R, V) log-probabilities are never written; else from ``decode_step``'s."""
+    if fuses_top(state):
+        h, r = _decoder_output(model, tokens, state)
+        return native.output_top_k(h[:r], state.arranged.project.panels, k, banned, also)
+    lprobs = decode_step(model, tokens, state)
+    also_lprobs = lprobs[:, also].clone()
+    lprobs.index_fill_(1, banned, float("-inf"))
+    values, columns = lprobs.topk(min(k, lprobs.size(1)), dim=1)
+    if values.size(1) < k:  # a vocabulary smaller than k: the rest are -inf
+        extra = k - values.size(1)
+        values, columns = F.pad(values, (0, extra), value=float("-inf")), F.pad(columns, (0, extra))
+    return values, columns, also_lprobs
+
+
+def fuses_top(state: DecoderState) -> bool:
+    """Whether ``decode_step_top`` goes through the C library's fused output projection, log-softmax and top-k."""
+    return state.fused_attention and state.arranged.project.panels is not None
+
+
+def _decoder_output(model: Transformer, tokens: Tensor, state: DecoderState) -> tuple[Tensor, int]:
+    """The decoder's normalised output for the last tokens (R,) at position ``state.step`` (advanced):
+    (padded rows, d), of which the first R are the hypotheses'; and R."""
     t = state.step
     model.check_positions(t + 1)
     r = tokens.size(0)
@@ -371,10 +404,7 @@ def decode_step(model: Transformer, tokens: Tensor, state: DecoderState) -> Tens
     if state.fused_attention:
         state.advance(r)
     state.step = t + 1
-    logits = state.arranged.project(model.decoder_norm(y))[:r].float()  # the first rows of a fresh tensor (R, V)
-    # In place: a second (R, V) tensor per step is a large allocation, whose fresh pages cost as much as
-    # the softmax itself.
-    return torch.log_softmax(logits, -1, out=logits)
+    return model.decoder_norm(y), r
 
 
 def _layer_step(layer: DecoderLayer, y: Tensor, state: DecoderState, i: int, r: int) -> Tensor:

@@ -59,7 +59,17 @@ int nmt_vector_width(void) { return VW; }
 typedef float vf __attribute__((vector_size(4 * VW), aligned(4)));  /* aligned(4): loads from any float */
 typedef int32_t vi __attribute__((vector_size(4 * VW), aligned(4)));
 
-static inline vf splat(float x) { return (vf){0} + x; }
+/* x in every lane (an initializer, which compiles to one broadcast: 0 + x would be an addition first, as
+ * -0.0 + 0 is not -0.0). */
+static inline vf splat(float x) {
+#if VW == 16
+    return (vf){x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x};
+#elif VW == 8
+    return (vf){x, x, x, x, x, x, x, x};
+#else
+    return (vf){x, x, x, x};
+#endif
+}
 
 static inline vf select_v(vi mask, vf a, vf b) { return (vf)(((vi)a & mask) | ((vi)b & ~mask)); }
 
@@ -351,7 +361,10 @@ static inline __attribute__((always_inline)) void block(int mr, const float *x, 
         }
 }
 
-static void block_rows(int64_t mr, const float *x, int64_t xs, const float *w, int64_t K, const float *bias, int relu,
+/* Not inlined: one copy of the blocks, called by nmt_linear and nmt_output_top_k alike (so that both compute a
+ * logit with the same instructions), and compiled alone, where GCC keeps all accumulators in registers (inlined
+ * into nmt_output_top_k's loop, it spilled one on AVX2 and ran at half speed). */
+static __attribute__((noinline)) void block_rows(int64_t mr, const float *x, int64_t xs, const float *w, int64_t K, const float *bias, int relu,
                        float *y, int64_t ys, int64_t cols) {
     switch (mr) { /* each case inlines block() with a constant row count */
     case 1: block(1, x, xs, w, K, bias, relu, y, ys, cols); break;
@@ -386,4 +399,219 @@ void nmt_linear(const float *x, int64_t xs, int64_t M, const float *wp, const fl
                 block_rows(end - i < MR ? end - i : MR, x + i * xs, xs, w, K, bias + NMT_PANEL * p, relu,
                            y + i * ys + NMT_PANEL * p, ys, cols);
         }
+}
+
+/* ------------------------------------------------------------------------------------------------------
+ * The search's scores: log-probabilities from a step's logits, and each row's best few.
+ *
+ * torch's log_softmax and top-k over a step's R × V logits cost as much as a third of the products at these
+ * sizes (its top-k visits every entry with a branch). Here each row is a loop of vectors; rows are shared
+ * among the calling thread's OpenMP threads when there are many, and each row's result depends on that row
+ * alone. */
+
+/* Below this many entries a call runs on the calling thread alone. */
+#define SPLIT_ENTRIES (1 << 17)
+
+/* Whether any of x's values is above t (NaN is not). */
+static inline int any_above(vf x, float t) {
+    vi above = x > splat(t);
+    for (int width = VW / 2; width >= 1; width /= 2) { /* halving ORs, which compile to a few shuffles */
+        vi folded = above;
+        for (int l = 0; l < width; l++) folded[l] |= above[l + width];
+        above = folded;
+    }
+    return above[0] != 0;
+}
+
+/* x (R, V), rows xs apart, replaced by log_softmax along each row: x - max - log Σ exp(x - max), the sum over
+ * vectors in order, then the tail. For rows with a finite maximum (logits have one). */
+void nmt_log_softmax(float *x, int64_t xs, int64_t R, int64_t V) {
+#pragma omp parallel for schedule(static) if (R * V >= SPLIT_ENTRIES)
+    for (int64_t i = 0; i < R; i++) {
+        float *row = x + i * xs;
+        int64_t whole = V / VW * VW;
+        vf mv = splat(-INFINITY);
+        for (int64_t j = 0; j < whole; j += VW) {
+            vf v = *(const vf *)(row + j);
+            mv = select_v(v > mv, v, mv);
+        }
+        float m = mv[0];
+        for (int k = 1; k < VW; k++) m = mv[k] > m ? mv[k] : m;
+        for (int64_t j = whole; j < V; j++) m = row[j] > m ? row[j] : m;
+        vf sv = splat(0.0f);
+        for (int64_t j = 0; j < whole; j += VW) sv += exp_v(*(const vf *)(row + j) - m);
+        float s = 0.0f;
+        for (int k = 0; k < VW; k++) s += sv[k];
+        if (whole < V) { /* the tail, as one vector padded with -inf (weight 0) */
+            vf tail = splat(-INFINITY);
+            for (int64_t j = whole; j < V; j++) tail[j - whole] = row[j];
+            vf e = exp_v(tail - m);
+            for (int k = 0; k < VW; k++) s += e[k];
+        }
+        float shift = m + logf(s);
+        for (int64_t j = 0; j < whole; j += VW) *(vf *)(row + j) = *(const vf *)(row + j) - shift;
+        for (int64_t j = whole; j < V; j++) row[j] = row[j] - shift;
+    }
+}
+
+/* For each row of x (R, V), rows xs apart: its k largest entries, largest first, into values (R, k) and
+ * their columns into columns (R, k); of equal entries the lower column comes first. Entries that are NaN or
+ * -inf are never chosen: a row with fewer than k others ends with -inf at columns 0, 1, .... Returns 0,
+ * or 2 (nothing written) when k is not between 1 and 64. */
+int nmt_row_top_k(const float *x, int64_t xs, int64_t R, int64_t V, int64_t k, float *values, int64_t *columns) {
+    if (k < 1 || k > 64) return 2;
+#pragma omp parallel for schedule(static) if (R * V >= SPLIT_ENTRIES)
+    for (int64_t i = 0; i < R; i++) {
+        const float *row = x + i * xs;
+        float *top = values + i * k;
+        int64_t *col = columns + i * k;
+        for (int64_t a = 0; a < k; a++) {
+            top[a] = -INFINITY;
+            col[a] = a;
+        }
+        float threshold = -INFINITY; /* the k-th largest so far: only a larger entry enters */
+        int64_t whole = V / (4 * VW) * (4 * VW);
+        for (int64_t j = 0; j < V; j += 4 * VW) {
+            if (j < whole) { /* most blocks of 4 vectors hold no entry above the threshold: one test for them */
+                const vf *v = (const vf *)(row + j);
+                vf a = select_v(v[1] > v[0], v[1], v[0]), b = select_v(v[3] > v[2], v[3], v[2]);
+                if (!any_above(select_v(b > a, b, a), threshold)) continue;
+            }
+            int64_t end = j + 4 * VW < V ? j + 4 * VW : V;
+            for (int64_t c = j; c < end; c++) {
+                if (c % VW == 0 && c + VW <= end && !any_above(*(const vf *)(row + c), threshold)) {
+                    c += VW - 1; /* a vector with none above */
+                    continue;
+                }
+                float v = row[c];
+                if (!(v > threshold)) continue;
+                int64_t at = k - 1; /* insertion after the entries at least as large: lower columns first */
+                while (at > 0 && top[at - 1] < v) {
+                    top[at] = top[at - 1];
+                    col[at] = col[at - 1];
+                    at--;
+                }
+                top[at] = v;
+                col[at] = c;
+                threshold = top[k - 1];
+            }
+        }
+    }
+    return 0;
+}
+
+static inline float hmax(vf x) {
+    float m = x[0];
+    for (int l = 1; l < VW; l++) m = x[l] > m ? x[l] : m;
+    return m;
+}
+
+/* A row's best k entries so far (top, col: largest first, lower columns first among equals) and threshold,
+ * the k-th largest: entries c0 + [0, n) of t offered, banned columns skipped. */
+static inline void offer(const float *t, int64_t n, int64_t c0, float *top, int64_t *col, int64_t k, float *threshold,
+                         const int64_t *banned, int64_t n_banned) {
+    for (int64_t c = 0; c < n; c++) {
+        if (c % VW == 0 && c + VW <= n && !any_above(*(const vf *)(t + c), *threshold)) {
+            c += VW - 1; /* a vector with none above */
+            continue;
+        }
+        float v = t[c];
+        if (!(v > *threshold)) continue;
+        int skip = 0;
+        for (int64_t b = 0; b < n_banned; b++) skip |= banned[b] == c0 + c;
+        if (skip) continue;
+        int64_t at = k - 1;
+        while (at > 0 && top[at - 1] < v) {
+            top[at] = top[at - 1];
+            col[at] = col[at - 1];
+            at--;
+        }
+        top[at] = v;
+        col[at] = c0 + c;
+        *threshold = top[k - 1];
+    }
+}
+
+/* The output projection and the search's use of it in one pass, the logits never written out: for x (M, K),
+ * rows xs apart, and the weight and bias packed as nmt_linear reads them (N the vocabulary), each row's
+ * log-probabilities log_softmax(x·Wᵀ + b) are known through its maximum logit and the sum of its exponentials
+ * (accumulated panel by panel, rescaled when the maximum grows), and the search needs only each row's k best
+ * (excluding the banned columns, which still count in the sum) and the one at column `also` (EOS, which a
+ * hypothesis at its length limit must take). Writes values (M, k) with columns (M, k) (as nmt_row_top_k
+ * orders them) and also_values (M,). Each row's logits are computed as nmt_linear computes them and met in the
+ * same order whatever the other rows and threads: a row's results depend on that row alone.
+ *
+ * The (M, N) logits of a step are megabytes that a separate softmax and top-k would read back from memory
+ * three times; here each tile of them is used while it is in registers and the first level of cache.
+ * Returns 0; 1 when memory for the rows' state could not be had; 2 (nothing written) when k is not 1-64. */
+int nmt_output_top_k(const float *x, int64_t xs, int64_t M, const float *wp, const float *bias, int64_t K, int64_t N, int64_t k,
+                     const int64_t *banned, int64_t n_banned, int64_t also, float *values, int64_t *columns, float *also_values) {
+    if (k < 1 || k > 64) return 2;
+    int64_t panels = (N + NMT_PANEL - 1) / NMT_PANEL;
+    /* Row chunks: as many as the threads when the product is large (each thread meets all panels of its rows,
+     * in order), each within TILE_FLOATS of x. */
+    int64_t most = TILE_FLOATS / (K > 0 ? K : 1);
+    int64_t chunks = (M + most - 1) / (most > MR ? most : MR);
+    int64_t want = M * N * K >= SPLIT_MACS ? nmt_threads() : 1;
+    if (chunks < want) chunks = want;
+    if (chunks > (M + MR - 1) / MR) chunks = (M + MR - 1) / MR;
+    if (chunks < 1) chunks = 1;
+    int64_t mc = ((M + chunks - 1) / chunks + MR - 1) / MR * MR;
+    chunks = (M + mc - 1) / mc;
+    int failed = 0;
+#pragma omp parallel for schedule(static) if (chunks > 1) reduction(| : failed)
+    for (int64_t c = 0; c < chunks; c++) {
+        int64_t start = c * mc, end = (c + 1) * mc < M ? (c + 1) * mc : M, n = end - start;
+        vf *sums = (vf *)malloc(sizeof(vf) * (size_t)n);
+        float *state = (float *)malloc(sizeof(float) * (size_t)(3 * n));
+        if (!sums || !state) {
+            free(sums);
+            free(state);
+            failed = 1;
+            continue;
+        }
+        float *maxima = state, *thresholds = state + n, *also_logits = state + 2 * n;
+        for (int64_t i = 0; i < n; i++) {
+            sums[i] = splat(0.0f);
+            maxima[i] = thresholds[i] = also_logits[i] = -INFINITY;
+            for (int64_t a = 0; a < k; a++) {
+                values[(start + i) * k + a] = -INFINITY;
+                columns[(start + i) * k + a] = a;
+            }
+        }
+        for (int64_t p = 0; p < panels; p++) {
+            const float *w = wp + p * K * NMT_PANEL;
+            int64_t cols = N - NMT_PANEL * p < NMT_PANEL ? N - NMT_PANEL * p : NMT_PANEL;
+            for (int64_t i = start; i < end; i += MR) {
+                int64_t mr = end - i < MR ? end - i : MR;
+                vf tile[MR][PANEL_VECTORS];
+                block_rows(mr, x + i * xs, xs, w, K, bias + NMT_PANEL * p, 0, (float *)tile, NMT_PANEL, cols);
+                for (int64_t r = 0; r < mr; r++) {
+                    float *t = (float *)tile[r];
+                    for (int64_t j = cols; j < NMT_PANEL; j++) t[j] = -INFINITY; /* past the vocabulary: weight 0 */
+                    int64_t row = i + r - start;
+                    vf mv = tile[r][0];
+                    for (int v = 1; v < PANEL_VECTORS; v++) mv = select_v(tile[r][v] > mv, tile[r][v], mv);
+                    float m = hmax(mv);
+                    if (m > maxima[row]) { /* the sum so far, rescaled to the new maximum */
+                        sums[row] *= exp_v(splat(maxima[row] - m));
+                        maxima[row] = m;
+                    }
+                    for (int v = 0; v < PANEL_VECTORS; v++) sums[row] += exp_v(tile[r][v] - maxima[row]);
+                    if (also >= NMT_PANEL * p && also < NMT_PANEL * p + cols) also_logits[row] = t[also - NMT_PANEL * p];
+                    offer(t, cols, NMT_PANEL * p, values + (i + r) * k, columns + (i + r) * k, k, thresholds + row, banned, n_banned);
+                }
+            }
+        }
+        for (int64_t i = 0; i < n; i++) {
+            float s = 0.0f;
+            for (int l = 0; l < VW; l++) s += sums[i][l];
+            float shift = maxima[i] + logf(s);
+            for (int64_t a = 0; a < k; a++) values[(start + i) * k + a] -= shift;
+            also_values[start + i] = also_logits[i] - shift;
+        }
+        free(sums);
+        free(state);
+    }
+    return failed;
 }

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from nmt.tokens import BOS, EOS
-from tests.helpers import tiny_model
+from tests.helpers import tiny_model, use_native_target
 from nmt.decode.config import DecodeConfig
 from nmt.decode import beam as beam_module
 from nmt.decode.beam import Scorer, beam_search, best_extensions, greedy_search
@@ -140,10 +140,12 @@ def rule_case(seed: int) -> tuple[Transformer, torch.Tensor, list[int]]:
 @pytest.mark.parametrize("seed,shift,alpha,kind,nbest", RULE_CASES)
 def test_beam_search_follows_its_stopping_rule(stop: str, seed: int, shift: float, alpha: float, kind: str, nbest: int) -> None:
     """Both stopping rules, batched, cached and shrinking as sentences finish, give what the plain rule
-    gives one sentence at a time."""
+    gives one sentence at a time (unshifted, through the model's own scorer: the candidates of one C pass
+    where the library is)."""
     model, src, limits = rule_case(seed)
     with torch.no_grad():
-        found = beam_search(EosShifted(model, shift), src, limits, beam=3, alpha=alpha, penalty=kind, nbest=nbest, stop=stop)
+        s = Scorer([model]) if shift == 0 else EosShifted(model, shift)
+        found = beam_search(s, src, limits, beam=3, alpha=alpha, penalty=kind, nbest=nbest, stop=stop)
         for i, n in enumerate(RULE_LENGTHS):
             expected = reference_search(model, shift, src[i, : n + 1], limits[i], 3, alpha, kind, stop, nbest)
             assert [h.tokens for h in found[i]] == [tokens for tokens, _ in expected]
@@ -211,6 +213,43 @@ def test_batched_equals_one_by_one_and_nbest_sorted(step_path: str) -> None:
         assert [h.tokens for h in alone] == [h.tokens for h in batched[i]]
         assert all(a.score >= b.score for a, b in zip(batched[i], batched[i][1:]))
         assert all(len(h.tokens) < lens[i] for h in batched[i])
+
+
+@pytest.mark.parametrize("stop", ["beam", "bound"])
+def test_the_fused_candidates_search_as_the_log_probabilities(stop: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the C library is, the search takes each row's best candidates from one pass over the output
+    projection (``Scorer.step_top``); it finds what the (R, V) log-probabilities of ``Scorer.step`` find,
+    sentences at their length limit (only EOS) included."""
+    use_native_target("native", monkeypatch)
+    model = tiny_model(300, d_model=64, d_ff=128, offset_vectors=True)
+    lengths = [3, 9, 5, 1, 7, 2]
+    src = torch.zeros(len(lengths), 10, dtype=torch.long)
+    g = torch.Generator().manual_seed(4)
+    for i, n in enumerate(lengths):
+        src[i, :n] = torch.randint(4, 300, (n,), generator=g)
+        src[i, n] = EOS
+    lens = [2 + i // 2 if i % 2 else 20 for i in range(len(lengths))]  # 2, 3 and 4 tokens: too short to end on their own
+    calls = {"fused": 0}
+    step_top = Scorer.step_top
+
+    def counted(self, *args):  # noqa: ANN001, ANN202
+        calls["fused"] += 1
+        return step_top(self, *args)
+
+    monkeypatch.setattr(Scorer, "step_top", counted)
+    with torch.no_grad():
+        for beam, nbest in ((1, 1), (4, 3), (5, 2)):
+            fused = beam_search(Scorer([model]), src, lens, beam=beam, nbest=nbest, stop=stop)
+            assert calls.pop("fused") and not calls
+            calls["fused"] = 0
+            with monkeypatch.context() as m:
+                m.setattr(Scorer, "fuses_top", lambda self, states: False)
+                plain = beam_search(Scorer([model]), src, lens, beam=beam, nbest=nbest, stop=stop)
+            assert calls["fused"] == 0
+            for a, b in zip(fused, plain):
+                assert [h.tokens for h in a] == [h.tokens for h in b]
+                assert [h.score for h in a] == pytest.approx([h.score for h in b], abs=1e-4)
+            assert beam == 1 or any(len(h.tokens) == n - 1 for hyps, n in zip(fused, lens) for h in hyps)  # some ended by their limit
 
 
 @pytest.mark.parametrize("vocab", [129, 1000, 1017, 4000])

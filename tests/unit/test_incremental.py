@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from nmt.decode.beam import Scorer
-from nmt.decode.incremental import SOFTMAX_MIN, attend_heads, decode_step, encode, grouped_qkv, init_state, softmax_last
+from nmt.decode.incremental import SOFTMAX_MIN, attend_heads, decode_step, decode_step_top, encode, fuses_top, grouped_qkv, init_state, softmax_last
 from nmt.kernels import native
 from nmt.model.attention import MultiHeadAttention, naive_attention
 from tests.helpers import tiny_model
@@ -37,6 +37,29 @@ def test_incremental_decoding_equals_full_decoder(variant: dict, step_path: str)
             assert all(p.packed is not None for p in projections)
         steps = torch.stack([decode_step(model, tgt[:, i], state) for i in range(tgt.size(1))], 1)
     torch.testing.assert_close(steps, full, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("vocab, k", [(4096, 8), (40, 8), (12, 16)])  # a vocabulary smaller than k: -inf after its entries
+def test_a_steps_best_tokens_are_those_of_its_log_probabilities(vocab: int, k: int, step_path: str) -> None:
+    """``decode_step_top`` (in one C pass where the output projection is the C product) gives each row's k
+    best log-probabilities and tokens, banned tokens excluded, and the log-probability of EOS, as
+    ``decode_step``'s log-probabilities give them."""
+    model = tiny_model(vocab, **({"d_model": 64, "d_ff": 128} if vocab > 100 else {}), offset_vectors=True)
+    src = torch.tensor([[5, 6, 7, 8, 3], [9, 10, 3, 0, 0], [11, 4, 3, 0, 0]])
+    banned = torch.tensor([0, 2])
+    with torch.no_grad():
+        fused, plain = init_state(model, encode(model, src)), init_state(model, encode(model, src))
+        assert fuses_top(fused) == (step_path == "C")
+        for tokens in ([2, 2, 2], [7, 8, 9], [5, 3, 11]):
+            values, columns, eos = decode_step_top(model, torch.tensor(tokens), fused, k, banned, 3)
+            lprobs = decode_step(model, torch.tensor(tokens), plain)
+            torch.testing.assert_close(eos, lprobs[:, 3], atol=1e-5, rtol=1e-5)
+            lprobs[:, banned] = float("-inf")
+            n = min(k, vocab - 2)
+            want, want_columns = lprobs.topk(n, dim=1)
+            torch.testing.assert_close(values[:, :n], want, atol=1e-5, rtol=1e-5)
+            assert torch.equal(columns[:, :n], want_columns)
+            assert (values[:, n:] == float("-inf")).all() and values.shape == columns.shape == (3, k)
 
 
 def test_state_reorders_hypotheses_and_drops_sentences(step_path: str) -> None:

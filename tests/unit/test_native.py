@@ -101,6 +101,47 @@ def test_cross_step_is_the_same_whatever_the_batchs_longest_source(native_target
     assert all(torch.equal(o, outputs[0]) for o in outputs[1:])
 
 
+@pytest.mark.parametrize("vocab, width, rows", [(4000, 128, 131), (37, 24, 5), (1000, 160, 300), (70, 16, 13), (3, 8, 2)])
+def test_output_top_k_equals_projection_log_softmax_and_top_k(native_target: str, vocab: int, width: int, rows: int) -> None:
+    """One pass over the output projection gives each row's best log-probabilities (banned tokens out of the
+    top but in the softmax's sum), in order, lower columns first among equals, and the log-probability at
+    one column; each row's results bitwise the same alone, among other rows, on 1 or 2 threads."""
+    g = torch.Generator().manual_seed(vocab + rows)
+    weight, bias, x = torch.randn(vocab, width, generator=g) * 0.3, torch.randn(vocab, generator=g), torch.randn(rows, width, generator=g)
+    if vocab > 20:
+        weight[17], bias[17] = weight[5], bias[5]  # equal logits at columns 5 and 17
+        bias[5] = bias[17] = 30.0  # the best
+    panels = native.pack_linear(weight, bias)
+    banned = torch.tensor([0, 2])
+    lprobs = torch.nn.functional.linear(x, weight, bias).log_softmax(-1)
+    for k in (1, 8):
+        values, columns, also = native.output_top_k(x, panels, k, banned, 1)
+        torch.testing.assert_close(also, lprobs[:, 1], atol=2e-6, rtol=1e-6)
+        kept = lprobs.index_fill(1, banned, float("-inf"))
+        n = min(k, vocab - 2)
+        want, want_columns = kept.topk(n, dim=1)
+        torch.testing.assert_close(values[:, :n], want, atol=2e-6, rtol=1e-6)
+        assert (values[:, n:] == float("-inf")).all()
+        if vocab > 20:  # ties: the lower column first, as row_top_k orders them
+            assert torch.equal(columns[:, :n], native.row_top_k(kept, n)[1])
+            assert (columns[:, 0] == 5).all() and (k == 1 or (columns[:, 1] == 17).all())
+        else:
+            assert torch.equal(columns[:, :n], want_columns)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        alone = [native.output_top_k(x[i : i + 1], panels, 8, banned, 1) for i in range(rows)]
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            together = native.output_top_k(x, panels, 8, banned, 1)
+            for i, one in enumerate(alone):
+                assert all(torch.equal(a[i], b[0]) for a, b in zip(together, one))
+    finally:
+        torch.set_num_threads(threads)
+    with pytest.raises(ValueError, match="k 1-64"):
+        native.output_top_k(x, panels, 65, banned, 1)
+
+
 def test_very_large_scores_and_many_positions(native_target: str) -> None:
     """Scores far apart (weights under e^-87 of the largest are 0) and more positions than the function's
     stack buffer holds: as close to the result in float64 as torch's float32 path is."""
