@@ -15,6 +15,9 @@
  *
  * nmt_linear: y = x·Wᵀ + b (then ReLU), the weight in panels; see its section below.
  *
+ * nmt_output_top_k: the output projection's logits turned into what the beam search takes of them, each
+ * row's best log-probabilities, while each tile of logits is in registers; see its section at the end.
+ *
  * Each hypothesis's result depends on its own inputs only, computed in one fixed order: a sentence's
  * translation does not depend on the rows beside it, nor on how a step is split across threads.
  *
@@ -402,15 +405,7 @@ void nmt_linear(const float *x, int64_t xs, int64_t M, const float *wp, const fl
 }
 
 /* ------------------------------------------------------------------------------------------------------
- * The search's scores: log-probabilities from a step's logits, and each row's best few.
- *
- * torch's log_softmax and top-k over a step's R × V logits cost as much as a third of the products at these
- * sizes (its top-k visits every entry with a branch). Here each row is a loop of vectors; rows are shared
- * among the calling thread's OpenMP threads when there are many, and each row's result depends on that row
- * alone. */
-
-/* Below this many entries a call runs on the calling thread alone. */
-#define SPLIT_ENTRIES (1 << 17)
+ * The search's candidates: each row's best few log-probabilities, from the output projection. */
 
 /* Whether any of x's values is above t (NaN is not). */
 static inline int any_above(vf x, float t) {
@@ -421,83 +416,6 @@ static inline int any_above(vf x, float t) {
         above = folded;
     }
     return above[0] != 0;
-}
-
-/* x (R, V), rows xs apart, replaced by log_softmax along each row: x - max - log Σ exp(x - max), the sum over
- * vectors in order, then the tail. For rows with a finite maximum (logits have one). */
-void nmt_log_softmax(float *x, int64_t xs, int64_t R, int64_t V) {
-#pragma omp parallel for schedule(static) if (R * V >= SPLIT_ENTRIES)
-    for (int64_t i = 0; i < R; i++) {
-        float *row = x + i * xs;
-        int64_t whole = V / VW * VW;
-        vf mv = splat(-INFINITY);
-        for (int64_t j = 0; j < whole; j += VW) {
-            vf v = *(const vf *)(row + j);
-            mv = select_v(v > mv, v, mv);
-        }
-        float m = mv[0];
-        for (int k = 1; k < VW; k++) m = mv[k] > m ? mv[k] : m;
-        for (int64_t j = whole; j < V; j++) m = row[j] > m ? row[j] : m;
-        vf sv = splat(0.0f);
-        for (int64_t j = 0; j < whole; j += VW) sv += exp_v(*(const vf *)(row + j) - m);
-        float s = 0.0f;
-        for (int k = 0; k < VW; k++) s += sv[k];
-        if (whole < V) { /* the tail, as one vector padded with -inf (weight 0) */
-            vf tail = splat(-INFINITY);
-            for (int64_t j = whole; j < V; j++) tail[j - whole] = row[j];
-            vf e = exp_v(tail - m);
-            for (int k = 0; k < VW; k++) s += e[k];
-        }
-        float shift = m + logf(s);
-        for (int64_t j = 0; j < whole; j += VW) *(vf *)(row + j) = *(const vf *)(row + j) - shift;
-        for (int64_t j = whole; j < V; j++) row[j] = row[j] - shift;
-    }
-}
-
-/* For each row of x (R, V), rows xs apart: its k largest entries, largest first, into values (R, k) and
- * their columns into columns (R, k); of equal entries the lower column comes first. Entries that are NaN or
- * -inf are never chosen: a row with fewer than k others ends with -inf at columns 0, 1, .... Returns 0,
- * or 2 (nothing written) when k is not between 1 and 64. */
-int nmt_row_top_k(const float *x, int64_t xs, int64_t R, int64_t V, int64_t k, float *values, int64_t *columns) {
-    if (k < 1 || k > 64) return 2;
-#pragma omp parallel for schedule(static) if (R * V >= SPLIT_ENTRIES)
-    for (int64_t i = 0; i < R; i++) {
-        const float *row = x + i * xs;
-        float *top = values + i * k;
-        int64_t *col = columns + i * k;
-        for (int64_t a = 0; a < k; a++) {
-            top[a] = -INFINITY;
-            col[a] = a;
-        }
-        float threshold = -INFINITY; /* the k-th largest so far: only a larger entry enters */
-        int64_t whole = V / (4 * VW) * (4 * VW);
-        for (int64_t j = 0; j < V; j += 4 * VW) {
-            if (j < whole) { /* most blocks of 4 vectors hold no entry above the threshold: one test for them */
-                const vf *v = (const vf *)(row + j);
-                vf a = select_v(v[1] > v[0], v[1], v[0]), b = select_v(v[3] > v[2], v[3], v[2]);
-                if (!any_above(select_v(b > a, b, a), threshold)) continue;
-            }
-            int64_t end = j + 4 * VW < V ? j + 4 * VW : V;
-            for (int64_t c = j; c < end; c++) {
-                if (c % VW == 0 && c + VW <= end && !any_above(*(const vf *)(row + c), threshold)) {
-                    c += VW - 1; /* a vector with none above */
-                    continue;
-                }
-                float v = row[c];
-                if (!(v > threshold)) continue;
-                int64_t at = k - 1; /* insertion after the entries at least as large: lower columns first */
-                while (at > 0 && top[at - 1] < v) {
-                    top[at] = top[at - 1];
-                    col[at] = col[at - 1];
-                    at--;
-                }
-                top[at] = v;
-                col[at] = c;
-                threshold = top[k - 1];
-            }
-        }
-    }
-    return 0;
 }
 
 static inline float hmax(vf x) {
@@ -537,8 +455,8 @@ static inline void offer(const float *t, int64_t n, int64_t c0, float *top, int6
  * log-probabilities log_softmax(x·Wᵀ + b) are known through its maximum logit and the sum of its exponentials
  * (accumulated panel by panel, rescaled when the maximum grows), and the search needs only each row's k best
  * (excluding the banned columns, which still count in the sum) and the one at column `also` (EOS, which a
- * hypothesis at its length limit must take). Writes values (M, k) with columns (M, k) (as nmt_row_top_k
- * orders them) and also_values (M,). Each row's logits are computed as nmt_linear computes them and met in the
+ * hypothesis at its length limit must take). Writes values (M, k) with columns (M, k) (largest first, of
+ * equal ones the lower column first; a row with fewer than k finite ones ends with -inf at columns 0, 1, ...) and also_values (M,). Each row's logits are computed as nmt_linear computes them and met in the
  * same order whatever the other rows and threads: a row's results depend on that row alone.
  *
  * The (M, N) logits of a step are megabytes that a separate softmax and top-k would read back from memory

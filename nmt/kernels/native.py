@@ -161,10 +161,6 @@ def _open(path: Path) -> ctypes.CDLL:
     lib.nmt_linear.restype = None
     lib.nmt_linear_panel.restype = ctypes.c_int
     lib.nmt_vector_width.restype = ctypes.c_int
-    lib.nmt_log_softmax.argtypes = [ptr, i64, i64, i64]
-    lib.nmt_log_softmax.restype = None
-    lib.nmt_row_top_k.argtypes = [ptr, i64, i64, i64, i64, ptr, ptr]
-    lib.nmt_row_top_k.restype = ctypes.c_int
     lib.nmt_output_top_k.argtypes = [ptr, i64, i64, ptr, ptr, i64, i64, i64, ptr, i64, i64, ptr, ptr, ptr]
     lib.nmt_output_top_k.restype = ctypes.c_int
     return lib
@@ -412,32 +408,7 @@ def _linear(lib: ctypes.CDLL, x: Tensor, panels: Panels, relu: bool) -> Tensor:
     return y
 
 
-def log_softmax_(x: Tensor) -> Tensor:
-    """``torch.log_softmax(x, -1)`` written into x (R, V), float32 on a CPU, rows of unit inner stride with a
-    finite maximum (a step's logits); returns x. Each row's result depends on that row alone."""
-    lib = _required("log_softmax_")
-    _rows(x, "log_softmax_")
-    if x.numel():
-        lib.nmt_log_softmax(x.data_ptr(), x.stride(0), x.size(0), x.size(1))
-    return x
-
-
-def row_top_k(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """Each row's ``k`` (1-64) largest entries of x (R, V), float32 on a CPU with unit inner stride, largest
-    first, and their columns: (values (R, k), columns (R, k) int64), as ``x.topk(k, dim=1)`` but of equal
-    entries the lower column first, and NaN and -inf never chosen (a row with fewer than k others ends with
-    -inf at columns 0, 1, ...)."""
-    lib = _required("row_top_k")
-    _rows(x, "row_top_k")
-    if not 1 <= k <= TOP_K_MOST:
-        raise ValueError(f"row_top_k: k must be 1 to {TOP_K_MOST}, not {k}")
-    values, columns = x.new_empty(x.size(0), k), torch.empty(x.size(0), k, dtype=torch.int64)
-    if x.size(0):
-        lib.nmt_row_top_k(x.data_ptr(), x.stride(0), x.size(0), x.size(1), k, values.data_ptr(), columns.data_ptr())
-    return values, columns
-
-
-TOP_K_MOST = 64  # the most entries per row that row_top_k and output_top_k keep
+TOP_K_MOST = 64  # the most entries per row that output_top_k keeps
 
 
 def output_top_k(x: Tensor, panels: Panels, k: int, banned: Tensor, also: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -445,8 +416,9 @@ def output_top_k(x: Tensor, panels: Panels, k: int, banned: Tensor, also: int) -
     ``pack_linear``), without the (R, V) log-probabilities ever being written: each row's ``k`` (1-64) best,
     largest first, with their columns (the ``banned`` columns, int64, excluded, though they count in the
     softmax's sum), and each row's log-probability at column ``also`` (-inf for none). x (R, K) float32 on a
-    CPU with unit inner stride. Returns (values (R, k), columns (R, k) int64, also (R,)); ordered as
-    ``row_top_k`` orders them. Each row's results depend on that row alone."""
+    CPU with unit inner stride. Returns (values (R, k), columns (R, k) int64, also (R,)): of equal values the
+    lower column first; a row with fewer than k finite values ends with -inf at columns 0, 1, .... Each row's
+    results depend on that row alone."""
     lib = _required("output_top_k")
     _rows(x, "output_top_k")
     if x.size(1) != panels.in_features or not 1 <= k <= TOP_K_MOST or banned.dtype is not torch.int64 or not banned.is_contiguous() or not banned.is_cpu:
