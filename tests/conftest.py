@@ -10,7 +10,7 @@ import pytest
 from nmt.data.text import head_of
 from nmt.kernels import native
 
-# The C library of decoding is used only on CPUs with AVX-512 or AVX2 unless NMT_NATIVE=1 (nmt.kernels.native): the
+# The C library of decoding is used only on x86-64 CPUs (SSE4.2 or newer) unless NMT_NATIVE=1 (nmt.kernels.native): the
 # suite tests it on every CPU, and its subprocesses (nmt translate, nmt serve) inherit the setting.
 os.environ.setdefault("NMT_NATIVE", "1")
 from tests.helpers import OLDER_TARGETS, prepare_local, use_native_target

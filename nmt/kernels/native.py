@@ -27,8 +27,8 @@ The library is built once per source, compiler, CPU and user into ``NMT_CACHE_DI
 0.16 s; later processes load it in 3 ms (``NMT_NATIVE_MARCH`` names another ``-march``, ``march``). Its
 vectors are the CPU's own width (16, 8 or 4 floats). When loaded it is checked against torch's computation,
 and its OpenMP against torch's runtime (else it is built again without OpenMP). Where no compiler is found
-(``CC``, else ``cc``, ``gcc`` or ``clang``), ``NMT_NATIVE=0`` is set, or the CPU has neither AVX-512 nor
-AVX2 with FMA (``fast_vectors``; unless ``NMT_NATIVE=1``), ``library()`` is None and decoding takes torch's
+(``CC``, else ``cc``, ``gcc`` or ``clang``), ``NMT_NATIVE=0`` is set, or the CPU is not an x86-64 with
+SSE4.2 at least (``fast_vectors``; unless ``NMT_NATIVE=1``), ``library()`` is None and decoding takes torch's
 path with oneDNN's products; where the build, the load or the check fails, the same after a one-line
 warning. The choice is per process, never per batch: the two paths round differently, and a sentence's
 translation must not depend on its batch.
@@ -92,12 +92,11 @@ def _compiler() -> list[str] | None:
 
 
 def fast_vectors() -> bool:
-    """Whether this CPU has the vectors on which the library was measured faster than torch's path: AVX-512
-    (16 floats) or AVX2 with FMA (8). Built for SSE4.2 alone (4 floats, no FMA) its steps took 1.1-1.2x
-    torch's time (docs/performance.md); other CPUs (ARM's NEON) are unmeasured. There the library is used only
-    with ``NMT_NATIVE=1``."""
-    cpu = _cpu_signature()  # its flags line, where Linux tells it
-    return " avx512f" in cpu or (" avx2" in cpu and " fma" in cpu)
+    """Whether this CPU has vectors on which the library was measured faster than torch's path: x86-64 with
+    SSE4.2 at least (4 floats; AVX2, 8; AVX-512, 16), where its search ran 1.2-1.3x as fast as torch's held to
+    the same instructions (docs/performance.md). Elsewhere (ARM's NEON, unmeasured) it is used only with
+    ``NMT_NATIVE=1``."""
+    return " sse4_2" in _cpu_signature()  # its flags line, where Linux tells it
 
 
 def march() -> str:

@@ -5,12 +5,11 @@ vocabulary's output matrix. torch runs a float32 ``F.linear`` on a CPU through i
 in the PyPI wheels), which reads the weight in its stored layout and prepares at every call. Two paths do
 better, chosen once per weight:
 
-- **The C product** (``nmt.kernels.native``, where the machine's C compiler built it, on CPUs with AVX-512
-  or AVX2): the weight stored in panels, no preparation per call, any row count. On a 2-core Zen 5, one
+- **The C product** (``nmt.kernels.native``, where the machine's C compiler built it, on x86-64 CPUs): the weight stored in panels, no preparation per call, any row count. On a 2-core Zen 5, one
   thread: 3-6 µs against oneDNN's 13-20 µs for 1-4 rows of the quick-start model's layers, 0.9-1.2x
   oneDNN's time from 16 to 2,048 rows for those and a base model's layers; built for AVX2, against oneDNN
   held to AVX2, 1.9-2.5x at 1-4 rows and 0.8-1.0x from 64 rows (docs/performance.md).
-- **oneDNN** (machines without a compiler, or with neither AVX-512 nor AVX2): the weight rearranged once into the blocks its kernels read
+- **oneDNN** (machines without a compiler, ARM CPUs): the weight rearranged once into the blocks its kernels read
   (``_reorder_linear_weight``, what ``torch.compile`` uses on CPUs), kernels picked by the CPU's instruction
   sets rather than its vendor, a ReLU applied in the same pass. Against MKL, one thread: on a 2-core Zen 5,
   the quick-start model's projections (d 128, FFN 512, vocabulary 4,000) at 640 rows 2.0-2.3x faster
@@ -56,8 +55,8 @@ def row_bucket(rows: int) -> int:
 
 class PackedLinear:
     """``x ↦ F.linear(x, weight, bias)`` (then a ReLU if ``relu``) for (R, in) rows, float32 on a CPU through
-    the C product (``panels``) where ``nmt.kernels.native`` has its library (a C compiler, a CPU with
-    AVX-512 or AVX2), else through oneDNN on a packed weight
+    the C product (``panels``) where ``nmt.kernels.native`` has its library (a C compiler, an x86-64
+    CPU), else through oneDNN on a packed weight
     (``packed``), else ``F.linear``. A function of the weight as it was when made: make a new one after the
     parameter changes."""
 
