@@ -82,9 +82,10 @@ static inline vf select_v(vi mask, vf a, vf b) { return (vf)(((vi)a & mask) | ((
 static inline vf exp_v(vf x) {
     vi under = x < splat(-87.0f);
     x = select_v(under, splat(-87.0f), x);
-    vf y = x * splat(1.44269504088896341f) + splat(0.5f);
-    vf t = __builtin_convertvector(__builtin_convertvector(y, vi), vf);
-    vf n = t + __builtin_convertvector((vi)(t > y), vf);  /* floor: truncation, less 1 where it rounded up */
+    /* n = x / ln 2 rounded to the nearest integer: adding 1.5·2^23 leaves no bits below the units, and t's
+     * low bits then hold n (two operations, where a floor through conversions takes five). */
+    vf t = x * splat(1.44269504088896341f) + splat(12582912.0f);
+    vf n = t - splat(12582912.0f);
     vf r = x - n * splat(0.693359375f) + n * splat(2.12194440e-4f);
     vf p = splat(1.9875691500e-4f);
     p = p * r + splat(1.3981999507e-3f);
@@ -93,7 +94,7 @@ static inline vf exp_v(vf x) {
     p = p * r + splat(1.6666665459e-1f);
     p = p * r + splat(5.0000001201e-1f);
     p = p * r * r + r + splat(1.0f);
-    vi bits = (__builtin_convertvector(n, vi) + 127) << 23;
+    vi bits = ((vi)t - (vi)splat(12582912.0f) + 127) << 23;
     return (vf)((vi)(p * (vf)bits) & ~under);
 }
 
