@@ -22,10 +22,14 @@ decoding state's ``ancestors``); one call a layer attends every hypothesis and h
 test lines, beam 4, two workers) ran 12-23 % faster with both, 2,000 of 2,000 outputs the same, and 24 %
 faster again with the products too (docs/performance.md).
 
+The search's candidates (``output_top_k``): the output projection's logits, megabytes a step, are turned into
+each row's best log-probabilities while each tile is in registers (a running maximum and sum of exponentials,
+the row's best so far), instead of being written, normalised in place and searched by torch.
+
 The library is built once per source, compiler, CPU and user into ``NMT_CACHE_DIR`` (default
 ``$XDG_CACHE_HOME/nmt`` or ``~/.cache/nmt``) under ``kernels/``, with ``-march=native`` and OpenMP, in about
-0.16 s; later processes load it in 3 ms (``NMT_NATIVE_MARCH`` names another ``-march``, ``march``). Its
-vectors are the CPU's own width (16, 8 or 4 floats). When loaded it is checked against torch's computation,
+1 s with GCC 12; later processes load it in 3 ms (``NMT_NATIVE_MARCH`` names another ``-march``, ``march``).
+Its vectors are the CPU's own width (16, 8 or 4 floats). When loaded it is checked against torch's computation,
 and its OpenMP against torch's runtime (else it is built again without OpenMP). Where no compiler is found
 (``CC``, else ``cc``, ``gcc`` or ``clang``), ``NMT_NATIVE=0`` is set, or the CPU is not an x86-64 with
 SSE4.2 at least (``fast_vectors``; unless ``NMT_NATIVE=1``), ``library()`` is None and decoding takes torch's
