@@ -310,7 +310,9 @@ def use_native_target(target: str, monkeypatch: pytest.MonkeyPatch) -> None:
     where no compiler is, or where this CPU cannot run that target's code."""
     if native._compiler() is None:
         pytest.skip("no C compiler on this machine: the torch path is tested")
-    if target != "native":
+    if target == "native":
+        monkeypatch.delenv("NMT_NATIVE_MARCH", raising=False)
+    else:
         width, flags = OLDER_TARGETS[target]
         cpu = native._cpu_signature()
         if platform.machine() not in ("x86_64", "AMD64") or not all(f" {flag}" in cpu for flag in flags):

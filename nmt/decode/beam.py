@@ -73,7 +73,7 @@ class Scorer:
         """Whether ``step_top`` runs in the C library's one pass (one model, whose output projection is the C
         product) and ``step`` is this class's (a subclass that changes the scores keeps them): then a search
         should take each row's best candidates from it instead of ``step``'s."""
-        return type(self).step is Scorer.step and len(states) == 1 and fuses_top(states[0])
+        return type(self).step is Scorer.step and "step" not in vars(self) and len(states) == 1 and fuses_top(states[0])
 
     def step_top(self, tokens: Tensor, states: list[DecoderState], k: int, banned: Tensor, also: int) -> tuple[Tensor, Tensor, Tensor]:
         """For one model: each row's ``k`` best next-token log-probabilities, largest first, with their tokens

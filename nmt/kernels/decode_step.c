@@ -451,14 +451,21 @@ static inline void offer(const float *t, int64_t n, int64_t c0, float *top, int6
     }
 }
 
+/* Columns of a group: each row's state is kept per group of this many columns (a multiple of every panel
+ * width), and groups are merged in order at the end, so that a few rows of a large vocabulary can still be
+ * shared among threads by columns while a row's result depends on N alone, never on the threads. */
+#define GROUP_COLUMNS 4096
+
 /* The output projection and the search's use of it in one pass, the logits never written out: for x (M, K),
  * rows xs apart, and the weight and bias packed as nmt_linear reads them (N the vocabulary), each row's
  * log-probabilities log_softmax(x·Wᵀ + b) are known through its maximum logit and the sum of its exponentials
  * (accumulated panel by panel, rescaled when the maximum grows), and the search needs only each row's k best
  * (excluding the banned columns, which still count in the sum) and the one at column `also` (EOS, which a
  * hypothesis at its length limit must take). Writes values (M, k) with columns (M, k) (largest first, of
- * equal ones the lower column first; a row with fewer than k finite ones ends with -inf at columns 0, 1, ...) and also_values (M,). Each row's logits are computed as nmt_linear computes them and met in the
- * same order whatever the other rows and threads: a row's results depend on that row alone.
+ * equal ones the lower column first; a row with fewer than k finite ones ends with -inf at columns 0, 1, ...)
+ * and also_values (M,). Each row's logits are computed by nmt_linear's blocks, met in the same order, and
+ * merged over column groups in the same order, whatever the other rows and threads: a row's results depend
+ * on that row alone.
  *
  * The (M, N) logits of a step are megabytes that a separate softmax and top-k would read back from memory
  * three times; here each tile of them is used while it is in registers and the first level of cache.
@@ -466,71 +473,106 @@ static inline void offer(const float *t, int64_t n, int64_t c0, float *top, int6
 int nmt_output_top_k(const float *x, int64_t xs, int64_t M, const float *wp, const float *bias, int64_t K, int64_t N, int64_t k,
                      const int64_t *banned, int64_t n_banned, int64_t also, float *values, int64_t *columns, float *also_values) {
     if (k < 1 || k > 64) return 2;
+    if (M <= 0) return 0;
+    int64_t G = (N + GROUP_COLUMNS - 1) / GROUP_COLUMNS, group_panels = GROUP_COLUMNS / NMT_PANEL;
     int64_t panels = (N + NMT_PANEL - 1) / NMT_PANEL;
-    /* Row chunks: as many as the threads when the product is large (each thread meets all panels of its rows,
-     * in order), each within TILE_FLOATS of x. */
+    /* Row chunks × column groups are the threads' tiles: chunks within TILE_FLOATS of x, and as many tiles as
+     * threads when the product is large. */
     int64_t most = TILE_FLOATS / (K > 0 ? K : 1);
     int64_t chunks = (M + most - 1) / (most > MR ? most : MR);
     int64_t want = M * N * K >= SPLIT_MACS ? nmt_threads() : 1;
-    if (chunks < want) chunks = want;
+    if (chunks * G < want) chunks = (want + G - 1) / G;
     if (chunks > (M + MR - 1) / MR) chunks = (M + MR - 1) / MR;
     if (chunks < 1) chunks = 1;
     int64_t mc = ((M + chunks - 1) / chunks + MR - 1) / MR * MR;
     chunks = (M + mc - 1) / mc;
-    int failed = 0;
-#pragma omp parallel for schedule(static) if (chunks > 1) reduction(| : failed)
-    for (int64_t c = 0; c < chunks; c++) {
-        int64_t start = c * mc, end = (c + 1) * mc < M ? (c + 1) * mc : M, n = end - start;
-        vf *sums = (vf *)malloc(sizeof(vf) * (size_t)n);
-        float *state = (float *)malloc(sizeof(float) * (size_t)(3 * n));
-        if (!sums || !state) {
-            free(sums);
-            free(state);
-            failed = 1;
-            continue;
+    /* Each (row, group)'s state: sums of exponentials (a vector), maximum, threshold, best k and their columns. */
+    vf *sums = (vf *)malloc(sizeof(vf) * (size_t)(M * G));
+    float *state = (float *)malloc(sizeof(float) * (size_t)(M * G * (2 + k) + M));
+    int64_t *cols_of = (int64_t *)malloc(sizeof(int64_t) * (size_t)(M * G * k));
+    if (!sums || !state || !cols_of) {
+        free(sums);
+        free(state);
+        free(cols_of);
+        return 1;
+    }
+    float *maxima = state, *thresholds = state + M * G, *tops = state + 2 * M * G, *also_logits = state + M * G * (2 + k);
+    for (int64_t i = 0; i < M * G; i++) {
+        sums[i] = splat(0.0f);
+        maxima[i] = thresholds[i] = -INFINITY;
+        for (int64_t a = 0; a < k; a++) {
+            tops[i * k + a] = -INFINITY;
+            cols_of[i * k + a] = a;
         }
-        float *maxima = state, *thresholds = state + n, *also_logits = state + 2 * n;
-        for (int64_t i = 0; i < n; i++) {
-            sums[i] = splat(0.0f);
-            maxima[i] = thresholds[i] = also_logits[i] = -INFINITY;
-            for (int64_t a = 0; a < k; a++) {
-                values[(start + i) * k + a] = -INFINITY;
-                columns[(start + i) * k + a] = a;
-            }
-        }
-        for (int64_t p = 0; p < panels; p++) {
-            const float *w = wp + p * K * NMT_PANEL;
-            int64_t cols = N - NMT_PANEL * p < NMT_PANEL ? N - NMT_PANEL * p : NMT_PANEL;
-            for (int64_t i = start; i < end; i += MR) {
-                int64_t mr = end - i < MR ? end - i : MR;
-                vf tile[MR][PANEL_VECTORS];
-                block_rows(mr, x + i * xs, xs, w, K, bias + NMT_PANEL * p, 0, (float *)tile, NMT_PANEL, cols);
-                for (int64_t r = 0; r < mr; r++) {
-                    float *t = (float *)tile[r];
-                    for (int64_t j = cols; j < NMT_PANEL; j++) t[j] = -INFINITY; /* past the vocabulary: weight 0 */
-                    int64_t row = i + r - start;
-                    vf mv = tile[r][0];
-                    for (int v = 1; v < PANEL_VECTORS; v++) mv = select_v(tile[r][v] > mv, tile[r][v], mv);
-                    float m = hmax(mv);
-                    if (m > maxima[row]) { /* the sum so far, rescaled to the new maximum */
-                        sums[row] *= exp_v(splat(maxima[row] - m));
-                        maxima[row] = m;
+    }
+    for (int64_t i = 0; i < M; i++) also_logits[i] = -INFINITY;
+#pragma omp parallel for collapse(2) schedule(static) if (chunks * G > 1 && want > 1)
+    for (int64_t c = 0; c < chunks; c++)
+        for (int64_t g = 0; g < G; g++) {
+            int64_t start = c * mc, end = (c + 1) * mc < M ? (c + 1) * mc : M;
+            int64_t last = (g + 1) * group_panels < panels ? (g + 1) * group_panels : panels;
+            for (int64_t p = g * group_panels; p < last; p++) {
+                const float *w = wp + p * K * NMT_PANEL;
+                int64_t cols = N - NMT_PANEL * p < NMT_PANEL ? N - NMT_PANEL * p : NMT_PANEL;
+                for (int64_t i = start; i < end; i += MR) {
+                    int64_t mr = end - i < MR ? end - i : MR;
+                    vf tile[MR][PANEL_VECTORS];
+                    block_rows(mr, x + i * xs, xs, w, K, bias + NMT_PANEL * p, 0, (float *)tile, NMT_PANEL, cols);
+                    for (int64_t r = 0; r < mr; r++) {
+                        float *t = (float *)tile[r];
+                        for (int64_t j = cols; j < NMT_PANEL; j++) t[j] = -INFINITY; /* past the vocabulary: weight 0 */
+                        int64_t at = (i + r) * G + g;
+                        vf mv = tile[r][0];
+                        for (int v = 1; v < PANEL_VECTORS; v++) mv = select_v(tile[r][v] > mv, tile[r][v], mv);
+                        float m = hmax(mv);
+                        if (m > maxima[at]) { /* the sum so far, rescaled to the new maximum */
+                            sums[at] *= exp_v(splat(maxima[at] - m));
+                            maxima[at] = m;
+                        }
+                        for (int v = 0; v < PANEL_VECTORS; v++) sums[at] += exp_v(tile[r][v] - maxima[at]);
+                        if (also >= NMT_PANEL * p && also < NMT_PANEL * p + cols) also_logits[i + r] = t[also - NMT_PANEL * p];
+                        offer(t, cols, NMT_PANEL * p, tops + at * k, cols_of + at * k, k, thresholds + at, banned, n_banned);
                     }
-                    for (int v = 0; v < PANEL_VECTORS; v++) sums[row] += exp_v(tile[r][v] - maxima[row]);
-                    if (also >= NMT_PANEL * p && also < NMT_PANEL * p + cols) also_logits[row] = t[also - NMT_PANEL * p];
-                    offer(t, cols, NMT_PANEL * p, values + (i + r) * k, columns + (i + r) * k, k, thresholds + row, banned, n_banned);
                 }
             }
         }
-        for (int64_t i = 0; i < n; i++) {
-            float s = 0.0f;
-            for (int l = 0; l < VW; l++) s += sums[i][l];
-            float shift = maxima[i] + logf(s);
-            for (int64_t a = 0; a < k; a++) values[(start + i) * k + a] -= shift;
-            also_values[start + i] = also_logits[i] - shift;
+    /* Each row's groups merged in order: the sum rescaled to the row's maximum, the best offered group by group
+     * (a group's columns all lie before the next one's, so equal values keep the lower column first). */
+#pragma omp parallel for schedule(static) if (M * G * k >= (1 << 16) && want > 1)
+    for (int64_t i = 0; i < M; i++) {
+        float m = -INFINITY, s = 0.0f, threshold = -INFINITY;
+        for (int64_t g = 0; g < G; g++) m = maxima[i * G + g] > m ? maxima[i * G + g] : m;
+        float *top = values + i * k;
+        int64_t *col = columns + i * k;
+        for (int64_t a = 0; a < k; a++) {
+            top[a] = -INFINITY;
+            col[a] = a;
         }
-        free(sums);
-        free(state);
+        for (int64_t g = 0; g < G; g++) {
+            int64_t at = i * G + g;
+            float part = 0.0f;
+            for (int l = 0; l < VW; l++) part += sums[at][l];
+            s += part * exp_v(splat(maxima[at] - m))[0];
+            for (int64_t a = 0; a < k; a++) {
+                float v = tops[at * k + a];
+                if (!(v > threshold)) break; /* a group's best are in order: none after this one enters */
+                int64_t to = k - 1;
+                while (to > 0 && top[to - 1] < v) {
+                    top[to] = top[to - 1];
+                    col[to] = col[to - 1];
+                    to--;
+                }
+                top[to] = v;
+                col[to] = cols_of[at * k + a];
+                threshold = top[k - 1];
+            }
+        }
+        float shift = m + logf(s);
+        for (int64_t a = 0; a < k; a++) top[a] -= shift;
+        also_values[i] = also_logits[i] - shift;
     }
-    return failed;
+    free(sums);
+    free(state);
+    free(cols_of);
+    return 0;
 }

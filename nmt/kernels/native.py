@@ -106,7 +106,8 @@ def fast_vectors() -> bool:
 def march() -> str:
     """The ``-march`` the library is built for: ``NMT_NATIVE_MARCH``, else ``native`` (this CPU's own). An older
     target, as ``x86-64-v3`` (AVX2) or ``x86-64-v2`` (SSE4.2), builds on a newer CPU the code an older one gets,
-    which the suite tests and the benchmarks of docs/performance.md measure."""
+    which the suite tests and the benchmarks of docs/performance.md measure. A target newer than the CPU
+    builds a library whose first call stops the process (an illegal instruction): name only older ones."""
     return os.environ.get("NMT_NATIVE_MARCH") or "native"
 
 
@@ -399,7 +400,18 @@ def linear(x: Tensor, panels: Panels, relu: bool = False) -> Tensor:
     return _linear(lib, x, panels, relu)
 
 
+def _fits(lib: ctypes.CDLL, panels: Panels, caller: str) -> None:
+    """Refuses panels packed for another build's panel width (``NMT_NATIVE_MARCH``), or not as ``pack_linear``
+    makes them: the C code reads whole panels of weight and bias."""
+    width, (n, k) = lib.nmt_linear_panel(), (panels.out_features, panels.in_features)
+    w, b = panels.weight, panels.bias
+    if not (w.dtype is torch.float32 and b.dtype is torch.float32 and w.is_cpu and b.is_cpu and w.is_contiguous() and b.is_contiguous()
+            and w.shape == (-(-n // width), k, width) and b.numel() == -(-n // width) * width):
+        raise ValueError(f"{caller}: panels other than pack_linear makes for this library (panels of {width} columns)")
+
+
 def _linear(lib: ctypes.CDLL, x: Tensor, panels: Panels, relu: bool) -> Tensor:
+    _fits(lib, panels, "linear")
     if not (x.dtype is torch.float32 and x.is_cpu and x.dim() == 2 and x.shape[1] == panels.in_features and x.stride(1) == 1
             and (x.stride(0) >= panels.in_features or x.shape[0] <= 1)):
         raise ValueError(f"linear: float32 CPU rows of {panels.in_features} with unit inner stride only, not {tuple(x.shape)}")
@@ -422,8 +434,12 @@ def output_top_k(x: Tensor, panels: Panels, k: int, banned: Tensor, also: int) -
     CPU with unit inner stride. Returns (values (R, k), columns (R, k) int64, also (R,)): of equal values the
     lower column first; a row with fewer than k finite values ends with -inf at columns 0, 1, .... Each row's
     results depend on that row alone."""
-    lib = _required("output_top_k")
+    return _output_top_k(_required("output_top_k"), x, panels, k, banned, also)
+
+
+def _output_top_k(lib: ctypes.CDLL, x: Tensor, panels: Panels, k: int, banned: Tensor, also: int) -> tuple[Tensor, Tensor, Tensor]:
     _rows(x, "output_top_k")
+    _fits(lib, panels, "output_top_k")
     if x.size(1) != panels.in_features or not 1 <= k <= TOP_K_MOST or banned.dtype is not torch.int64 or not banned.is_contiguous() or not banned.is_cpu:
         raise ValueError(f"output_top_k: rows of {panels.in_features}, k 1-64 and contiguous int64 banned columns on the CPU only")
     m = x.size(0)
@@ -441,7 +457,8 @@ def _rows(x: Tensor, caller: str) -> None:
 
 
 def _agrees(lib: ctypes.CDLL) -> bool:
-    """Whether the library computes what torch does on small cases: a reorder, a padded source."""
+    """Whether the library computes what torch does on small cases: a reorder, a padded source, products, the
+    output pass."""
     g = torch.Generator().manual_seed(0)
     # Head widths that take the vector code and widths that do not; scores within one 16-float block and
     # across several.
@@ -473,12 +490,19 @@ def _agrees(lib: ctypes.CDLL) -> bool:
                 and torch.allclose(out, want, rtol=1e-5, atol=1e-6)
                 and torch.allclose(cross, want_cross, rtol=1e-5, atol=1e-6)):
             return False
-    # Products: a width that fills no whole panel, every row count of a block and its remainders.
+    # Products: a width that fills no whole panel, every row count of a block and its remainders; the output
+    # pass's best log-probabilities over the same weights, a banned column and the one asked for.
     for n, k, relu in ((37, 24, False), (130, 16, True)):
         weight, bias, x = torch.randn(n, k, generator=g), torch.randn(n, generator=g), torch.randn(13, k, generator=g)
         panels = _pack(lib, weight, bias)
         want = F.linear(x, weight, bias)
+        lprobs = want.log_softmax(-1)
         want = want.relu() if relu else want
         if not all(torch.allclose(_linear(lib, x[:m], panels, relu), want[:m], rtol=1e-5, atol=1e-5) for m in (1, 5, 13)):
+            return False
+        values, columns, also = _output_top_k(lib, x, panels, 4, torch.tensor([0]), 3)
+        best = lprobs.index_fill(1, torch.tensor([0]), float("-inf")).topk(4, dim=1)
+        if not (torch.allclose(values, best.values, rtol=1e-5, atol=1e-5) and torch.equal(columns, best.indices)
+                and torch.allclose(also, lprobs[:, 3], rtol=1e-5, atol=1e-5)):
             return False
     return True

@@ -216,17 +216,18 @@ def test_batched_equals_one_by_one_and_nbest_sorted(step_path: str) -> None:
 
 
 @pytest.mark.parametrize("stop", ["beam", "bound"])
-def test_the_fused_candidates_search_as_the_log_probabilities(stop: str, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("vocab", [300, 7])  # 7: fewer tokens (5 but PAD and BOS) than the 2k candidates of beam 4 and 5
+def test_the_fused_candidates_search_as_the_log_probabilities(stop: str, vocab: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """Where the C library is, the search takes each row's best candidates from one pass over the output
     projection (``Scorer.step_top``); it finds what the (R, V) log-probabilities of ``Scorer.step`` find,
     sentences at their length limit (only EOS) included."""
     use_native_target("native", monkeypatch)
-    model = tiny_model(300, d_model=64, d_ff=128, offset_vectors=True)
+    model = tiny_model(vocab, d_model=64, d_ff=128, offset_vectors=True)
     lengths = [3, 9, 5, 1, 7, 2]
     src = torch.zeros(len(lengths), 10, dtype=torch.long)
     g = torch.Generator().manual_seed(4)
     for i, n in enumerate(lengths):
-        src[i, :n] = torch.randint(4, 300, (n,), generator=g)
+        src[i, :n] = torch.randint(4, vocab, (n,), generator=g)
         src[i, n] = EOS
     lens = [2 + i // 2 if i % 2 else 20 for i in range(len(lengths))]  # 2, 3 and 4 tokens: too short to end on their own
     calls = {"fused": 0}
