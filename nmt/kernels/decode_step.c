@@ -425,6 +425,20 @@ static inline float hmax(vf x) {
     return m;
 }
 
+/* v, at column c, into a row's best k (largest first) after the entries at least as large, so that of equal
+ * values the one offered first stays first; returns the new k-th largest. */
+static inline float insert(float *top, int64_t *col, int64_t k, float v, int64_t c) {
+    int64_t at = k - 1;
+    while (at > 0 && top[at - 1] < v) {
+        top[at] = top[at - 1];
+        col[at] = col[at - 1];
+        at--;
+    }
+    top[at] = v;
+    col[at] = c;
+    return top[k - 1];
+}
+
 /* A row's best k entries so far (top, col: largest first, lower columns first among equals) and threshold,
  * the k-th largest: entries c0 + [0, n) of t offered, banned columns skipped. */
 static inline void offer(const float *t, int64_t n, int64_t c0, float *top, int64_t *col, int64_t k, float *threshold,
@@ -439,15 +453,7 @@ static inline void offer(const float *t, int64_t n, int64_t c0, float *top, int6
         int skip = 0;
         for (int64_t b = 0; b < n_banned; b++) skip |= banned[b] == c0 + c;
         if (skip) continue;
-        int64_t at = k - 1;
-        while (at > 0 && top[at - 1] < v) {
-            top[at] = top[at - 1];
-            col[at] = col[at - 1];
-            at--;
-        }
-        top[at] = v;
-        col[at] = c0 + c;
-        *threshold = top[k - 1];
+        *threshold = insert(top, col, k, v, c0 + c);
     }
 }
 
@@ -556,15 +562,7 @@ int nmt_output_top_k(const float *x, int64_t xs, int64_t M, const float *wp, con
             for (int64_t a = 0; a < k; a++) {
                 float v = tops[at * k + a];
                 if (!(v > threshold)) break; /* a group's best are in order: none after this one enters */
-                int64_t to = k - 1;
-                while (to > 0 && top[to - 1] < v) {
-                    top[to] = top[to - 1];
-                    col[to] = col[to - 1];
-                    to--;
-                }
-                top[to] = v;
-                col[to] = cols_of[at * k + a];
-                threshold = top[k - 1];
+                threshold = insert(top, col, k, v, cols_of[at * k + a]);
             }
         }
         float shift = m + logf(s);
