@@ -76,6 +76,30 @@ static inline vf splat(float x) {
 
 static inline vf select_v(vi mask, vf a, vf b) { return (vf)(((vi)a & mask) | ((vi)b & ~mask)); }
 
+/* Whether any of x's values is above t (NaN is not). */
+static inline int any_above(vf x, float t) {
+    vi above = x > splat(t);
+    for (int width = VW / 2; width >= 1; width /= 2) { /* halving ORs, which compile to a few shuffles */
+        vi folded = above;
+        for (int l = 0; l < width; l++) folded[l] |= above[l + width];
+        above = folded;
+    }
+    return above[0] != 0;
+}
+
+/* The largest of x's values, and their sum, lane by lane in order. */
+static inline float hmax(vf x) {
+    float m = x[0];
+    for (int l = 1; l < VW; l++) m = x[l] > m ? x[l] : m;
+    return m;
+}
+
+static inline float hsum(vf x) {
+    float s = 0.0f;
+    for (int l = 0; l < VW; l++) s += x[l];
+    return s;
+}
+
 /* e^x for x <= 0 (a score minus its row's maximum), -inf giving 0: Cephes' expf polynomial on x - n·ln 2
  * (ln 2 split in two constants, so that the reduction keeps its precision), scaled by 2^n. Relative error
  * about 1e-7; below -87 (weights under 1e-38 of the row's largest) it is 0. */
@@ -105,16 +129,13 @@ static void softmax_weights(vf *w, int64_t T) {
     for (int64_t j = T; j < VW * blocks; j++) ws[j] = -INFINITY;
     vf max = splat(-INFINITY);
     for (int64_t b = 0; b < blocks; b++) max = select_v(w[b] > max, w[b], max);
-    float m = max[0];
-    for (int k = 1; k < VW; k++) m = max[k] > m ? max[k] : m;
+    float m = hmax(max);
     vf sum = splat(0.0f);
     for (int64_t b = 0; b < blocks; b++) {
         w[b] = exp_v(w[b] - m);
         sum += w[b];
     }
-    float total = 0.0f;
-    for (int k = 0; k < VW; k++) total += sum[k];
-    vf inv = splat(1.0f / total);
+    vf inv = splat(1.0f / hsum(sum));
     for (int64_t b = 0; b < blocks; b++) w[b] *= inv;
 }
 
@@ -162,21 +183,11 @@ static void values(int64_t nq, const vf *w, int64_t stride, int64_t T, const flo
     }
 }
 
-/* Whether any of x's values is above -inf (a position that may be attended). */
-static inline int any_finite(vf x) {
-    vi finite = x > splat(-INFINITY);
-    int any = 0;
-    for (int k = 0; k < VW; k++) any |= finite[k];
-    return any != 0;
-}
-
 static inline float dot(const float *a, const float *b, int64_t n) {
     if (n % VW == 0) {
         vf acc = splat(0.0f);
         for (int64_t c = 0; c < n; c += VW) acc += *(const vf *)(a + c) * *(const vf *)(b + c);
-        float s = 0.0f;
-        for (int k = 0; k < VW; k++) s += acc[k];
-        return s;
+        return hsum(acc);
     }
     float s = 0.0f;
     for (int64_t d = 0; d < n; d++) s += a[d] * b[d];
@@ -286,7 +297,7 @@ int nmt_cross_attention_step(const float *q, int64_t q_stride, const float *kt, 
             /* Blocks of padding only (a shorter source in a batch of longer ones) weigh exactly 0: skipping
              * them changes no bit of the result, and a sentence costs its own length, not its batch's. */
             int64_t used = blocks;
-            while (used > 1 && !any_finite(B[used - 1])) used--;
+            while (used > 1 && !any_above(B[used - 1], -INFINITY)) used--; /* no position that may be attended */
             for (int64_t i0 = 0; i0 < beam; i0 += QG) { /* up to QG queries share each load of the keys and values */
                 int64_t nq = beam - i0 < QG ? beam - i0 : QG;
                 const float *qi[QG];
@@ -407,23 +418,6 @@ void nmt_linear(const float *x, int64_t xs, int64_t M, const float *wp, const fl
 
 /* ------------------------------------------------------------------------------------------------------
  * The search's candidates: each row's best few log-probabilities, from the output projection. */
-
-/* Whether any of x's values is above t (NaN is not). */
-static inline int any_above(vf x, float t) {
-    vi above = x > splat(t);
-    for (int width = VW / 2; width >= 1; width /= 2) { /* halving ORs, which compile to a few shuffles */
-        vi folded = above;
-        for (int l = 0; l < width; l++) folded[l] |= above[l + width];
-        above = folded;
-    }
-    return above[0] != 0;
-}
-
-static inline float hmax(vf x) {
-    float m = x[0];
-    for (int l = 1; l < VW; l++) m = x[l] > m ? x[l] : m;
-    return m;
-}
 
 /* v, at column c, into a row's best k (largest first) after the entries at least as large, so that of equal
  * values the one offered first stays first; returns the new k-th largest. */
@@ -556,9 +550,7 @@ int nmt_output_top_k(const float *x, int64_t xs, int64_t M, const float *wp, con
         }
         for (int64_t g = 0; g < G; g++) {
             int64_t at = i * G + g;
-            float part = 0.0f;
-            for (int l = 0; l < VW; l++) part += sums[at][l];
-            s += part * exp_v(splat(maxima[at] - m))[0];
+            s += hsum(sums[at]) * exp_v(splat(maxima[at] - m))[0];
             for (int64_t a = 0; a < k; a++) {
                 float v = tops[at * k + a];
                 if (!(v > threshold)) break; /* a group's best are in order: none after this one enters */
