@@ -165,6 +165,7 @@ def _open(path: Path) -> ctypes.CDLL:
     lib.nmt_linear.restype = None
     lib.nmt_linear_panel.restype = ctypes.c_int
     lib.nmt_vector_width.restype = ctypes.c_int
+    lib.panel = lib.nmt_linear_panel()  # read once: every product compares its panels' width with it
     lib.nmt_output_top_k.argtypes = [ptr, i64, i64, ptr, ptr, i64, i64, i64, ptr, i64, i64, ptr, ptr, ptr]
     lib.nmt_output_top_k.restype = ctypes.c_int
     return lib
@@ -372,6 +373,15 @@ class Panels:
     out_features: int
     in_features: int
 
+    def __post_init__(self) -> None:
+        # Checked once here, so that a product need only compare the panel width with its library's: the C
+        # code reads whole panels of weight and bias.
+        w, b, n, k = self.weight, self.bias, self.out_features, self.in_features
+        width = w.size(2) if w.dim() == 3 else 0
+        if not (width and w.dtype is torch.float32 and b.dtype is torch.float32 and w.is_cpu and b.is_cpu and w.is_contiguous()
+                and b.is_contiguous() and w.shape == (-(-n // width), k, width) and b.numel() == w.size(0) * width):
+            raise ValueError(f"Panels: panels other than pack_linear makes (weight {tuple(w.shape)}, bias of {b.numel()}, {n} × {k})")
+
 
 def pack_linear(weight: Tensor, bias: Tensor | None = None) -> Panels:
     """``weight`` (N, K) and ``bias`` (N,) or None, float32 on a CPU, arranged for ``linear``."""
@@ -383,7 +393,7 @@ def _pack(lib: ctypes.CDLL, weight: Tensor, bias: Tensor | None) -> Panels:
     if not (weight.dtype is torch.float32 and weight.is_cpu and weight.dim() == 2) or (
             bias is not None and not (bias.dtype is torch.float32 and bias.is_cpu and bias.shape == weight.shape[:1])):
         raise ValueError("pack_linear: a float32 CPU weight (N, K) and bias (N,) or None only")
-    panel = lib.nmt_linear_panel()
+    panel = lib.panel
     (n, k), extra = weight.shape, -weight.size(0) % panel
     with torch.no_grad():
         panels = F.pad(weight.detach(), (0, 0, 0, extra)).view(-1, panel, k).transpose(1, 2).contiguous()
@@ -401,13 +411,10 @@ def linear(x: Tensor, panels: Panels, relu: bool = False) -> Tensor:
 
 
 def _fits(lib: ctypes.CDLL, panels: Panels, caller: str) -> None:
-    """Refuses panels packed for another build's panel width (``NMT_NATIVE_MARCH``), or not as ``pack_linear``
-    makes them: the C code reads whole panels of weight and bias."""
-    width, (n, k) = lib.nmt_linear_panel(), (panels.out_features, panels.in_features)
-    w, b = panels.weight, panels.bias
-    if not (w.dtype is torch.float32 and b.dtype is torch.float32 and w.is_cpu and b.is_cpu and w.is_contiguous() and b.is_contiguous()
-            and w.shape == (-(-n // width), k, width) and b.numel() == -(-n // width) * width):
-        raise ValueError(f"{caller}: panels other than pack_linear makes for this library (panels of {width} columns)")
+    """Refuses panels packed for another build's panel width (``NMT_NATIVE_MARCH``); their layout was checked
+    when they were made."""
+    if panels.weight.size(2) != lib.panel:
+        raise ValueError(f"{caller}: panels other than pack_linear makes for this library (panels of {lib.panel} columns)")
 
 
 def _linear(lib: ctypes.CDLL, x: Tensor, panels: Panels, relu: bool) -> Tensor:

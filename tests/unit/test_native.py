@@ -151,11 +151,16 @@ def test_panels_not_made_for_this_library_are_refused(needs_compiler: None) -> N
     width = panels.weight.size(2)
     for weight, bias in ((panels.weight[:, :, : width // 2].contiguous(), panels.bias), (panels.weight.transpose(1, 2).contiguous().transpose(1, 2), panels.bias),
                          (panels.weight, panels.bias[:-1]), (panels.weight.double(), panels.bias)):
-        other = native.Panels(weight, bias, 100, 32)
-        with pytest.raises(ValueError, match="panels other than pack_linear makes"):
-            native.linear(x, other)
-        with pytest.raises(ValueError, match="panels other than pack_linear makes"):
-            native.output_top_k(x, other, 4, torch.tensor([0]), 3)
+        with pytest.raises(ValueError, match="panels other than pack_linear makes"):  # refused when made
+            native.Panels(weight, bias, 100, 32)
+    # Panels in themselves right, of another build's width: refused by the product.
+    half = width // 2
+    narrow = torch.nn.functional.pad(torch.randn(100, 32), (0, 0, 0, -100 % half)).view(-1, half, 32).transpose(1, 2).contiguous()
+    other = native.Panels(narrow, torch.zeros(narrow.size(0) * half), 100, 32)
+    with pytest.raises(ValueError, match="panels other than pack_linear makes for this library"):
+        native.linear(x, other)
+    with pytest.raises(ValueError, match="panels other than pack_linear makes for this library"):
+        native.output_top_k(x, other, 4, torch.tensor([0]), 3)
 
 
 def test_very_large_scores_and_many_positions(native_target: str) -> None:
